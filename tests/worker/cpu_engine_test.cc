@@ -1,0 +1,150 @@
+// The CPU engine against Hugging Face transformers' float32 logits (golden data from
+// tools/make_logits_golden.py), and its own consistency: chunked prefill, incremental and batched decode.
+#include "worker/cpu_engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+
+#include "common/model_weights.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/test_util.h"
+
+namespace adore {
+namespace {
+
+class CpuEngineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (!testing::ModelAvailable()) return;
+    auto weights = LoadModelWeights(testing::ModelPath());
+    ASSERT_TRUE(weights.ok()) << weights.status();
+    auto engine = CpuEngine::Create(*std::move(weights), CpuEngineOptions{.kv_rows = 4096});
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    engine_ = engine->release();
+  }
+  static void TearDownTestSuite() {
+    delete engine_;
+    engine_ = nullptr;
+  }
+  void SetUp() override {
+    if (engine_ == nullptr) GTEST_SKIP() << "model not fetched: run tools/fetch-model.sh";
+  }
+  // Logits of every position of `ids`, prefilled in chunks of `chunk` tokens.
+  std::vector<float> AllLogits(const std::vector<int32_t>& ids, size_t chunk) {
+    SequenceKv seq;
+    std::vector<float> all, part;
+    for (size_t off = 0; off < ids.size(); off += chunk) {
+      ForwardItem item{&seq, std::span<const int32_t>(ids).subspan(off, std::min(chunk, ids.size() - off)), true};
+      absl::Status s = engine_->Forward(std::span<ForwardItem>(&item, 1), &part);
+      EXPECT_TRUE(s.ok()) << s;
+      all.insert(all.end(), part.begin(), part.end());
+    }
+    engine_->Release(seq);
+    return all;
+  }
+  static CpuEngine* engine_;
+};
+CpuEngine* CpuEngineTest::engine_ = nullptr;
+
+TEST_F(CpuEngineTest, MatchesTransformersLogits) {
+  std::ifstream in(testing::DataPath("golden/hf_logits.json"));
+  ASSERT_TRUE(in) << "missing golden data";
+  const nlohmann::json golden = nlohmann::json::parse(in);
+  const int64_t vocab = engine_->config().vocab_size;
+  int64_t positions = 0, argmax_mismatches = 0;
+  double worst_ratio = 0.0;
+  for (const auto& p : golden["prompts"]) {
+    const std::vector<int32_t> ids = p["ids"].get<std::vector<int32_t>>();
+    const std::vector<float> logits = AllLogits(ids, ids.size());
+    ASSERT_EQ(logits.size(), ids.size() * vocab);
+    for (size_t t = 0; t < ids.size(); ++t) {
+      const float* row = &logits[t * vocab];
+      const int32_t argmax = std::max_element(row, row + vocab) - row;
+      if (argmax != p["argmax"][t].get<int32_t>()) ++argmax_mismatches;
+      const double max_abs = p["max_abs"][t].get<double>();
+      for (size_t j = 0; j < p["top_ids"][t].size(); ++j) {
+        const int32_t id = p["top_ids"][t][j].get<int32_t>();
+        const double diff = std::fabs(row[id] - p["top_logits"][t][j].get<double>());
+        worst_ratio = std::max(worst_ratio, diff / max_abs);
+      }
+      ++positions;
+    }
+  }
+  EXPECT_GE(positions, 512);
+  EXPECT_EQ(argmax_mismatches, 0) << "of " << positions << " positions";
+  EXPECT_LE(worst_ratio, 1e-3) << "max |logit diff| / max |logit| over " << positions << " positions";
+  std::printf("positions %ld, worst |diff|/max|logit| = %.3g\n", static_cast<long>(positions), worst_ratio);
+}
+
+TEST_F(CpuEngineTest, ChunkedPrefillAndIncrementalDecodeAgree) {
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 70; ++i) ids.push_back(1000 + (i * 37) % 5000);
+  const std::vector<float> whole = AllLogits(ids, ids.size());
+  const std::vector<float> chunked = AllLogits(ids, 16);
+  const std::vector<float> one_by_one = AllLogits(ids, 1);
+  ASSERT_EQ(whole.size(), chunked.size());
+  float max_abs = 0, diff_chunked = 0, diff_single = 0;
+  for (size_t i = 0; i < whole.size(); ++i) {
+    max_abs = std::max(max_abs, std::fabs(whole[i]));
+    diff_chunked = std::max(diff_chunked, std::fabs(whole[i] - chunked[i]));
+    diff_single = std::max(diff_single, std::fabs(whole[i] - one_by_one[i]));
+  }
+  EXPECT_LE(diff_chunked, 1e-4f * max_abs);
+  EXPECT_LE(diff_single, 1e-4f * max_abs);
+}
+
+TEST_F(CpuEngineTest, BatchedDecodeMatchesSeparateSequences) {
+  // Three sequences of different lengths decoded in one batch give the logits each gets alone.
+  const std::vector<std::vector<int32_t>> prompts = {{1, 2, 3, 4, 5}, {100, 200, 300}, {7000, 8000, 9000, 10, 11, 12, 13}};
+  const int64_t vocab = engine_->config().vocab_size;
+  std::vector<SequenceKv> seqs(prompts.size());
+  std::vector<float> logits, alone;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ForwardItem item{&seqs[i], prompts[i]};
+    ASSERT_TRUE(engine_->Forward(std::span<ForwardItem>(&item, 1), &logits).ok());
+  }
+  const std::vector<int32_t> next = {42, 4242, 31337 % 49152};
+  std::vector<ForwardItem> items;
+  for (size_t i = 0; i < prompts.size(); ++i) items.push_back({&seqs[i], std::span<const int32_t>(&next[i], 1)});
+  ASSERT_TRUE(engine_->Forward(std::span<ForwardItem>(items), &logits).ok());
+  ASSERT_EQ(logits.size(), prompts.size() * vocab);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    std::vector<int32_t> full = prompts[i];
+    full.push_back(next[i]);
+    alone = AllLogits(full, full.size());
+    float max_diff = 0, max_abs = 0;
+    for (int64_t v = 0; v < vocab; ++v) {
+      const float ref = alone[(full.size() - 1) * vocab + v];
+      max_abs = std::max(max_abs, std::fabs(ref));
+      max_diff = std::max(max_diff, std::fabs(ref - logits[i * vocab + v]));
+    }
+    EXPECT_LE(max_diff, 1e-4f * max_abs) << "sequence " << i;
+    engine_->Release(seqs[i]);
+  }
+  EXPECT_EQ(engine_->pool().num_free(), engine_->pool().num_rows());
+}
+
+TEST_F(CpuEngineTest, RejectsBadInputWithoutChangingState) {
+  SequenceKv seq;
+  std::vector<float> logits;
+  const std::vector<int32_t> bad = {5, -1};
+  ForwardItem item{&seq, bad};
+  absl::Status s = engine_->Forward(std::span<ForwardItem>(&item, 1), &logits);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_EQ(seq.num_slots(), 0);
+  const std::vector<int32_t> out_of_vocab = {static_cast<int32_t>(engine_->config().vocab_size)};
+  item.tokens = out_of_vocab;
+  EXPECT_EQ(engine_->Forward(std::span<ForwardItem>(&item, 1), &logits).code(), absl::StatusCode::kInvalidArgument);
+  // More tokens than the pool holds: RESOURCE_EXHAUSTED, nothing allocated.
+  std::vector<int32_t> huge(engine_->pool().num_rows() + 1, 5);
+  item.tokens = huge;
+  s = engine_->Forward(std::span<ForwardItem>(&item, 1), &logits);
+  EXPECT_TRUE(s.code() == absl::StatusCode::kResourceExhausted || s.code() == absl::StatusCode::kOutOfRange) << s;
+  EXPECT_EQ(seq.num_slots(), 0);
+  EXPECT_EQ(engine_->pool().num_free(), engine_->pool().num_rows());
+}
+
+}  // namespace
+}  // namespace adore

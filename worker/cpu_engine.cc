@@ -1,0 +1,171 @@
+// CpuEngine: the float32 Llama forward pass over a batch of sequences.
+#include "worker/cpu_engine.h"
+
+#include <cmath>
+
+#include "absl/strings/str_format.h"
+#include "common/status.h"
+#include "kernels/ops.h"
+
+namespace adore {
+
+namespace k = kernels;
+
+absl::StatusOr<std::unique_ptr<CpuEngine>> CpuEngine::Create(ModelWeights weights,
+                                                             const CpuEngineOptions& options) {
+  ADORE_RETURN_IF_ERROR(weights.config.Validate());
+  const int64_t kv_rows = options.kv_rows > 0 ? options.kv_rows : weights.config.max_context;
+  std::unique_ptr<CpuEngine> engine(new CpuEngine(std::move(weights), kv_rows));
+  ADORE_RETURN_IF_ERROR(engine->BindWeights());
+  return engine;
+}
+
+CpuEngine::CpuEngine(ModelWeights weights, int64_t kv_rows)
+    : weights_(std::move(weights)),
+      pool_(weights_.config.num_layers, kv_rows, weights_.config.num_kv_heads, weights_.config.head_dim) {}
+
+absl::Status CpuEngine::BindWeights() {
+  auto get = [this](const std::string& name) -> absl::StatusOr<const float*> {
+    ADORE_ASSIGN_OR_RETURN(const Tensor* t, weights_.Get(name));
+    return t->ptr();
+  };
+  ADORE_ASSIGN_OR_RETURN(token_embd_, get("token_embd.weight"));
+  ADORE_ASSIGN_OR_RETURN(output_norm_, get("output_norm.weight"));
+  if (weights_.config.tie_embeddings) {
+    lm_head_ = token_embd_;
+  } else {
+    ADORE_ASSIGN_OR_RETURN(lm_head_, get("output.weight"));
+  }
+  layers_.resize(weights_.config.num_layers);
+  for (int64_t i = 0; i < weights_.config.num_layers; ++i) {
+    const std::string p = absl::StrFormat("blk.%d.", i);
+    Layer& l = layers_[i];
+    ADORE_ASSIGN_OR_RETURN(l.attn_norm, get(p + "attn_norm.weight"));
+    ADORE_ASSIGN_OR_RETURN(l.wq, get(p + "attn_q.weight"));
+    ADORE_ASSIGN_OR_RETURN(l.wk, get(p + "attn_k.weight"));
+    ADORE_ASSIGN_OR_RETURN(l.wv, get(p + "attn_v.weight"));
+    ADORE_ASSIGN_OR_RETURN(l.wo, get(p + "attn_output.weight"));
+    ADORE_ASSIGN_OR_RETURN(l.ffn_norm, get(p + "ffn_norm.weight"));
+    ADORE_ASSIGN_OR_RETURN(l.w_gate, get(p + "ffn_gate.weight"));
+    ADORE_ASSIGN_OR_RETURN(l.w_up, get(p + "ffn_up.weight"));
+    ADORE_ASSIGN_OR_RETURN(l.w_down, get(p + "ffn_down.weight"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuEngine::Forward(std::span<ForwardItem> items, std::vector<float>* logits) {
+  const ModelConfig& c = weights_.config;
+  // Validate everything before touching any state, so a failed call changes nothing.
+  int64_t n = 0, num_logit_rows = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const ForwardItem& it = items[i];
+    if (it.seq == nullptr || it.tokens.empty()) {
+      return absl::InvalidArgumentError(absl::StrFormat("forward item %d has no sequence or no tokens", i));
+    }
+    for (int32_t t : it.tokens) {
+      if (t < 0 || t >= c.vocab_size) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("token id %d outside the vocabulary [0, %d)", t, c.vocab_size));
+      }
+    }
+    if (it.seq->next_pos + static_cast<int64_t>(it.tokens.size()) > c.max_context) {
+      return absl::OutOfRangeError(absl::StrFormat(
+          "sequence would reach position %d, past the model's context of %d tokens",
+          it.seq->next_pos + it.tokens.size(), c.max_context));
+    }
+    n += it.tokens.size();
+    num_logit_rows += it.all_logits ? it.tokens.size() : 1;
+  }
+  if (n == 0) return absl::InvalidArgumentError("forward call with no items");
+  ADORE_ASSIGN_OR_RETURN(std::vector<int32_t> new_rows, pool_.Allocate(n));
+
+  const int64_t d = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
+  const int64_t q_dim = nh * hd, kv_dim = nkv * hd, ff = c.intermediate_size;
+  std::vector<int32_t> tokens(n), positions(n), rows(n), token_item(n);
+  {
+    int64_t t = 0;
+    for (size_t i = 0; i < items.size(); ++i) {
+      SequenceKv& seq = *items[i].seq;
+      for (int32_t tok : items[i].tokens) {
+        tokens[t] = tok;
+        positions[t] = seq.next_pos++;
+        rows[t] = new_rows[t];
+        token_item[t] = static_cast<int32_t>(i);
+        seq.rows.push_back(rows[t]);
+        seq.pos.push_back(positions[t]);
+        ++t;
+      }
+    }
+  }
+
+  std::vector<float> x(n * d), h(n * d), q(n * q_dim), kk(n * kv_dim), vv(n * kv_dim), attn(n * q_dim);
+  std::vector<float> gate(n * ff), up(n * ff);
+  k::EmbeddingRef(token_embd_, c.vocab_size, d, tokens.data(), n, x.data());
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const Layer& w = layers_[l];
+    k::RmsNormRef(x.data(), w.attn_norm, n, d, c.rms_norm_eps, h.data());
+    k::MatMulRef(h.data(), w.wq, n, d, q_dim, q.data());
+    k::MatMulRef(h.data(), w.wk, n, d, kv_dim, kk.data());
+    k::MatMulRef(h.data(), w.wv, n, d, kv_dim, vv.data());
+    k::RopeRef(q.data(), positions.data(), n, nh, hd, hd, c.rope_theta);
+    k::RopeRef(kk.data(), positions.data(), n, nkv, hd, hd, c.rope_theta);
+    float* k_cache = pool_.k(l);
+    float* v_cache = pool_.v(l);
+    for (int64_t t = 0; t < n; ++t) {
+      std::copy_n(&kk[t * kv_dim], kv_dim, k_cache + static_cast<int64_t>(rows[t]) * kv_dim);
+      std::copy_n(&vv[t * kv_dim], kv_dim, v_cache + static_cast<int64_t>(rows[t]) * kv_dim);
+    }
+#pragma omp parallel
+    {
+      std::vector<float> scratch;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < n; ++t) {
+        const SequenceKv& seq = *items[token_item[t]].seq;
+        scratch.resize(seq.rows.size());
+        k::AttentionArgs a;
+        a.q = &q[t * q_dim];
+        a.q_pos = &positions[t];
+        a.k_cache = k_cache;
+        a.v_cache = v_cache;
+        a.slot_rows = seq.rows.data();
+        a.slot_pos = seq.pos.data();
+        a.num_q = 1;
+        a.num_slots = seq.num_slots();
+        a.num_heads = nh;
+        a.num_kv_heads = nkv;
+        a.head_dim = hd;
+        a.scale = scale;
+        a.out = &attn[t * q_dim];
+        a.scratch = scratch.data();
+        k::AttentionRef(a);
+      }
+    }
+    k::MatMulRef(attn.data(), w.wo, n, q_dim, d, x.data(), /*accumulate=*/true);
+    k::RmsNormRef(x.data(), w.ffn_norm, n, d, c.rms_norm_eps, h.data());
+    k::MatMulRef(h.data(), w.w_gate, n, d, ff, gate.data());
+    k::MatMulRef(h.data(), w.w_up, n, d, ff, up.data());
+    k::SwiGluRef(gate.data(), up.data(), n, ff, gate.data());
+    k::MatMulRef(gate.data(), w.w_down, n, ff, d, x.data(), /*accumulate=*/true);
+  }
+
+  // Final norm and LM head only for the rows whose logits are wanted.
+  std::vector<float> sel(num_logit_rows * d);
+  {
+    int64_t t = 0, r = 0;
+    for (const ForwardItem& it : items) {
+      const int64_t len = it.tokens.size();
+      const int64_t first = it.all_logits ? t : t + len - 1;
+      const int64_t count = it.all_logits ? len : 1;
+      k::RmsNormRef(&x[first * d], output_norm_, count, d, c.rms_norm_eps, &sel[r * d]);
+      r += count;
+      t += len;
+    }
+  }
+  logits->resize(num_logit_rows * c.vocab_size);
+  k::MatMulRef(sel.data(), lm_head_, num_logit_rows, d, c.vocab_size, logits->data());
+  return absl::OkStatus();
+}
+
+}  // namespace adore

@@ -1,0 +1,45 @@
+// Batched generation on the CPU engine: prefill each prompt (in chunks), then decode every live sequence
+// together one token per step until it hits a stop token or its token limit.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "worker/cpu_engine.h"
+#include "worker/sampler.h"
+
+namespace adore {
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt;   // token ids, non-empty
+  SamplingParams sampling;
+  int32_t max_tokens = 128;      // > 0
+  std::vector<int32_t> stop_ids;  // e.g. EOS and <|im_end|>; the stop token is not part of the output
+};
+
+struct GenerationResult {
+  std::vector<int32_t> tokens;
+  std::string finish_reason;  // "stop" or "length"
+};
+
+struct GenerationStats {
+  int64_t prompt_tokens = 0, generated_tokens = 0, decode_steps = 0;
+  double prefill_seconds = 0.0, decode_seconds = 0.0;
+};
+
+// Called for each generated token as soon as it is sampled: (request index, token id).
+using TokenCallback = std::function<void(int32_t, int32_t)>;
+
+// INVALID_ARGUMENT for an empty prompt, max_tokens <= 0 or bad sampling parameters; RESOURCE_EXHAUSTED
+// when the KV pool cannot hold the batch. Sequences are released before returning, on success or error.
+absl::StatusOr<std::vector<GenerationResult>> GenerateBatch(CpuEngine& engine,
+                                                            std::span<const GenerationRequest> requests,
+                                                            const TokenCallback& on_token = nullptr,
+                                                            GenerationStats* stats = nullptr,
+                                                            int32_t prefill_chunk = 512);
+
+}  // namespace adore

@@ -1,0 +1,42 @@
+// KvPool: row allocation for the CPU engine's KV cache.
+#include "worker/kv_cache.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_format.h"
+
+namespace adore {
+
+KvPool::KvPool(int64_t num_layers, int64_t num_rows, int64_t num_kv_heads, int64_t head_dim)
+    : num_rows_(num_rows), row_stride_(num_kv_heads * head_dim) {
+  k_.resize(num_layers);
+  v_.resize(num_layers);
+  for (int64_t l = 0; l < num_layers; ++l) {
+    k_[l].assign(num_rows * row_stride_, 0.0f);
+    v_[l].assign(num_rows * row_stride_, 0.0f);
+  }
+  free_.reserve(num_rows);
+  for (int64_t r = num_rows - 1; r >= 0; --r) free_.push_back(static_cast<int32_t>(r));
+}
+
+absl::StatusOr<std::vector<int32_t>> KvPool::Allocate(int64_t n) {
+  if (n > num_free()) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "KV cache full: %d rows requested, %d of %d free", n, num_free(), num_rows_));
+  }
+  std::vector<int32_t> rows(free_.end() - n, free_.end());
+  free_.resize(free_.size() - n);
+  std::reverse(rows.begin(), rows.end());
+  return rows;
+}
+
+void KvPool::Release(SequenceKv& seq) {
+  for (int32_t r : seq.rows) {
+    if (r >= 0) free_.push_back(r);
+  }
+  seq.rows.clear();
+  seq.pos.clear();
+  seq.next_pos = 0;
+}
+
+}  // namespace adore

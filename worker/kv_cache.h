@@ -1,0 +1,46 @@
+// KV storage of the CPU engine: one pool of physical rows shared by all sequences, and per sequence a slot
+// table (slot -> physical row, position). Attention reads slots through the table, so a release policy can
+// overwrite a slot in place; nothing is ever compacted or copied.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace adore {
+
+// One sequence's view of the cache. Slot i holds the K/V of the token at position `pos[i]` in physical
+// row `rows[i]` of every layer (uniform schedule: the same map for all layers and heads).
+struct SequenceKv {
+  std::vector<int32_t> rows;  // [num_slots] physical row, -1 = empty
+  std::vector<int32_t> pos;   // [num_slots] token position held by the slot
+  int32_t next_pos = 0;       // position of the next token to be appended
+
+  int64_t num_slots() const { return static_cast<int64_t>(rows.size()); }
+};
+
+class KvPool {
+ public:
+  // `num_rows` rows of [num_kv_heads, head_dim] floats for K and for V in each of `num_layers` layers.
+  KvPool(int64_t num_layers, int64_t num_rows, int64_t num_kv_heads, int64_t head_dim);
+
+  // Takes `n` free rows; RESOURCE_EXHAUSTED (taking none) when fewer are free.
+  absl::StatusOr<std::vector<int32_t>> Allocate(int64_t n);
+  // Returns every row of `seq` to the pool and clears it.
+  void Release(SequenceKv& seq);
+
+  float* k(int64_t layer) { return k_[layer].data(); }  // [num_rows, num_kv_heads, head_dim]
+  float* v(int64_t layer) { return v_[layer].data(); }
+  int64_t num_rows() const { return num_rows_; }
+  int64_t num_free() const { return static_cast<int64_t>(free_.size()); }
+  int64_t row_stride() const { return row_stride_; }
+
+ private:
+  int64_t num_rows_;
+  int64_t row_stride_;  // num_kv_heads * head_dim
+  std::vector<std::vector<float>> k_, v_;
+  std::vector<int32_t> free_;  // a stack; lowest rows handed out first
+};
+
+}  // namespace adore
