@@ -1,6 +1,7 @@
 // CpuEngine: the float32 Llama forward pass over a batch of sequences.
 #include "worker/cpu_engine.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_format.h"
@@ -77,25 +78,61 @@ absl::Status CpuEngine::Forward(std::span<ForwardItem> items, std::vector<float>
     num_logit_rows += it.all_logits ? it.tokens.size() : 1;
   }
   if (n == 0) return absl::InvalidArgumentError("forward call with no items");
-  ADORE_ASSIGN_OR_RETURN(std::vector<int32_t> new_rows, pool_.Allocate(n));
+
+  // Slots to release per item (chosen before anything changes), then fresh rows for the remaining tokens.
+  std::vector<std::vector<int32_t>> reuse(items.size());
+  int64_t num_fresh = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const ForwardItem& it = items[i];
+    const int64_t len = it.tokens.size();
+    int64_t over = 0;
+    if (it.policy != nullptr) {
+      if (len > it.kv_budget) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "forward item %d: %d tokens in one step exceed its kv_budget of %d slots", i, len, it.kv_budget));
+      }
+      over = std::max<int64_t>(0, it.seq->num_slots() + len - it.kv_budget);
+      if (over > 0) {
+        ADORE_ASSIGN_OR_RETURN(reuse[i], it.policy->SelectRelease(*it.seq, over));
+      }
+    }
+    num_fresh += len - over;
+  }
+  ADORE_ASSIGN_OR_RETURN(std::vector<int32_t> fresh_rows, pool_.Allocate(num_fresh));
 
   const int64_t d = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
   const int64_t q_dim = nh * hd, kv_dim = nkv * hd, ff = c.intermediate_size;
   std::vector<int32_t> tokens(n), positions(n), rows(n), token_item(n);
+  std::vector<int64_t> item_first(items.size());
   {
-    int64_t t = 0;
+    int64_t t = 0, next_fresh = 0;
     for (size_t i = 0; i < items.size(); ++i) {
       SequenceKv& seq = *items[i].seq;
+      item_first[i] = t;
+      size_t next_reuse = 0;
       for (int32_t tok : items[i].tokens) {
         tokens[t] = tok;
         positions[t] = seq.next_pos++;
-        rows[t] = new_rows[t];
         token_item[t] = static_cast<int32_t>(i);
-        seq.rows.push_back(rows[t]);
-        seq.pos.push_back(positions[t]);
+        if (next_reuse < reuse[i].size()) {  // overwrite a released slot in place
+          const int32_t slot = reuse[i][next_reuse++];
+          rows[t] = seq.rows[slot];
+          seq.pos[slot] = positions[t];
+          items[i].policy->OnSlotReused(slot);
+        } else {
+          rows[t] = fresh_rows[next_fresh++];
+          seq.rows.push_back(rows[t]);
+          seq.pos.push_back(positions[t]);
+        }
         ++t;
       }
     }
+  }
+  // Attention mass per (token, slot of its sequence), summed over layers and heads, for policies.
+  std::vector<std::vector<float>> token_mass(n);
+  for (int64_t t = 0; t < n; ++t) {
+    const ForwardItem& it = items[token_item[t]];
+    if (it.policy != nullptr) token_mass[t].assign(it.seq->num_slots(), 0.0f);
   }
 
   std::vector<float> x(n * d), h(n * d), q(n * q_dim), kk(n * kv_dim), vv(n * kv_dim), attn(n * q_dim);
@@ -139,6 +176,7 @@ absl::Status CpuEngine::Forward(std::span<ForwardItem> items, std::vector<float>
         a.scale = scale;
         a.out = &attn[t * q_dim];
         a.scratch = scratch.data();
+        a.slot_attn_mass = token_mass[t].empty() ? nullptr : token_mass[t].data();
         k::AttentionRef(a);
       }
     }
@@ -165,6 +203,15 @@ absl::Status CpuEngine::Forward(std::span<ForwardItem> items, std::vector<float>
   }
   logits->resize(num_logit_rows * c.vocab_size);
   k::MatMulRef(sel.data(), lm_head_, num_logit_rows, d, c.vocab_size, logits->data());
+
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (items[i].policy == nullptr) continue;
+    std::vector<float> mass(items[i].seq->num_slots(), 0.0f);
+    for (int64_t t = item_first[i]; t < item_first[i] + static_cast<int64_t>(items[i].tokens.size()); ++t) {
+      for (size_t s = 0; s < mass.size(); ++s) mass[s] += token_mass[t][s];
+    }
+    items[i].policy->Observe(*items[i].seq, mass);
+  }
   return absl::OkStatus();
 }
 

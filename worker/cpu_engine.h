@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "common/model_weights.h"
 #include "worker/kv_cache.h"
+#include "worker/release_policy.h"
 
 namespace adore {
 
@@ -18,6 +19,10 @@ struct ForwardItem {
   SequenceKv* seq = nullptr;
   std::span<const int32_t> tokens;
   bool all_logits = false;  // logits for every token (evaluation) instead of the last one only
+  // Optional KV budget: when the sequence would exceed `kv_budget` slots, `policy` picks slots to release
+  // and the new tokens overwrite them in place. Null policy = unbounded (full attention).
+  ReleasePolicy* policy = nullptr;
+  int64_t kv_budget = 0;
 };
 
 struct CpuEngineOptions {
@@ -32,9 +37,11 @@ class CpuEngine {
 
   // Runs the tokens of every item through the model in one batch, appending their K/V to each sequence
   // (allocating pool rows). Writes logits to `logits` as [rows, vocab]: one row per item (its last token),
-  // or one per token for items with all_logits, in item order. RESOURCE_EXHAUSTED when the pool is full
-  // (nothing is changed then), INVALID_ARGUMENT for a bad token id or an empty item, OUT_OF_RANGE when a
-  // position would pass the model's context.
+  // or one per token for items with all_logits, in item order. RESOURCE_EXHAUSTED when the pool is full,
+  // INVALID_ARGUMENT for a bad token id, an empty item or a step longer than the item's kv_budget,
+  // OUT_OF_RANGE when a position would pass the model's context, FAILED_PRECONDITION when the policy
+  // cannot free enough slots; in every error case nothing is changed. With a policy, Observe() receives
+  // the attention mass per slot after the step.
   absl::Status Forward(std::span<ForwardItem> items, std::vector<float>* logits);
 
   // Frees a sequence's rows.

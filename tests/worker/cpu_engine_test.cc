@@ -146,5 +146,49 @@ TEST_F(CpuEngineTest, RejectsBadInputWithoutChangingState) {
   EXPECT_EQ(engine_->pool().num_free(), engine_->pool().num_rows());
 }
 
+// Greedy tokens of `steps` decode steps after `prompt`, under a release policy (null = full attention).
+std::vector<int32_t> GreedyDecode(CpuEngine& engine, const std::vector<int32_t>& prompt, int steps,
+                                  ReleasePolicy* policy, int64_t budget, int64_t* max_slots) {
+  SequenceKv seq;
+  std::vector<float> logits;
+  std::vector<int32_t> out;
+  const int64_t vocab = engine.config().vocab_size;
+  int32_t token = -1;
+  for (int i = 0; i <= steps; ++i) {
+    std::vector<int32_t> step = i == 0 ? prompt : std::vector<int32_t>{token};
+    ForwardItem item{&seq, step, false, policy, budget};
+    EXPECT_TRUE(engine.Forward(std::span<ForwardItem>(&item, 1), &logits).ok());
+    token = std::max_element(logits.begin(), logits.begin() + vocab) - logits.begin();
+    out.push_back(token);
+    *max_slots = std::max(*max_slots, seq.num_slots());
+  }
+  engine.Release(seq);
+  return out;
+}
+
+TEST_F(CpuEngineTest, PoliciesWithBudgetAboveContextEqualFull) {
+  const std::vector<int32_t> prompt = {504, 3458, 282, 253, 1345, 30, 339, 1458, 28, 253, 9364, 2116};
+  int64_t slots = 0;
+  const std::vector<int32_t> full = GreedyDecode(*engine_, prompt, 24, nullptr, 0, &slots);
+  for (PolicyKind kind : {PolicyKind::kWindow, PolicyKind::kHeavyHitter}) {
+    auto policy = *MakeReleasePolicy({.kind = kind, .kv_budget = 64});
+    int64_t used = 0;
+    EXPECT_EQ(GreedyDecode(*engine_, prompt, 24, policy.get(), 64, &used), full) << PolicyKindName(kind);
+  }
+}
+
+TEST_F(CpuEngineTest, PoliciesKeepTheSequenceWithinItsBudget) {
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 40; ++i) prompt.push_back(300 + 7 * i);
+  for (PolicyKind kind : {PolicyKind::kWindow, PolicyKind::kHeavyHitter}) {
+    auto policy = *MakeReleasePolicy({.kind = kind, .kv_budget = 48, .num_sink = 4, .num_recent = 16});
+    int64_t max_slots = 0;
+    const int64_t free_before = engine_->pool().num_free();
+    GreedyDecode(*engine_, prompt, 30, policy.get(), 48, &max_slots);
+    EXPECT_EQ(max_slots, 48) << PolicyKindName(kind);
+    EXPECT_EQ(engine_->pool().num_free(), free_before);
+  }
+}
+
 }  // namespace
 }  // namespace adore

@@ -1,0 +1,152 @@
+// The baseline release policies: full (never releases), window (StreamingLLM) and heavy_hitter (H2O).
+#include "worker/release_policy.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "absl/strings/str_format.h"
+
+namespace adore {
+
+absl::StatusOr<PolicyKind> ParsePolicyKind(std::string_view name) {
+  if (name == "full") return PolicyKind::kFull;
+  if (name == "window") return PolicyKind::kWindow;
+  if (name == "heavy_hitter") return PolicyKind::kHeavyHitter;
+  if (name == "adore") return PolicyKind::kAdore;
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "policy: unknown value '%s' (expected full, window, heavy_hitter or adore)", std::string(name)));
+}
+
+const char* PolicyKindName(PolicyKind kind) {
+  switch (kind) {
+    case PolicyKind::kFull: return "full";
+    case PolicyKind::kWindow: return "window";
+    case PolicyKind::kHeavyHitter: return "heavy_hitter";
+    case PolicyKind::kAdore: return "adore";
+  }
+  return "unknown";
+}
+
+absl::Status ReleaseConfig::Validate(int64_t max_context) const {
+  if (kind == PolicyKind::kFull) {
+    if (rebuild != 0) return absl::InvalidArgumentError("rebuild: must be 0 for policy 'full'");
+    return absl::OkStatus();
+  }
+  if (kv_budget < 16 || kv_budget > max_context) {
+    return absl::InvalidArgumentError(absl::StrFormat("kv_budget: must be in [16, %d] for policy '%s', got %d",
+                                                      max_context, PolicyKindName(kind), kv_budget));
+  }
+  if (rebuild < 0 || rebuild > 64) {
+    return absl::InvalidArgumentError(absl::StrFormat("rebuild: must be in [0, 64], got %d", rebuild));
+  }
+  if (rebuild != 0 && kind != PolicyKind::kAdore) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("rebuild: only policy 'adore' rebuilds released tokens, got %d for '%s'", rebuild,
+                        PolicyKindName(kind)));
+  }
+  if (num_sink < 0 || num_sink >= kv_budget / 2) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("num_sink: must be in [0, kv_budget / 2), got %d", num_sink));
+  }
+  if (num_recent < 0 || num_recent >= kv_budget) {
+    return absl::InvalidArgumentError(absl::StrFormat("num_recent: must be in [0, kv_budget), got %d", num_recent));
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Occupied slots, oldest position first.
+std::vector<int32_t> SlotsByPosition(const SequenceKv& seq) {
+  std::vector<int32_t> slots;
+  for (int32_t s = 0; s < seq.num_slots(); ++s) {
+    if (seq.rows[s] >= 0) slots.push_back(s);
+  }
+  std::sort(slots.begin(), slots.end(), [&](int32_t a, int32_t b) { return seq.pos[a] < seq.pos[b]; });
+  return slots;
+}
+
+absl::Status TooFew(const char* policy, int64_t count, int64_t candidates) {
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "%s policy: %d slots must be released but only %d are not protected", policy, count, candidates));
+}
+
+class FullPolicy final : public ReleasePolicy {
+ public:
+  PolicyKind kind() const override { return PolicyKind::kFull; }
+  absl::StatusOr<std::vector<int32_t>> SelectRelease(const SequenceKv&, int64_t count) override {
+    if (count == 0) return std::vector<int32_t>();
+    return absl::FailedPreconditionError("full policy never releases tokens");
+  }
+};
+
+// StreamingLLM: keep the first `num_sink` tokens and the most recent ones; release the oldest of the rest.
+class WindowPolicy final : public ReleasePolicy {
+ public:
+  explicit WindowPolicy(int64_t num_sink) : num_sink_(num_sink) {}
+  PolicyKind kind() const override { return PolicyKind::kWindow; }
+  absl::StatusOr<std::vector<int32_t>> SelectRelease(const SequenceKv& seq, int64_t count) override {
+    std::vector<int32_t> slots = SlotsByPosition(seq);
+    std::vector<int32_t> out;
+    for (int32_t s : slots) {
+      if (static_cast<int64_t>(out.size()) == count) break;
+      if (seq.pos[s] < num_sink_) continue;
+      out.push_back(s);
+    }
+    if (static_cast<int64_t>(out.size()) < count) return TooFew("window", count, out.size());
+    return out;
+  }
+
+ private:
+  int64_t num_sink_;
+};
+
+// H2O: every slot accumulates the attention it receives; the most recent `num_recent` tokens are kept, and
+// among the others the ones with the least accumulated attention are released.
+class HeavyHitterPolicy final : public ReleasePolicy {
+ public:
+  explicit HeavyHitterPolicy(int64_t num_recent) : num_recent_(num_recent) {}
+  PolicyKind kind() const override { return PolicyKind::kHeavyHitter; }
+  void Observe(const SequenceKv& seq, std::span<const float> slot_mass) override {
+    if (score_.size() < slot_mass.size()) score_.resize(slot_mass.size(), 0.0);
+    for (size_t s = 0; s < slot_mass.size(); ++s) score_[s] += slot_mass[s];
+  }
+  absl::StatusOr<std::vector<int32_t>> SelectRelease(const SequenceKv& seq, int64_t count) override {
+    if (count == 0) return std::vector<int32_t>();
+    std::vector<int32_t> slots = SlotsByPosition(seq);
+    const int64_t candidates = std::max<int64_t>(0, static_cast<int64_t>(slots.size()) - num_recent_);
+    if (candidates < count) return TooFew("heavy_hitter", count, candidates);
+    slots.resize(candidates);  // drop the recent window
+    if (score_.size() < static_cast<size_t>(seq.num_slots())) score_.resize(seq.num_slots(), 0.0);
+    // Least accumulated attention first; ties release the older token.
+    std::stable_sort(slots.begin(), slots.end(), [&](int32_t a, int32_t b) { return score_[a] < score_[b]; });
+    slots.resize(count);
+    return slots;
+  }
+  void OnSlotReused(int32_t slot) override {
+    if (static_cast<size_t>(slot) < score_.size()) score_[slot] = 0.0;
+  }
+
+ private:
+  int64_t num_recent_;
+  std::vector<double> score_;  // per slot
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ReleasePolicy>> MakeReleasePolicy(const ReleaseConfig& config) {
+  switch (config.kind) {
+    case PolicyKind::kFull:
+      return std::unique_ptr<ReleasePolicy>(new FullPolicy());
+    case PolicyKind::kWindow:
+      return std::unique_ptr<ReleasePolicy>(new WindowPolicy(config.num_sink));
+    case PolicyKind::kHeavyHitter:
+      return std::unique_ptr<ReleasePolicy>(
+          new HeavyHitterPolicy(config.num_recent > 0 ? config.num_recent : config.kv_budget / 2));
+    case PolicyKind::kAdore:
+      return absl::UnimplementedError("policy 'adore': the learned controller is not built yet");
+  }
+  return absl::InvalidArgumentError("unknown policy kind");
+}
+
+}  // namespace adore

@@ -1,0 +1,59 @@
+// KV release policies: which of a sequence's slots to free when its fixed budget of `m` slots is full.
+// One decision per step serves every layer and head (uniform schedule), so a policy sees one slot map.
+// Policies are small classes behind one interface, created per sequence from a ReleaseConfig.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "worker/kv_cache.h"
+
+namespace adore {
+
+enum class PolicyKind { kFull, kWindow, kHeavyHitter, kAdore };
+
+// "full", "window", "heavy_hitter", "adore"; INVALID_ARGUMENT naming the value otherwise.
+absl::StatusOr<PolicyKind> ParsePolicyKind(std::string_view name);
+const char* PolicyKindName(PolicyKind kind);
+
+struct ReleaseConfig {
+  PolicyKind kind = PolicyKind::kFull;
+  int64_t kv_budget = 0;   // m: slots per sequence; ignored by kFull
+  int64_t rebuild = 0;     // R: released tokens recomputed per step (adore only)
+  int64_t num_sink = 4;    // window: the first tokens kept forever (StreamingLLM's attention sinks)
+  // heavy_hitter: slots kept for the most recent tokens; the rest of the budget goes to the heavy hitters.
+  // 0 = half the budget (H2O's default split).
+  int64_t num_recent = 0;
+
+  // INVALID_ARGUMENT naming the field: kv_budget outside [16, max_context] for a releasing policy,
+  // rebuild outside [0, 64] or set for a policy that does not rebuild, num_sink / num_recent too large.
+  absl::Status Validate(int64_t max_context) const;
+};
+
+class ReleasePolicy {
+ public:
+  virtual ~ReleasePolicy() = default;
+  virtual PolicyKind kind() const = 0;
+
+  // After a forward step: the attention probability each slot received, summed over layers, heads and
+  // the step's queries (indexed like seq.rows). Slot count may have grown since the last call.
+  virtual void Observe(const SequenceKv& seq, std::span<const float> slot_mass) {}
+
+  // Chooses exactly `count` distinct occupied slots of `seq` to release so that the tokens of the coming
+  // step can take them in place. Does not change the policy's state (a failed step must change nothing).
+  // FAILED_PRECONDITION when the policy's protected set leaves fewer than `count` candidates.
+  virtual absl::StatusOr<std::vector<int32_t>> SelectRelease(const SequenceKv& seq, int64_t count) = 0;
+
+  // Slot `slot` now holds a new token (its per-slot state restarts).
+  virtual void OnSlotReused(int32_t slot) {}
+};
+
+// The policy object for one sequence.
+absl::StatusOr<std::unique_ptr<ReleasePolicy>> MakeReleasePolicy(const ReleaseConfig& config);
+
+}  // namespace adore
