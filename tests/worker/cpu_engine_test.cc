@@ -146,6 +146,38 @@ TEST_F(CpuEngineTest, RejectsBadInputWithoutChangingState) {
   EXPECT_EQ(engine_->pool().num_free(), engine_->pool().num_rows());
 }
 
+// A Hugging Face checkpoint (config.json + safetensors, made by tools/make_tiny_hf_model.py) through the
+// same engine: exercises the HF loader's q/k permutation against transformers' own logits.
+TEST(CpuEngineHfTest, TinyHfCheckpointMatchesTransformersLogits) {
+  auto weights = LoadModelWeights(testing::DataPath("tiny_hf"));
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  auto engine = CpuEngine::Create(*std::move(weights), CpuEngineOptions{.kv_rows = 64});
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  std::ifstream in(testing::DataPath("tiny_hf/golden_logits.json"));
+  const nlohmann::json golden = nlohmann::json::parse(in);
+  const int64_t vocab = (*engine)->config().vocab_size;
+  for (const auto& g : golden["sequences"]) {
+    const std::vector<int32_t> ids = g["token_ids"].get<std::vector<int32_t>>();
+    SequenceKv seq;
+    std::vector<float> logits;
+    ForwardItem item{&seq, ids, true};
+    ASSERT_TRUE((*engine)->Forward(std::span<ForwardItem>(&item, 1), &logits).ok());
+    for (size_t t = 0; t < ids.size(); ++t) {
+      const std::vector<float> ref = g["logits"][t].get<std::vector<float>>();
+      ASSERT_EQ(static_cast<int64_t>(ref.size()), vocab);
+      float max_abs = 0, max_diff = 0;
+      for (int64_t v = 0; v < vocab; ++v) {
+        max_abs = std::max(max_abs, std::fabs(ref[v]));
+        max_diff = std::max(max_diff, std::fabs(ref[v] - logits[t * vocab + v]));
+      }
+      EXPECT_LE(max_diff, 1e-4f * max_abs) << "position " << t;
+      const float* row = &logits[t * vocab];
+      EXPECT_EQ(std::max_element(row, row + vocab) - row, g["argmax"][t].get<int64_t>());
+    }
+    (*engine)->Release(seq);
+  }
+}
+
 // Greedy tokens of `steps` decode steps after `prompt`, under a release policy (null = full attention).
 std::vector<int32_t> GreedyDecode(CpuEngine& engine, const std::vector<int32_t>& prompt, int steps,
                                   ReleasePolicy* policy, int64_t budget, int64_t* max_slots) {
