@@ -1,0 +1,345 @@
+// DecodeAttention: one query per sequence over its slot table, flash-decoding (split-K) with GQA, plus the
+// optional per-slot attention mass that release policies consume.
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/dispatch.cuh"
+
+namespace adore::kernels {
+namespace {
+
+constexpr int kThreads = 128;
+// Slots per lane group in flight before the first use; fewer for wide head tiles to bound registers.
+template <int GQ>
+constexpr int kUnroll = GQ >= 4 ? 2 : 4;
+constexpr int kMaxSplits = 64;
+constexpr float kLog2e = 1.4426950408889634f;
+
+size_t Align256(size_t b) { return (b + 255) / 256 * 256; }
+
+// Where the partials live inside the caller's workspace.
+struct Workspace {
+  float* partial_o = nullptr;   // [batch, num_heads, splits, head_dim]  unnormalized sum p * v
+  float* partial_ml = nullptr;  // [batch, num_heads, splits, 2]         (max, sum p) in log2 units
+  float* lse = nullptr;         // [batch, num_heads]                    log2-sum-exp of the scores
+  float* scores = nullptr;      // [total_slots, num_heads]              log2-scaled scores, -inf = masked
+};
+
+size_t WorkspaceBytes(int64_t batch, int64_t num_heads, int64_t head_dim, int splits, bool mass,
+                      int64_t total_slots) {
+  size_t bytes = 0;
+  if (splits > 1) {
+    bytes += Align256(sizeof(float) * batch * num_heads * splits * head_dim);
+    bytes += Align256(sizeof(float) * batch * num_heads * splits * 2);
+  }
+  if (mass) {
+    bytes += Align256(sizeof(float) * batch * num_heads);
+    bytes += Align256(sizeof(float) * total_slots * num_heads);
+  }
+  return bytes;
+}
+
+Workspace Carve(void* base, int64_t batch, int64_t num_heads, int64_t head_dim, int splits, bool mass) {
+  Workspace w;
+  char* p = static_cast<char*>(base);
+  if (splits > 1) {
+    w.partial_o = reinterpret_cast<float*>(p);
+    p += Align256(sizeof(float) * batch * num_heads * splits * head_dim);
+    w.partial_ml = reinterpret_cast<float*>(p);
+    p += Align256(sizeof(float) * batch * num_heads * splits * 2);
+  }
+  if (mass) {
+    w.lse = reinterpret_cast<float*>(p);
+    p += Align256(sizeof(float) * batch * num_heads);
+    w.scores = reinterpret_cast<float*>(p);
+  }
+  return w;
+}
+
+struct Params {
+  const bf16* q;
+  int64_t q_stride;
+  const int32_t* q_pos;
+  const bf16* k_cache;
+  const bf16* v_cache;
+  int64_t num_rows;
+  const int32_t* slot_offsets;
+  const int32_t* slot_rows;
+  const int32_t* slot_pos;
+  int num_heads, num_kv_heads;
+  float scale_log2;  // scale * log2(e): scores live in log2 units so exp2f does the softmax
+  bf16* out;
+  int64_t out_stride;
+  Workspace ws;
+};
+
+// Grid (num_kv_heads * group / GQ, batch, splits); block = 128 threads. A "lane group" of D / 8 threads
+// holds one slot's K/V row (8 elements, one 16-byte load each), so a block walks 128 / (D / 8) slots at
+// once and each K/V row is read once for the GQ query heads that share it. Each lane group keeps its own
+// online-softmax state per head; the block merges them in shared memory at the end, and writes either
+// the final output (one split) or its split's partial for DecodeMergeKernel.
+template <int D, int GQ>
+__global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p) {
+  constexpr int kTpr = D / 8;             // threads per slot row
+  constexpr int kLanes = kThreads / kTpr;  // slots processed side by side
+  __shared__ float sm_m[kLanes][GQ];
+  __shared__ float sm_l[kLanes][GQ];
+  __shared__ float sm_acc[kLanes][GQ][D];
+
+  const int lg = threadIdx.x / kTpr, sub = threadIdx.x % kTpr;
+  const int b = blockIdx.y, split = blockIdx.z, num_splits = gridDim.z;
+  const int group = p.num_heads / p.num_kv_heads;
+  const int tiles_per_kv = group / GQ;
+  const int kvh = blockIdx.x / tiles_per_kv;
+  const int h0 = kvh * group + (blockIdx.x % tiles_per_kv) * GQ;
+
+  const int64_t s_begin = p.slot_offsets[b];
+  const int64_t len = p.slot_offsets[b + 1] - s_begin;
+  const int64_t chunk = (len + num_splits - 1) / num_splits;
+  const int64_t lo = split * chunk;
+  const int64_t hi = min(len, lo + chunk);
+  const int32_t qpos = p.q_pos[b];
+
+  float qf[GQ][8];
+#pragma unroll
+  for (int g = 0; g < GQ; ++g) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(p.q + b * p.q_stride + (h0 + g) * D + sub * 8);
+    Bf16x8ToFloat(raw, qf[g]);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) qf[g][e] *= p.scale_log2;
+  }
+  float m[GQ], l[GQ], acc[GQ][8];
+#pragma unroll
+  for (int g = 0; g < GQ; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[g][e] = 0.0f;
+  }
+
+  const int64_t kv_row_stride = static_cast<int64_t>(p.num_kv_heads) * D;
+  for (int64_t base = lo; base < hi; base += kLanes * kUnroll<GQ>) {
+    uint4 kr[kUnroll<GQ>], vr[kUnroll<GQ>];
+    bool valid[kUnroll<GQ>];
+#pragma unroll
+    for (int u = 0; u < kUnroll<GQ>; ++u) {
+      const int64_t s = base + u * kLanes + lg;
+      valid[u] = false;
+      if (s < hi) {
+        const int32_t row = p.slot_rows[s_begin + s];
+        valid[u] = row >= 0 && row < p.num_rows && p.slot_pos[s_begin + s] <= qpos;
+        if (valid[u]) {
+          const int64_t off = row * kv_row_stride + kvh * D + sub * 8;
+          kr[u] = *reinterpret_cast<const uint4*>(p.k_cache + off);
+          vr[u] = *reinterpret_cast<const uint4*>(p.v_cache + off);
+        }
+      }
+      if (!valid[u]) kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll<GQ>; ++u) {
+      const int64_t s = base + u * kLanes + lg;
+      float kf[8], vf[8];
+      Bf16x8ToFloat(kr[u], kf);
+      Bf16x8ToFloat(vr[u], vf);
+#pragma unroll
+      for (int g = 0; g < GQ; ++g) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dot = fmaf(qf[g][e], kf[e], dot);
+#pragma unroll
+        for (int o = kTpr / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        const float score = valid[u] ? dot : -INFINITY;
+        if (p.ws.scores != nullptr && sub == 0 && s < hi) p.ws.scores[(s_begin + s) * p.num_heads + h0 + g] = score;
+        if (valid[u]) {
+          const float m_new = fmaxf(m[g], score);
+          const float alpha = exp2f(m[g] - m_new);
+          const float pr = exp2f(score - m_new);
+          l[g] = l[g] * alpha + pr;
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(pr, vf[e], acc[g][e] * alpha);
+          m[g] = m_new;
+        }
+      }
+    }
+  }
+
+  // Merge the lane groups.
+#pragma unroll
+  for (int g = 0; g < GQ; ++g) {
+    if (sub == 0) {
+      sm_m[lg][g] = m[g];
+      sm_l[lg][g] = l[g];
+    }
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sm_acc[lg][g][sub * 8 + e] = acc[g][e];
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < GQ * D; idx += kThreads) {
+    const int g = idx / D, e = idx % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < kLanes; ++i) mx = fmaxf(mx, sm_m[i][g]);
+    float sum_l = 0.0f, sum_o = 0.0f;
+    if (mx != -INFINITY) {
+#pragma unroll
+      for (int i = 0; i < kLanes; ++i) {
+        const float w = exp2f(sm_m[i][g] - mx);  // 0 for lane groups that saw nothing
+        sum_l += sm_l[i][g] * w;
+        sum_o += sm_acc[i][g][e] * w;
+      }
+    }
+    const int h = h0 + g;
+    if (num_splits == 1) {
+      p.out[b * p.out_stride + h * D + e] = __float2bfloat16_rn(sum_l > 0.0f ? sum_o / sum_l : 0.0f);
+      if (p.ws.lse != nullptr && e == 0) {
+        p.ws.lse[b * p.num_heads + h] = sum_l > 0.0f ? mx + log2f(sum_l) : -INFINITY;
+      }
+    } else {
+      const int64_t part = (static_cast<int64_t>(b) * p.num_heads + h) * num_splits + split;
+      p.ws.partial_o[part * D + e] = sum_o;
+      if (e == 0) {
+        p.ws.partial_ml[part * 2] = mx;
+        p.ws.partial_ml[part * 2 + 1] = sum_l;
+      }
+    }
+  }
+}
+
+// Grid (num_heads, batch), D threads: combines the splits' partial softmaxes of one (sequence, head).
+template <int D>
+__global__ void __launch_bounds__(D) DecodeMergeKernel(const Params p, int num_splits) {
+  const int h = blockIdx.x, b = blockIdx.y, e = threadIdx.x;
+  const int64_t part0 = (static_cast<int64_t>(b) * p.num_heads + h) * num_splits;
+  float mx = -INFINITY;
+  for (int s = 0; s < num_splits; ++s) mx = fmaxf(mx, p.ws.partial_ml[(part0 + s) * 2]);
+  float sum_l = 0.0f, sum_o = 0.0f;
+  if (mx != -INFINITY) {
+    for (int s = 0; s < num_splits; ++s) {
+      const float w = exp2f(p.ws.partial_ml[(part0 + s) * 2] - mx);
+      sum_l += p.ws.partial_ml[(part0 + s) * 2 + 1] * w;
+      sum_o += p.ws.partial_o[(part0 + s) * D + e] * w;
+    }
+  }
+  p.out[b * p.out_stride + h * D + e] = __float2bfloat16_rn(sum_l > 0.0f ? sum_o / sum_l : 0.0f);
+  if (p.ws.lse != nullptr && e == 0) p.ws.lse[b * p.num_heads + h] = sum_l > 0.0f ? mx + log2f(sum_l) : -INFINITY;
+}
+
+// Grid (slot blocks, batch): mass[s] += sum over heads of exp2(score - lse), i.e. each head's softmax
+// probability of the slot.
+__global__ void DecodeMassKernel(const Params p, float* __restrict__ mass) {
+  const int b = blockIdx.y;
+  const int64_t s_begin = p.slot_offsets[b];
+  const int64_t len = p.slot_offsets[b + 1] - s_begin;
+  const int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (s >= len) return;
+  const float* sc = p.ws.scores + (s_begin + s) * p.num_heads;
+  const float* lse = p.ws.lse + static_cast<int64_t>(b) * p.num_heads;
+  float sum = 0.0f;
+  for (int h = 0; h < p.num_heads; ++h) {
+    if (sc[h] != -INFINITY && lse[h] != -INFINITY) sum += exp2f(sc[h] - lse[h]);
+  }
+  mass[s_begin + s] += sum;
+}
+
+}  // namespace
+
+size_t DecodeAttentionWorkspaceBytes(int64_t batch, int64_t num_heads, int64_t head_dim, int max_splits,
+                                     int64_t total_slots_with_mass) {
+  return WorkspaceBytes(batch, num_heads, head_dim, max_splits, total_slots_with_mass > 0, total_slots_with_mass);
+}
+
+absl::Status DecodeAttention(const DecodeAttentionArgs& a, cudaStream_t stream) {
+  if (a.q == nullptr || a.q_pos == nullptr || a.k_cache == nullptr || a.v_cache == nullptr ||
+      a.slot_offsets == nullptr || a.slot_rows == nullptr || a.slot_pos == nullptr || a.out == nullptr) {
+    return absl::InvalidArgumentError("DecodeAttention: q, q_pos, caches, slot table and out are required");
+  }
+  if (a.batch < 0 || a.batch > 65535 || a.num_heads <= 0 || a.num_kv_heads <= 0 ||
+      a.num_heads % a.num_kv_heads != 0 || a.num_heads > 4096 || a.num_rows <= 0 || a.max_slots < 0 ||
+      a.q_stride < a.num_heads * a.head_dim || a.out_stride < a.num_heads * a.head_dim || a.q_stride % 8 != 0 ||
+      a.total_slots < 0 || !(a.scale > 0.0f) || a.num_splits < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "DecodeAttention: bad shape batch=", a.batch, " num_heads=", a.num_heads, " num_kv_heads=", a.num_kv_heads,
+        " head_dim=", a.head_dim, " q_stride=", a.q_stride, " out_stride=", a.out_stride, " num_rows=", a.num_rows,
+        " max_slots=", a.max_slots, " scale=", a.scale));
+  }
+  if (a.head_dim != 64 && a.head_dim != 128) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DecodeAttention: head_dim ", a.head_dim, " is not supported (64 or 128)"));
+  }
+  if (!IsAligned(a.q, 16) || !IsAligned(a.k_cache, 16) || !IsAligned(a.v_cache, 16)) {
+    return absl::InvalidArgumentError("DecodeAttention: q and the caches must be 16-byte aligned");
+  }
+  const bool mass = a.slot_attn_mass != nullptr;
+  if (mass && a.total_slots <= 0 && a.max_slots > 0) {
+    return absl::InvalidArgumentError("DecodeAttention: total_slots is required with slot_attn_mass");
+  }
+  if (a.batch == 0) return absl::OkStatus();
+
+  const int64_t group = a.num_heads / a.num_kv_heads;
+  int splits = a.num_splits;
+  if (splits == 0) {
+    const int gq = group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : group % 3 == 0 ? 3 : group % 2 == 0 ? 2 : 1;
+    const int64_t base_blocks = a.batch * a.num_heads / gq;
+    const int64_t target = 4 * static_cast<int64_t>(CurrentDeviceSmCount());
+    int64_t s = CeilDiv(target, base_blocks);
+    s = std::min<int64_t>(s, CeilDiv(std::max<int64_t>(a.max_slots, 1), 256));  // >= 256 slots per split
+    splits = static_cast<int>(std::clamp<int64_t>(s, 1, kMaxSplits));
+    while (splits > 1 &&
+           WorkspaceBytes(a.batch, a.num_heads, a.head_dim, splits, mass, a.total_slots) > a.workspace_bytes) {
+      --splits;
+    }
+  } else if (splits > kMaxSplits) {
+    return absl::InvalidArgumentError(absl::StrCat("DecodeAttention: num_splits ", splits, " > ", kMaxSplits));
+  }
+  const size_t need = WorkspaceBytes(a.batch, a.num_heads, a.head_dim, splits, mass, a.total_slots);
+  if (need > 0 && (a.workspace == nullptr || a.workspace_bytes < need)) {
+    return absl::InvalidArgumentError(absl::StrCat("DecodeAttention: workspace of ", a.workspace_bytes,
+                                                   " bytes, need ", need, " for ", splits, " splits"));
+  }
+  if (need > 0 && !IsAligned(a.workspace, 256)) {
+    return absl::InvalidArgumentError("DecodeAttention: workspace must be 256-byte aligned");
+  }
+
+  Params p;
+  p.q = a.q;
+  p.q_stride = a.q_stride;
+  p.q_pos = a.q_pos;
+  p.k_cache = a.k_cache;
+  p.v_cache = a.v_cache;
+  p.num_rows = a.num_rows;
+  p.slot_offsets = a.slot_offsets;
+  p.slot_rows = a.slot_rows;
+  p.slot_pos = a.slot_pos;
+  p.num_heads = static_cast<int>(a.num_heads);
+  p.num_kv_heads = static_cast<int>(a.num_kv_heads);
+  p.scale_log2 = a.scale * kLog2e;
+  p.out = a.out;
+  p.out_stride = a.out_stride;
+  p.ws = Carve(a.workspace, a.batch, a.num_heads, a.head_dim, splits, mass);
+
+  return ADORE_DISPATCH_HEAD_DIM(a.head_dim, HEAD_DIM, [&] {
+    return ADORE_DISPATCH_GROUP_TILE(group, GROUP_TILE, [&]() -> absl::Status {
+      const dim3 grid(static_cast<unsigned>(a.num_heads / GROUP_TILE), static_cast<unsigned>(a.batch),
+                      static_cast<unsigned>(splits));
+      DecodeAttentionKernel<HEAD_DIM, GROUP_TILE><<<grid, kThreads, 0, stream>>>(p);
+      ADORE_RETURN_IF_ERROR(LaunchStatus("DecodeAttentionKernel"));
+      if (splits > 1) {
+        DecodeMergeKernel<HEAD_DIM><<<dim3(static_cast<unsigned>(a.num_heads), static_cast<unsigned>(a.batch)),
+                                      HEAD_DIM, 0, stream>>>(p, splits);
+        ADORE_RETURN_IF_ERROR(LaunchStatus("DecodeMergeKernel"));
+      }
+      if (mass && a.max_slots > 0) {
+        const dim3 mgrid(static_cast<unsigned>(CeilDiv(a.max_slots, 256)), static_cast<unsigned>(a.batch));
+        DecodeMassKernel<<<mgrid, 256, 0, stream>>>(p, a.slot_attn_mass);
+        ADORE_RETURN_IF_ERROR(LaunchStatus("DecodeMassKernel"));
+      }
+      return absl::OkStatus();
+    });
+  });
+}
+
+}  // namespace adore::kernels

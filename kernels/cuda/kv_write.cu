@@ -1,0 +1,59 @@
+// KvWrite: scatters the new tokens' K/V rows into the pool by physical row index (-1 = skip).
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cuda_status.h"
+
+namespace adore::kernels {
+namespace {
+
+// One block per token; K and V rows copied with 16-byte moves when VEC = 8.
+template <int VEC>
+__global__ void KvWriteKernel(const bf16* __restrict__ k, const bf16* __restrict__ v,  // [n, src_stride]
+                              int64_t src_stride,
+                              const int32_t* __restrict__ rows,  // [n]
+                              int64_t row_dim,
+                              bf16* __restrict__ k_cache, bf16* __restrict__ v_cache,  // [num_rows, row_dim]
+                              int64_t num_rows) {
+  const int64_t i = blockIdx.x;
+  const int32_t row = rows[i];
+  if (row < 0 || row >= num_rows) return;
+  const bf16* ks = k + i * src_stride;
+  const bf16* vs = v + i * src_stride;
+  bf16* kd = k_cache + static_cast<int64_t>(row) * row_dim;
+  bf16* vd = v_cache + static_cast<int64_t>(row) * row_dim;
+  for (int64_t j = static_cast<int64_t>(threadIdx.x) * VEC; j < row_dim; j += static_cast<int64_t>(blockDim.x) * VEC) {
+    if constexpr (VEC == 8) {
+      *reinterpret_cast<uint4*>(kd + j) = *reinterpret_cast<const uint4*>(ks + j);
+      *reinterpret_cast<uint4*>(vd + j) = *reinterpret_cast<const uint4*>(vs + j);
+    } else {
+      kd[j] = ks[j];
+      vd[j] = vs[j];
+    }
+  }
+}
+
+}  // namespace
+
+absl::Status KvWrite(const KvWriteArgs& a, cudaStream_t stream) {
+  if (a.k == nullptr || a.v == nullptr || a.rows == nullptr || a.k_cache == nullptr || a.v_cache == nullptr) {
+    return absl::InvalidArgumentError("KvWrite: k, v, rows, k_cache and v_cache are required");
+  }
+  if (a.n < 0 || a.n > (int64_t{1} << 31) - 1 || a.row_dim <= 0 || a.src_stride < a.row_dim || a.num_rows <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("KvWrite: bad shape n=", a.n, " row_dim=", a.row_dim,
+                                                   " src_stride=", a.src_stride, " num_rows=", a.num_rows));
+  }
+  if (a.n == 0) return absl::OkStatus();
+  const bool vec = a.row_dim % 8 == 0 && a.src_stride % 8 == 0 && IsAligned(a.k, 16) && IsAligned(a.v, 16) &&
+                   IsAligned(a.k_cache, 16) && IsAligned(a.v_cache, 16);
+  const int threads = static_cast<int>(std::min<int64_t>(256, std::max<int64_t>(32, CeilDiv(a.row_dim, vec ? 8 : 1))));
+  if (vec) {
+    KvWriteKernel<8><<<a.n, threads, 0, stream>>>(a.k, a.v, a.src_stride, a.rows, a.row_dim, a.k_cache, a.v_cache,
+                                                  a.num_rows);
+  } else {
+    KvWriteKernel<1><<<a.n, threads, 0, stream>>>(a.k, a.v, a.src_stride, a.rows, a.row_dim, a.k_cache, a.v_cache,
+                                                  a.num_rows);
+  }
+  return LaunchStatus("KvWriteKernel");
+}
+
+}  // namespace adore::kernels

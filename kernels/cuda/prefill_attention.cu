@@ -1,0 +1,285 @@
+// PrefillAttention: a chunk's queries over their sequence's slot table, causal by position, as a tiled
+// flash attention (online softmax, WMMA bf16 tensor-core products) with the GQA group packed into rows.
+#include <mma.h>
+
+#include <climits>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/dispatch.cuh"
+
+namespace adore::kernels {
+namespace {
+
+namespace wmma = nvcuda::wmma;
+
+constexpr int kBM = 64;  // packed query rows (token, head of the group) per block: 16 per warp
+constexpr int kBN = 64;  // slots per K/V tile
+constexpr int kThreads = 128;
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Shared-memory layout. Row pitches are padded by 16 bytes (bf16) / 16 bytes (f32) so that the 16-row
+// fragment loads do not hit one bank; every region starts on a 32-byte boundary as WMMA requires.
+template <int D>
+struct Layout {
+  static constexpr int kQp = D + 8;    // Q, K, V pitch (bf16)
+  static constexpr int kSp = kBN + 4;  // scores pitch (f32)
+  static constexpr int kPp = kBN + 8;  // probabilities pitch (bf16)
+  static constexpr int kOp = D + 4;    // output accumulator pitch (f32)
+  static constexpr size_t q = 0;
+  static constexpr size_t k = q + sizeof(bf16) * kBM * kQp;
+  static constexpr size_t v = k + sizeof(bf16) * kBN * kQp;
+  static constexpr size_t s = v + sizeof(bf16) * kBN * kQp;
+  static constexpr size_t p = s + sizeof(float) * kBM * kSp;
+  static constexpr size_t o = p + sizeof(bf16) * kBM * kPp;
+  static constexpr size_t m = o + sizeof(float) * kBM * kOp;
+  static constexpr size_t l = m + sizeof(float) * kBM;
+  static constexpr size_t qpos = l + sizeof(float) * kBM;
+  static constexpr size_t srow = qpos + sizeof(int) * kBM;
+  static constexpr size_t spos = srow + sizeof(int) * kBN;
+  static constexpr size_t misc = spos + sizeof(int) * kBN;
+  static constexpr size_t bytes = misc + sizeof(int) * 4;
+  static_assert(k % 32 == 0 && v % 32 == 0 && s % 32 == 0 && p % 32 == 0 && o % 32 == 0);
+};
+
+struct Params {
+  const bf16* q;
+  int64_t q_stride;
+  const int32_t* q_pos;
+  const int32_t* q_offsets;
+  const bf16* k_cache;
+  const bf16* v_cache;
+  int64_t num_rows;
+  const int32_t* slot_offsets;
+  const int32_t* slot_rows;
+  const int32_t* slot_pos;
+  int num_heads, num_kv_heads;
+  float scale_log2;
+  bf16* out;
+  int64_t out_stride;
+};
+
+// Grid (query-row tiles, num_kv_heads, num_seqs); 4 warps, each owning 16 packed rows (row r = token
+// r / group, head kvh * group + r % group). Per 64-slot tile: the block gathers K/V rows through the slot
+// table into shared memory; each warp computes its 16 x 64 scores (Q fragments stay in registers), applies
+// the mask and the online softmax row by row, rescales its rows of the f32 output accumulator and adds
+// P V. Warps touch only their own rows, so only the K/V tile loads need block barriers.
+template <int D>
+__global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const Params p) {
+  using L = Layout<D>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* sq = reinterpret_cast<bf16*>(smem + L::q);
+  bf16* sk = reinterpret_cast<bf16*>(smem + L::k);
+  bf16* sv = reinterpret_cast<bf16*>(smem + L::v);
+  float* ss = reinterpret_cast<float*>(smem + L::s);
+  bf16* sp = reinterpret_cast<bf16*>(smem + L::p);
+  float* so = reinterpret_cast<float*>(smem + L::o);
+  float* sm = reinterpret_cast<float*>(smem + L::m);
+  float* sl = reinterpret_cast<float*>(smem + L::l);
+  int* sqpos = reinterpret_cast<int*>(smem + L::qpos);
+  int* srow = reinterpret_cast<int*>(smem + L::srow);
+  int* spos = reinterpret_cast<int*>(smem + L::spos);
+  int* smisc = reinterpret_cast<int*>(smem + L::misc);
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int seq = blockIdx.z, kvh = blockIdx.y;
+  const int group = p.num_heads / p.num_kv_heads;
+  const int64_t q_begin = p.q_offsets[seq];
+  const int64_t num_packed = (p.q_offsets[seq + 1] - q_begin) * group;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kBM;
+  if (row0 >= num_packed) return;  // uniform over the block, before any barrier
+  const int64_t s_begin = p.slot_offsets[seq];
+  const int64_t num_slots = p.slot_offsets[seq + 1] - s_begin;
+
+  for (int idx = threadIdx.x; idx < kBM * (D / 8); idx += kThreads) {
+    const int r = idx / (D / 8), c = (idx % (D / 8)) * 8;
+    const int64_t pr = row0 + r;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (pr < num_packed) {
+      const int64_t i = pr / group;
+      const int h = kvh * group + static_cast<int>(pr % group);
+      val = *reinterpret_cast<const uint4*>(p.q + (q_begin + i) * p.q_stride + static_cast<int64_t>(h) * D + c);
+    }
+    *reinterpret_cast<uint4*>(sq + r * L::kQp + c) = val;
+  }
+  for (int idx = threadIdx.x; idx < kBM * L::kOp; idx += kThreads) so[idx] = 0.0f;
+  int my_qpos = INT_MIN;
+  if (threadIdx.x < kBM) {
+    const int64_t pr = row0 + threadIdx.x;
+    if (pr < num_packed) my_qpos = p.q_pos[q_begin + pr / group];
+    sqpos[threadIdx.x] = my_qpos;
+    sm[threadIdx.x] = -INFINITY;
+    sl[threadIdx.x] = 0.0f;
+  }
+  const int warp_max = __reduce_max_sync(0xffffffffu, my_qpos);
+  if (lane == 0) smisc[warp] = warp_max;
+  __syncthreads();
+  const int max_qpos = max(max(smisc[0], smisc[1]), max(smisc[2], smisc[3]));
+
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> qa[D / 16];
+#pragma unroll
+  for (int kt = 0; kt < D / 16; ++kt) wmma::load_matrix_sync(qa[kt], sq + warp * 16 * L::kQp + kt * 16, L::kQp);
+
+  const int64_t kv_row_stride = static_cast<int64_t>(p.num_kv_heads) * D;
+  for (int64_t t0 = 0; t0 < num_slots; t0 += kBN) {
+    int visible = 0;
+    if (threadIdx.x < kBN) {
+      const int64_t s = t0 + threadIdx.x;
+      int row = -1, pos = INT_MAX;
+      if (s < num_slots) {
+        row = p.slot_rows[s_begin + s];
+        pos = p.slot_pos[s_begin + s];
+        if (row < 0 || row >= p.num_rows) row = -1;
+      }
+      srow[threadIdx.x] = row;
+      spos[threadIdx.x] = pos;
+      visible = row >= 0 && pos <= max_qpos;
+    }
+    if (!__syncthreads_or(visible)) continue;  // every slot of the tile is empty or in every row's future
+
+    for (int idx = threadIdx.x; idx < kBN * (D / 8); idx += kThreads) {
+      const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
+      const int row = srow[j];
+      uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+      if (row >= 0) {  // empty slots load zeros: their P is 0 but 0 * NaN garbage would not be
+        const int64_t off = row * kv_row_stride + static_cast<int64_t>(kvh) * D + c;
+        kv = *reinterpret_cast<const uint4*>(p.k_cache + off);
+        vv = *reinterpret_cast<const uint4*>(p.v_cache + off);
+      }
+      *reinterpret_cast<uint4*>(sk + j * L::kQp + c) = kv;
+      *reinterpret_cast<uint4*>(sv + j * L::kQp + c) = vv;
+    }
+    __syncthreads();
+
+    // Scores of this warp's 16 rows against the 64 slots.
+#pragma unroll
+    for (int nt = 0; nt < kBN / 16; ++nt) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+      for (int kt = 0; kt < D / 16; ++kt) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> kb;
+        wmma::load_matrix_sync(kb, sk + nt * 16 * L::kQp + kt * 16, L::kQp);
+        wmma::mma_sync(acc, qa[kt], kb, acc);
+      }
+      wmma::store_matrix_sync(ss + warp * 16 * L::kSp + nt * 16, acc, L::kSp, wmma::mem_row_major);
+    }
+    __syncwarp();
+
+    // Online softmax, one row at a time across the warp (lane handles slots lane and lane + 32).
+    const bool vis0_slot = srow[lane] >= 0, vis1_slot = srow[lane + 32] >= 0;
+    const int pos0 = spos[lane], pos1 = spos[lane + 32];
+    for (int r = 0; r < 16; ++r) {
+      const int R = warp * 16 + r;
+      const int qp = sqpos[R];
+      const float x0 = vis0_slot && pos0 <= qp ? ss[R * L::kSp + lane] * p.scale_log2 : -INFINITY;
+      const float x1 = vis1_slot && pos1 <= qp ? ss[R * L::kSp + lane + 32] * p.scale_log2 : -INFINITY;
+      const float m_old = sm[R];
+      const float m_new = fmaxf(m_old, WarpMax(fmaxf(x0, x1)));
+      float alpha = 1.0f, p0 = 0.0f, p1 = 0.0f;
+      if (m_new != -INFINITY) {
+        alpha = exp2f(m_old - m_new);
+        p0 = exp2f(x0 - m_new);
+        p1 = exp2f(x1 - m_new);
+      }
+      sp[R * L::kPp + lane] = __float2bfloat16_rn(p0);
+      sp[R * L::kPp + lane + 32] = __float2bfloat16_rn(p1);
+      const float row_sum = WarpSum(p0 + p1);
+      for (int e = lane; e < D; e += 32) so[R * L::kOp + e] *= alpha;
+      if (lane == 0) {
+        sm[R] = m_new;
+        sl[R] = sl[R] * alpha + row_sum;
+      }
+    }
+    __syncwarp();
+
+    // O += P V for this warp's rows.
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> pa[kBN / 16];
+#pragma unroll
+    for (int kt = 0; kt < kBN / 16; ++kt) wmma::load_matrix_sync(pa[kt], sp + warp * 16 * L::kPp + kt * 16, L::kPp);
+#pragma unroll
+    for (int dt = 0; dt < D / 16; ++dt) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      float* o_tile = so + warp * 16 * L::kOp + dt * 16;
+      wmma::load_matrix_sync(acc, o_tile, L::kOp, wmma::mem_row_major);
+#pragma unroll
+      for (int kt = 0; kt < kBN / 16; ++kt) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> vb;
+        wmma::load_matrix_sync(vb, sv + kt * 16 * L::kQp + dt * 16, L::kQp);
+        wmma::mma_sync(acc, pa[kt], vb, acc);
+      }
+      wmma::store_matrix_sync(o_tile, acc, L::kOp, wmma::mem_row_major);
+    }
+    __syncthreads();  // the next tile overwrites K, V and the slot arrays
+  }
+  __syncwarp();
+
+  for (int r = 0; r < 16; ++r) {
+    const int R = warp * 16 + r;
+    const int64_t pr = row0 + R;
+    if (pr >= num_packed) break;
+    const int64_t i = pr / group;
+    const int h = kvh * group + static_cast<int>(pr % group);
+    const float inv = sl[R] > 0.0f ? 1.0f / sl[R] : 0.0f;
+    bf16* dst = p.out + (q_begin + i) * p.out_stride + static_cast<int64_t>(h) * D;
+    for (int e = lane; e < D; e += 32) dst[e] = __float2bfloat16_rn(so[R * L::kOp + e] * inv);
+  }
+}
+
+}  // namespace
+
+absl::Status PrefillAttention(const PrefillAttentionArgs& a, cudaStream_t stream) {
+  if (a.q == nullptr || a.q_pos == nullptr || a.q_offsets == nullptr || a.k_cache == nullptr ||
+      a.v_cache == nullptr || a.slot_offsets == nullptr || a.slot_rows == nullptr || a.slot_pos == nullptr ||
+      a.out == nullptr) {
+    return absl::InvalidArgumentError("PrefillAttention: q, q_pos, q_offsets, caches, slot table and out are required");
+  }
+  if (a.num_seqs < 0 || a.num_seqs > 65535 || a.max_q < 0 || a.num_heads <= 0 || a.num_kv_heads <= 0 ||
+      a.num_heads % a.num_kv_heads != 0 || a.num_heads > 4096 || a.num_rows <= 0 ||
+      a.q_stride < a.num_heads * a.head_dim || a.out_stride < a.num_heads * a.head_dim || a.q_stride % 8 != 0 ||
+      !(a.scale > 0.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "PrefillAttention: bad shape num_seqs=", a.num_seqs, " max_q=", a.max_q, " num_heads=", a.num_heads,
+        " num_kv_heads=", a.num_kv_heads, " head_dim=", a.head_dim, " q_stride=", a.q_stride,
+        " out_stride=", a.out_stride, " num_rows=", a.num_rows, " scale=", a.scale));
+  }
+  if (!IsAligned(a.q, 16) || !IsAligned(a.k_cache, 16) || !IsAligned(a.v_cache, 16)) {
+    return absl::InvalidArgumentError("PrefillAttention: q and the caches must be 16-byte aligned");
+  }
+  if (a.num_seqs == 0 || a.max_q == 0) return absl::OkStatus();
+  const int64_t group = a.num_heads / a.num_kv_heads;
+  const int64_t tiles = CeilDiv(a.max_q * group, kBM);
+  if (tiles > (int64_t{1} << 31) - 1) return absl::InvalidArgumentError("PrefillAttention: max_q too large");
+
+  Params p;
+  p.q = a.q;
+  p.q_stride = a.q_stride;
+  p.q_pos = a.q_pos;
+  p.q_offsets = a.q_offsets;
+  p.k_cache = a.k_cache;
+  p.v_cache = a.v_cache;
+  p.num_rows = a.num_rows;
+  p.slot_offsets = a.slot_offsets;
+  p.slot_rows = a.slot_rows;
+  p.slot_pos = a.slot_pos;
+  p.num_heads = static_cast<int>(a.num_heads);
+  p.num_kv_heads = static_cast<int>(a.num_kv_heads);
+  p.scale_log2 = a.scale * kLog2e;
+  p.out = a.out;
+  p.out_stride = a.out_stride;
+
+  return ADORE_DISPATCH_HEAD_DIM(a.head_dim, HEAD_DIM, [&]() -> absl::Status {
+    constexpr size_t kSmem = Layout<HEAD_DIM>::bytes;
+    ADORE_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(PrefillAttentionKernel<HEAD_DIM>,
+                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+    const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(a.num_kv_heads),
+                    static_cast<unsigned>(a.num_seqs));
+    PrefillAttentionKernel<HEAD_DIM><<<grid, kThreads, kSmem, stream>>>(p);
+    return LaunchStatus("PrefillAttentionKernel");
+  });
+}
+
+}  // namespace adore::kernels

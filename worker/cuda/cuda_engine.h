@@ -1,0 +1,123 @@
+// The CUDA engine: the Llama-family forward pass in bf16 (cuBLAS products, kernels/cuda ops) over a batch
+// of sequences mixing prefill chunks and decode tokens, each reading and writing its KV through a slot
+// table into one preallocated GPU pool. Same contract as CpuEngine, plus sampling on the GPU.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/model_config.h"
+#include "common/model_weights.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/ops.h"
+#include "worker/cpu_engine.h"
+#include "worker/cuda/cuda_kv_pool.h"
+#include "worker/cuda/cuda_weights.h"
+#include "worker/sampler.h"
+
+namespace adore {
+
+// Every buffer a forward call needs is allocated once from these bounds; a call past one fails with
+// RESOURCE_EXHAUSTED instead of allocating (so the decode path never calls cudaMalloc).
+struct CudaEngineOptions {
+  int64_t max_tokens = 2048;     // tokens per Forward call (prefill chunks + decode tokens)
+  int64_t max_batch = 128;       // items (sequences) per Forward call
+  int64_t max_logit_rows = 256;  // logit rows per Forward call (one per item, or per token with all_logits)
+  int64_t max_slots = 0;         // slot-table entries per call, summed over items; 0 = 2 * kv_rows + max_tokens
+  // KV pool size in rows (tokens over all sequences). 0: kv_bytes / bytes per row, or when that is 0 too,
+  // kv_memory_fraction of the device memory still free after weights and workspaces.
+  int64_t kv_rows = 0;
+  int64_t kv_bytes = 0;
+  double kv_memory_fraction = 0.9;
+  int device = 0;  // CUDA device ordinal
+};
+
+// Shapes of the models benchmarked with synthetic weights.
+ModelConfig Llama2_7BConfig();  // 4096 hidden, 32 layers, 32 heads (MHA), 11008 MLP, 32000 vocab
+ModelConfig Llama3_8BConfig();  // 4096 hidden, 32 layers, 32 heads / 8 KV heads, 14336 MLP, 128256 vocab
+
+class CudaEngine {
+ public:
+  // Copies the weights to the GPU as bf16 (the caller may drop its f32 copy afterwards).
+  // INVALID_ARGUMENT for an inconsistent config or a head_dim other than 64 / 128; FAILED_PRECONDITION
+  // without a usable GPU; RESOURCE_EXHAUSTED when weights, workspaces and the KV pool do not fit.
+  static absl::StatusOr<std::unique_ptr<CudaEngine>> Create(const ModelWeights& weights,
+                                                            const CudaEngineOptions& options = {});
+  // Same, with random bf16 weights of `config`'s shape generated on the GPU (benchmarks at real model
+  // sizes without weight files; see CudaWeights::Synthetic). Deterministic in `seed`.
+  static absl::StatusOr<std::unique_ptr<CudaEngine>> CreateSynthetic(const ModelConfig& config, uint64_t seed,
+                                                                     const CudaEngineOptions& options = {});
+  ~CudaEngine();
+  CudaEngine(const CudaEngine&) = delete;
+  CudaEngine& operator=(const CudaEngine&) = delete;
+
+  // As CpuEngine::Forward: runs every item's tokens in one batch, appends their K/V to each sequence and
+  // writes logits [rows, vocab] (one row per item, or one per token with all_logits, in item order).
+  // Items of one token go through the split-K decode kernel, longer ones through the prefill kernel.
+  // RESOURCE_EXHAUSTED when the pool is full or a CudaEngineOptions bound is passed, INVALID_ARGUMENT
+  // for a bad token id or an empty item, OUT_OF_RANGE past the model's context: nothing changes then.
+  // INTERNAL for a CUDA failure (the sequences may then hold rows of this call: release them).
+  absl::Status Forward(std::span<ForwardItem> items, std::vector<float>* logits);
+
+  // Forward, then one token per item sampled on the GPU from its last logit row (only the token ids
+  // cross to the host). params[i] applies to items[i]; the draw's seed is params.seed mixed with the
+  // sequence's position, so a seeded generation repeats exactly. INVALID_ARGUMENT for bad params, a
+  // params/items size mismatch or an item with all_logits.
+  absl::Status ForwardSample(std::span<ForwardItem> items, std::span<const SamplingParams> params,
+                             std::vector<int32_t>* tokens);
+
+  // Frees a sequence's rows.
+  void Release(SequenceKv& seq) { pool_->Release(seq); }
+
+  // The weights as float32 ModelWeights (see CudaWeights::Download).
+  absl::StatusOr<ModelWeights> ExportWeights() const { return weights_->Download(); }
+
+  const ModelConfig& config() const { return weights_->config(); }
+  CudaKvPool& pool() { return *pool_; }
+  cudaStream_t stream() const { return stream_; }
+
+ private:
+  struct Plan;  // one call's host-side layout (defined in the .cc)
+  CudaEngine() = default;
+  static absl::StatusOr<std::unique_ptr<CudaEngine>> Finish(std::unique_ptr<CudaEngine> engine,
+                                                           const CudaEngineOptions& options);
+  absl::Status AllocateWorkspaces();
+  // Validates, allocates rows, uploads the indices and runs the model; logits end in logits_ rows.
+  absl::StatusOr<int64_t> RunForward(std::span<ForwardItem> items, bool sampling);
+  absl::Status RunLayers(const Plan& plan);
+
+  CudaEngineOptions options_;
+  std::unique_ptr<CudaWeights> weights_;
+  std::unique_ptr<CudaKvPool> pool_;
+  std::unique_ptr<kernels::Blas> blas_;
+  cudaStream_t stream_ = nullptr;
+
+  // Device workspaces, carved from one allocation (sizes from options_).
+  void* arena_ = nullptr;
+  float* residual_ = nullptr;           // [max_tokens, hidden]
+  kernels::bf16* hidden_ = nullptr;     // [max_tokens, hidden] normed activations
+  kernels::bf16* qkv_ = nullptr;        // [max_tokens, q_dim + 2 kv_dim]
+  kernels::bf16* attn_ = nullptr;       // [max_tokens, q_dim]
+  kernels::bf16* gate_up_ = nullptr;    // [max_tokens, 2 ff]
+  kernels::bf16* act_ = nullptr;        // [max_tokens, ff]
+  kernels::bf16* selected_ = nullptr;   // [max_logit_rows, hidden]
+  float* logits_ = nullptr;             // [max_logit_rows, vocab]
+  void* attn_workspace_ = nullptr;      // decode split partials
+  size_t attn_workspace_bytes_ = 0;
+  int32_t* indices_ = nullptr;          // per-call index arrays (layout in Plan)
+  size_t indices_capacity_ = 0;         // int32 elements
+  kernels::GpuSamplingParams* sample_params_ = nullptr;  // [max_batch]
+  int32_t* sampled_ = nullptr;                            // [max_batch]
+
+  // Pinned host mirrors, so uploads and downloads are true async copies.
+  int32_t* host_indices_ = nullptr;
+  kernels::GpuSamplingParams* host_sample_params_ = nullptr;
+  int32_t* host_sampled_ = nullptr;
+};
+
+}  // namespace adore
