@@ -154,7 +154,7 @@ absl::Status CpuEngine::Forward(std::span<ForwardItem> items, std::vector<float>
       std::copy_n(&kk[t * kv_dim], kv_dim, k_cache + static_cast<int64_t>(rows[t]) * kv_dim);
       std::copy_n(&vv[t * kv_dim], kv_dim, v_cache + static_cast<int64_t>(rows[t]) * kv_dim);
     }
-#pragma omp parallel
+#pragma omp parallel if (n > 1)
     {
       std::vector<float> scratch;
 #pragma omp for schedule(dynamic, 1)

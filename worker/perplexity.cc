@@ -1,0 +1,101 @@
+// Sliding-window perplexity on the CPU engine.
+#include "worker/perplexity.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_format.h"
+#include "common/status.h"
+
+namespace adore {
+
+namespace {
+
+// Targets scored per forward call. Bounds the logits buffer (rows x vocab floats: 100 MB at 512 rows for
+// a 49k vocabulary) while keeping the LM-head product large enough for BLAS.
+constexpr int64_t kScoreChunk = 512;
+
+}  // namespace
+
+absl::Status PerplexityOptions::Validate() const {
+  if (context < 2) return absl::InvalidArgumentError(absl::StrFormat("context must be >= 2, got %d", context));
+  if (stride < 1 || stride > context) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("stride must be in [1, context = %d], got %d", context, stride));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<PerplexityWindow> PlanPerplexityWindows(int64_t num_tokens, const PerplexityOptions& options) {
+  std::vector<PerplexityWindow> windows;
+  if (num_tokens < 2) return windows;
+  int64_t prev_end = 0;
+  for (int64_t begin = 0; begin < num_tokens; begin += options.stride) {
+    const int64_t end = std::min(begin + options.context, num_tokens);
+    windows.push_back(PerplexityWindow{begin, std::max(prev_end, begin + 1), end});
+    prev_end = end;
+    if (end == num_tokens) break;
+  }
+  return windows;
+}
+
+double TokenNll(std::span<const float> logits, int32_t target) {
+  double max_logit = logits[0];
+  for (float v : logits) max_logit = std::max(max_logit, static_cast<double>(v));
+  double sum = 0.0;
+  for (float v : logits) sum += std::exp(static_cast<double>(v) - max_logit);
+  return max_logit + std::log(sum) - static_cast<double>(logits[target]);
+}
+
+absl::StatusOr<PerplexityResult> ComputePerplexity(CpuEngine& engine, std::span<const int32_t> tokens,
+                                                   const PerplexityOptions& options,
+                                                   const PerplexityProgress& on_window) {
+  ADORE_RETURN_IF_ERROR(options.Validate());
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (n < 2) return absl::InvalidArgumentError(absl::StrFormat("need at least 2 tokens, got %d", n));
+  const int64_t vocab = engine.config().vocab_size;
+  // The last target is never fed to the model, so the engine would not check it.
+  for (int64_t i = 0; i < n; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("token %d has id %d outside the vocabulary [0, %d)", i, tokens[i], vocab));
+    }
+  }
+  const std::vector<PerplexityWindow> windows = PlanPerplexityWindows(n, options);
+  const auto t0 = std::chrono::steady_clock::now();
+
+  PerplexityResult result;
+  result.num_tokens = n;
+  result.num_windows = static_cast<int64_t>(windows.size());
+  std::vector<float> logits;
+  for (size_t w = 0; w < windows.size(); ++w) {
+    const PerplexityWindow& win = windows[w];
+    SequenceKv seq;
+    absl::Cleanup release = [&] { engine.Release(seq); };
+    // Target t is predicted by the logits of token t - 1, so the window feeds [begin, end - 1): the
+    // context part [begin, score_begin - 1) without logits, then the scored part with a row per token.
+    if (const int64_t ctx = win.score_begin - 1 - win.begin; ctx > 0) {
+      ForwardItem item{&seq, tokens.subspan(win.begin, ctx), /*all_logits=*/false};
+      ADORE_RETURN_IF_ERROR(engine.Forward(std::span<ForwardItem>(&item, 1), &logits));
+    }
+    for (int64_t first = win.score_begin; first < win.end; first += kScoreChunk) {
+      const int64_t count = std::min(kScoreChunk, win.end - first);
+      ForwardItem item{&seq, tokens.subspan(first - 1, count), /*all_logits=*/true};
+      ADORE_RETURN_IF_ERROR(engine.Forward(std::span<ForwardItem>(&item, 1), &logits));
+      for (int64_t j = 0; j < count; ++j) {
+        result.nll_sum += TokenNll(std::span<const float>(&logits[j * vocab], vocab), tokens[first + j]);
+      }
+      result.num_scored += count;
+    }
+    result.tokens_processed += win.end - 1 - win.begin;
+    if (on_window) on_window(static_cast<int64_t>(w) + 1, result.num_windows, result.tokens_processed);
+  }
+  result.mean_nll = result.nll_sum / static_cast<double>(result.num_scored);
+  result.ppl = std::exp(result.mean_nll);
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return result;
+}
+
+}  // namespace adore
