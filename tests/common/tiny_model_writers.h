@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -28,9 +30,11 @@ inline void WriteFile(const std::string& path, const std::string& bytes) {
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
-// A fresh, empty directory under the test temp dir.
+// A fresh, empty directory under the test temp dir, private to this process (ctest runs test cases of
+// one binary as concurrent processes, which must not share a directory).
 inline std::string FreshDir(const std::string& name) {
-  const std::filesystem::path p = std::filesystem::path(::testing::TempDir()) / name;
+  const std::filesystem::path p =
+      std::filesystem::path(::testing::TempDir()) / (name + "." + std::to_string(::getpid()));
   std::filesystem::remove_all(p);
   std::filesystem::create_directories(p);
   return p.string();
