@@ -84,6 +84,7 @@ int main(int argc, char** argv) {
   std::string tail = decoder.Flush();
   std::fwrite(tail.data(), 1, tail.size(), stdout);
   std::fputc('\n', stdout);
+  std::fflush(stdout);
   if (absl::GetFlag(FLAGS_stats)) {
     std::fprintf(stderr, "[%ld prompt tokens in %.2f s, %ld generated in %.2f s (%.1f tok/s), finish: %s]\n",
                  static_cast<long>(stats.prompt_tokens), stats.prefill_seconds,

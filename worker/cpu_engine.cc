@@ -12,6 +12,33 @@ namespace adore {
 
 namespace k = kernels;
 
+absl::StatusOr<ForwardShape> CheckForwardItems(std::span<const ForwardItem> items, const ModelConfig& c) {
+  if (items.empty()) return absl::InvalidArgumentError("forward call with no items");
+  ForwardShape shape;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const ForwardItem& it = items[i];
+    if (it.seq == nullptr || it.tokens.empty()) {
+      return absl::InvalidArgumentError(absl::StrFormat("forward item %d has no sequence or no tokens", i));
+    }
+    for (int32_t t : it.tokens) {
+      if (t < 0 || t >= c.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrFormat("forward item %d: token id %d outside the vocabulary [0, %d)",
+                                                          i, t, c.vocab_size));
+      }
+    }
+    const int64_t len = it.tokens.size();
+    if (it.seq->next_pos + len > c.max_context) {
+      return absl::OutOfRangeError(absl::StrFormat(
+          "forward item %d: sequence would reach position %d, past the model's context of %d tokens", i,
+          it.seq->next_pos + len, c.max_context));
+    }
+    shape.num_tokens += len;
+    shape.num_logit_rows += it.all_logits ? len : 1;
+    shape.num_slots += it.seq->num_slots() + len;
+  }
+  return shape;
+}
+
 absl::StatusOr<std::unique_ptr<CpuEngine>> CpuEngine::Create(ModelWeights weights,
                                                              const CpuEngineOptions& options) {
   ADORE_RETURN_IF_ERROR(weights.config.Validate());
@@ -57,27 +84,8 @@ absl::Status CpuEngine::BindWeights() {
 absl::Status CpuEngine::Forward(std::span<ForwardItem> items, std::vector<float>* logits) {
   const ModelConfig& c = weights_.config;
   // Validate everything before touching any state, so a failed call changes nothing.
-  int64_t n = 0, num_logit_rows = 0;
-  for (size_t i = 0; i < items.size(); ++i) {
-    const ForwardItem& it = items[i];
-    if (it.seq == nullptr || it.tokens.empty()) {
-      return absl::InvalidArgumentError(absl::StrFormat("forward item %d has no sequence or no tokens", i));
-    }
-    for (int32_t t : it.tokens) {
-      if (t < 0 || t >= c.vocab_size) {
-        return absl::InvalidArgumentError(
-            absl::StrFormat("token id %d outside the vocabulary [0, %d)", t, c.vocab_size));
-      }
-    }
-    if (it.seq->next_pos + static_cast<int64_t>(it.tokens.size()) > c.max_context) {
-      return absl::OutOfRangeError(absl::StrFormat(
-          "sequence would reach position %d, past the model's context of %d tokens",
-          it.seq->next_pos + it.tokens.size(), c.max_context));
-    }
-    n += it.tokens.size();
-    num_logit_rows += it.all_logits ? it.tokens.size() : 1;
-  }
-  if (n == 0) return absl::InvalidArgumentError("forward call with no items");
+  ADORE_ASSIGN_OR_RETURN(const ForwardShape shape, CheckForwardItems(items, c));
+  const int64_t n = shape.num_tokens, num_logit_rows = shape.num_logit_rows;
 
   // Slots to release per item (chosen before anything changes), then fresh rows for the remaining tokens.
   std::vector<std::vector<int32_t>> reuse(items.size());

@@ -25,6 +25,16 @@ struct ForwardItem {
   int64_t kv_budget = 0;
 };
 
+// What both engines check first in a forward call: every item has a sequence and tokens, the ids are in
+// the vocabulary and no position passes the model's context. INVALID_ARGUMENT / OUT_OF_RANGE naming the
+// item otherwise. Counts what the call needs.
+struct ForwardShape {
+  int64_t num_tokens = 0;      // over all items
+  int64_t num_logit_rows = 0;  // one per item, or one per token for all_logits items
+  int64_t num_slots = 0;       // slots of all items' sequences after the call, without release
+};
+absl::StatusOr<ForwardShape> CheckForwardItems(std::span<const ForwardItem> items, const ModelConfig& config);
+
 struct CpuEngineOptions {
   int64_t kv_rows = 0;  // KV pool capacity in tokens over all sequences; 0 = max_context
 };

@@ -7,19 +7,22 @@
 
 namespace adore {
 
+RowAllocator::RowAllocator(int64_t num_rows) : num_rows_(num_rows) {
+  free_.reserve(num_rows);
+  for (int64_t r = num_rows - 1; r >= 0; --r) free_.push_back(static_cast<int32_t>(r));
+}
+
 KvPool::KvPool(int64_t num_layers, int64_t num_rows, int64_t num_kv_heads, int64_t head_dim)
-    : num_rows_(num_rows), row_stride_(num_kv_heads * head_dim) {
+    : row_stride_(num_kv_heads * head_dim), rows_(num_rows) {
   k_.resize(num_layers);
   v_.resize(num_layers);
   for (int64_t l = 0; l < num_layers; ++l) {
     k_[l].assign(num_rows * row_stride_, 0.0f);
     v_[l].assign(num_rows * row_stride_, 0.0f);
   }
-  free_.reserve(num_rows);
-  for (int64_t r = num_rows - 1; r >= 0; --r) free_.push_back(static_cast<int32_t>(r));
 }
 
-absl::StatusOr<std::vector<int32_t>> KvPool::Allocate(int64_t n) {
+absl::StatusOr<std::vector<int32_t>> RowAllocator::Allocate(int64_t n) {
   if (n > num_free()) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "KV cache full: %d rows requested, %d of %d free", n, num_free(), num_rows_));
@@ -30,7 +33,7 @@ absl::StatusOr<std::vector<int32_t>> KvPool::Allocate(int64_t n) {
   return rows;
 }
 
-void KvPool::Release(SequenceKv& seq) {
+void RowAllocator::Release(SequenceKv& seq) {
   for (int32_t r : seq.rows) {
     if (r >= 0) free_.push_back(r);
   }

@@ -20,27 +20,42 @@ struct SequenceKv {
   int64_t num_slots() const { return static_cast<int64_t>(rows.size()); }
 };
 
+// Free-row bookkeeping shared by the CPU and CUDA KV pools: a stack, lowest rows handed out first.
+class RowAllocator {
+ public:
+  explicit RowAllocator(int64_t num_rows = 0);
+  // Takes `n` free rows; RESOURCE_EXHAUSTED (taking none) when fewer are free.
+  absl::StatusOr<std::vector<int32_t>> Allocate(int64_t n);
+  // Returns every row of `seq` and clears it.
+  void Release(SequenceKv& seq);
+  int64_t num_rows() const { return num_rows_; }
+  int64_t num_free() const { return static_cast<int64_t>(free_.size()); }
+
+ private:
+  int64_t num_rows_;
+  std::vector<int32_t> free_;
+};
+
 class KvPool {
  public:
   // `num_rows` rows of [num_kv_heads, head_dim] floats for K and for V in each of `num_layers` layers.
   KvPool(int64_t num_layers, int64_t num_rows, int64_t num_kv_heads, int64_t head_dim);
 
   // Takes `n` free rows; RESOURCE_EXHAUSTED (taking none) when fewer are free.
-  absl::StatusOr<std::vector<int32_t>> Allocate(int64_t n);
+  absl::StatusOr<std::vector<int32_t>> Allocate(int64_t n) { return rows_.Allocate(n); }
   // Returns every row of `seq` to the pool and clears it.
-  void Release(SequenceKv& seq);
+  void Release(SequenceKv& seq) { rows_.Release(seq); }
 
   float* k(int64_t layer) { return k_[layer].data(); }  // [num_rows, num_kv_heads, head_dim]
   float* v(int64_t layer) { return v_[layer].data(); }
-  int64_t num_rows() const { return num_rows_; }
-  int64_t num_free() const { return static_cast<int64_t>(free_.size()); }
+  int64_t num_rows() const { return rows_.num_rows(); }
+  int64_t num_free() const { return rows_.num_free(); }
   int64_t row_stride() const { return row_stride_; }
 
  private:
-  int64_t num_rows_;
   int64_t row_stride_;  // num_kv_heads * head_dim
   std::vector<std::vector<float>> k_, v_;
-  std::vector<int32_t> free_;  // a stack; lowest rows handed out first
+  RowAllocator rows_;
 };
 
 }  // namespace adore

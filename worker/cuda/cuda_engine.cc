@@ -222,30 +222,16 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
   const CudaEngineOptions& o = options_;
   ADORE_CUDA_RETURN_IF_ERROR(cudaSetDevice(o.device));
   // Validate everything before touching any state, so a failed call changes nothing.
-  if (items.empty()) return absl::InvalidArgumentError("forward call with no items");
-  int64_t n = 0, num_logit_rows = 0, total_slots = 0;
+  ADORE_ASSIGN_OR_RETURN(const ForwardShape shape, CheckForwardItems(items, c));
+  const int64_t n = shape.num_tokens, num_logit_rows = shape.num_logit_rows, total_slots = shape.num_slots;
   for (size_t i = 0; i < items.size(); ++i) {
-    const ForwardItem& it = items[i];
-    if (it.seq == nullptr || it.tokens.empty()) {
-      return absl::InvalidArgumentError(absl::StrFormat("forward item %d has no sequence or no tokens", i));
-    }
-    if (sampling && it.all_logits) {
+    if (sampling && items[i].all_logits) {
       return absl::InvalidArgumentError(absl::StrFormat("forward item %d: all_logits cannot be sampled", i));
     }
-    for (int32_t t : it.tokens) {
-      if (t < 0 || t >= c.vocab_size) {
-        return absl::InvalidArgumentError(
-            absl::StrFormat("token id %d outside the vocabulary [0, %d)", t, c.vocab_size));
-      }
+    if (items[i].policy != nullptr) {
+      return absl::UnimplementedError(absl::StrFormat(
+          "forward item %d: release policies (kv_budget) are not supported by the CUDA engine yet", i));
     }
-    if (it.seq->next_pos + static_cast<int64_t>(it.tokens.size()) > c.max_context) {
-      return absl::OutOfRangeError(absl::StrFormat(
-          "sequence would reach position %d, past the model's context of %d tokens",
-          it.seq->next_pos + it.tokens.size(), c.max_context));
-    }
-    n += it.tokens.size();
-    num_logit_rows += it.all_logits ? it.tokens.size() : 1;
-    total_slots += it.seq->num_slots() + it.tokens.size();
   }
   if (static_cast<int64_t>(items.size()) > o.max_batch || n > o.max_tokens || num_logit_rows > o.max_logit_rows ||
       total_slots > o.max_slots) {

@@ -3,8 +3,6 @@
 
 #include <cuda_runtime_api.h>
 
-#include <algorithm>
-
 #include "absl/strings/str_format.h"
 #include "kernels/cuda/cuda_status.h"
 
@@ -30,33 +28,12 @@ absl::StatusOr<std::unique_ptr<CudaKvPool>> CudaKvPool::Create(int64_t num_layer
   }
   // Zeroed so that no row ever holds NaN bit patterns, whatever a kernel does with an unwritten row.
   ADORE_CUDA_RETURN_IF_ERROR(cudaMemset(pool->base_, 0, bytes));
-  pool->free_.reserve(num_rows);
-  for (int64_t r = num_rows - 1; r >= 0; --r) pool->free_.push_back(static_cast<int32_t>(r));
+  pool->rows_ = RowAllocator(num_rows);
   return pool;
 }
 
 CudaKvPool::~CudaKvPool() {
   if (base_ != nullptr) cudaFree(base_);
-}
-
-absl::StatusOr<std::vector<int32_t>> CudaKvPool::Allocate(int64_t n) {
-  if (n > num_free()) {
-    return absl::ResourceExhaustedError(
-        absl::StrFormat("KV cache full: %d rows requested, %d of %d free", n, num_free(), num_rows_));
-  }
-  std::vector<int32_t> rows(free_.end() - n, free_.end());
-  free_.resize(free_.size() - n);
-  std::reverse(rows.begin(), rows.end());
-  return rows;
-}
-
-void CudaKvPool::Release(SequenceKv& seq) {
-  for (int32_t r : seq.rows) {
-    if (r >= 0) free_.push_back(r);
-  }
-  seq.rows.clear();
-  seq.pos.clear();
-  seq.next_pos = 0;
 }
 
 }  // namespace adore

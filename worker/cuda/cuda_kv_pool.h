@@ -27,21 +27,21 @@ class CudaKvPool {
   static int64_t BytesPerRow(int64_t num_layers, int64_t row_dim) { return num_layers * 2 * row_dim * 2; }
 
   // Takes `n` free rows; RESOURCE_EXHAUSTED (taking none) when fewer are free.
-  absl::StatusOr<std::vector<int32_t>> Allocate(int64_t n);
+  absl::StatusOr<std::vector<int32_t>> Allocate(int64_t n) { return rows_.Allocate(n); }
   // Returns every row of `seq` to the pool and clears it.
-  void Release(SequenceKv& seq);
+  void Release(SequenceKv& seq) { rows_.Release(seq); }
 
   __nv_bfloat16* k(int64_t layer) { return base_ + (2 * layer) * num_rows_ * row_dim_; }  // [num_rows, row_dim]
   __nv_bfloat16* v(int64_t layer) { return base_ + (2 * layer + 1) * num_rows_ * row_dim_; }
   int64_t num_rows() const { return num_rows_; }
-  int64_t num_free() const { return static_cast<int64_t>(free_.size()); }
+  int64_t num_free() const { return rows_.num_free(); }
   int64_t row_dim() const { return row_dim_; }
 
  private:
   CudaKvPool() = default;
   int64_t num_layers_ = 0, num_rows_ = 0, row_dim_ = 0;
   __nv_bfloat16* base_ = nullptr;
-  std::vector<int32_t> free_;  // a stack; lowest rows handed out first
+  RowAllocator rows_;
 };
 
 }  // namespace adore
