@@ -136,11 +136,14 @@ absl::Status CpuEngine::Forward(std::span<ForwardItem> items, std::vector<float>
       }
     }
   }
-  // Attention mass per (token, slot of its sequence), summed over layers and heads, for policies.
-  std::vector<std::vector<float>> token_mass(n);
+  // Attention mass per (token, slot of its sequence), summed over layers and heads, and the attn_norm
+  // rows of the layers a policy asks for, for policies.
+  std::vector<std::vector<float>> token_mass(n), token_features(n);
   for (int64_t t = 0; t < n; ++t) {
     const ForwardItem& it = items[token_item[t]];
-    if (it.policy != nullptr) token_mass[t].assign(it.seq->num_slots(), 0.0f);
+    if (it.policy == nullptr) continue;
+    token_mass[t].assign(it.seq->num_slots(), 0.0f);
+    token_features[t].assign(it.policy->feature_layers().size() * c.hidden_size, 0.0f);
   }
 
   std::vector<float> x(n * d), h(n * d), q(n * q_dim), kk(n * kv_dim), vv(n * kv_dim), attn(n * q_dim);
@@ -151,6 +154,13 @@ absl::Status CpuEngine::Forward(std::span<ForwardItem> items, std::vector<float>
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const Layer& w = layers_[l];
     k::RmsNormRef(x.data(), w.attn_norm, n, d, c.rms_norm_eps, h.data());
+    for (int64_t t = 0; t < n; ++t) {
+      if (token_features[t].empty()) continue;
+      const std::span<const int32_t> want = items[token_item[t]].policy->feature_layers();
+      for (size_t j = 0; j < want.size(); ++j) {
+        if (want[j] == l) std::copy_n(&h[t * d], d, &token_features[t][j * d]);
+      }
+    }
     k::MatMulRef(h.data(), w.wq, n, d, q_dim, q.data());
     k::MatMulRef(h.data(), w.wk, n, d, kv_dim, kk.data());
     k::MatMulRef(h.data(), w.wv, n, d, kv_dim, vv.data());
@@ -214,11 +224,14 @@ absl::Status CpuEngine::Forward(std::span<ForwardItem> items, std::vector<float>
 
   for (size_t i = 0; i < items.size(); ++i) {
     if (items[i].policy == nullptr) continue;
-    std::vector<float> mass(items[i].seq->num_slots(), 0.0f);
+    ReleasePolicy::StepObservation step;
+    step.mass_scale = 1.0f / static_cast<float>(c.num_layers * c.num_heads);
     for (int64_t t = item_first[i]; t < item_first[i] + static_cast<int64_t>(items[i].tokens.size()); ++t) {
-      for (size_t s = 0; s < mass.size(); ++s) mass[s] += token_mass[t][s];
+      step.positions.push_back(positions[t]);
+      step.slot_mass.emplace_back(token_mass[t]);
+      step.features.emplace_back(token_features[t]);
     }
-    items[i].policy->Observe(*items[i].seq, mass);
+    ADORE_RETURN_IF_ERROR(items[i].policy->ObserveStep(*items[i].seq, step));
   }
   return absl::OkStatus();
 }

@@ -5,6 +5,8 @@
 #include <numeric>
 
 #include "absl/strings/str_format.h"
+#include "common/status.h"
+#include "worker/adore_controller.h"
 
 namespace adore {
 
@@ -51,6 +53,15 @@ absl::Status ReleaseConfig::Validate(int64_t max_context) const {
   if (num_recent < 0 || num_recent >= kv_budget) {
     return absl::InvalidArgumentError(absl::StrFormat("num_recent: must be in [0, kv_budget), got %d", num_recent));
   }
+  return absl::OkStatus();
+}
+
+absl::Status ReleasePolicy::ObserveStep(const SequenceKv& seq, const StepObservation& step) {
+  std::vector<float> mass(seq.num_slots(), 0.0f);
+  for (std::span<const float> m : step.slot_mass) {
+    for (size_t s = 0; s < m.size() && s < mass.size(); ++s) mass[s] += m[s];
+  }
+  Observe(seq, mass);
   return absl::OkStatus();
 }
 
@@ -132,6 +143,74 @@ class HeavyHitterPolicy final : public ReleasePolicy {
   std::vector<double> score_;  // per slot
 };
 
+// ADORE: the learned controller scores every token (cached or released) each step; the lowest-scoring
+// cached tokens outside the protected set (sinks + recent) are released. Rebuild is not wired yet (R = 0).
+class AdorePolicy final : public ReleasePolicy {
+ public:
+  AdorePolicy(const AdoreController& controller, const ReleaseConfig& config)
+      : seq_state_(controller), budget_(config.kv_budget), num_sink_(config.num_sink),
+        num_recent_(config.num_recent > 0 ? config.num_recent : controller.config().num_recent) {
+    for (int64_t l : controller.config().feature_layers) layers_.push_back(static_cast<int32_t>(l));
+  }
+  PolicyKind kind() const override { return PolicyKind::kAdore; }
+  std::span<const int32_t> feature_layers() const override { return layers_; }
+
+  absl::Status ObserveStep(const SequenceKv& seq, const StepObservation& step) override {
+    for (size_t i = 0; i < step.positions.size(); ++i) {
+      if (step.positions[i] != seq_state_.num_tokens()) {
+        return absl::FailedPreconditionError(absl::StrFormat(
+            "adore policy: token at position %d arrived, expected %d", step.positions[i], seq_state_.num_tokens()));
+      }
+      ADORE_RETURN_IF_ERROR(seq_state_.AddToken(step.features[i]));
+    }
+    for (size_t i = 0; i < step.positions.size(); ++i) {
+      const int32_t q = step.positions[i];
+      mass_.assign(q + 1, 0.0f);
+      cached_.assign(q + 1, 0);
+      for (int64_t s = 0; s < seq.num_slots(); ++s) {
+        const int32_t p = seq.pos[s];
+        if (seq.rows[s] < 0 || p > q) continue;
+        cached_[p] = 1;
+        if (static_cast<size_t>(s) < step.slot_mass[i].size()) mass_[p] = step.slot_mass[i][s];
+      }
+      ADORE_RETURN_IF_ERROR(seq_state_.Step(q, mass_, cached_, step.mass_scale));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<int32_t>> SelectRelease(const SequenceKv& seq, int64_t count) override {
+    if (count == 0) return std::vector<int32_t>();
+    const int64_t scored = seq_state_.num_steps();
+    std::vector<uint8_t> cached(scored, 0);
+    std::vector<int32_t> slot_of(scored, -1);
+    int64_t occupied = 0;
+    for (int64_t s = 0; s < seq.num_slots(); ++s) {
+      if (seq.rows[s] < 0) continue;
+      ++occupied;
+      const int32_t p = seq.pos[s];
+      if (p >= scored) {
+        return absl::FailedPreconditionError(absl::StrFormat("adore policy: position %d was never scored", p));
+      }
+      cached[p] = 1;
+      slot_of[p] = static_cast<int32_t>(s);
+    }
+    const int64_t num_new = count + budget_ - occupied;
+    ADORE_ASSIGN_OR_RETURN(AdoreReleasePlan plan,
+                           seq_state_.PlanRelease(cached, budget_, num_new, /*max_rebuild=*/0, num_sink_, num_recent_));
+    if (static_cast<int64_t>(plan.release.size()) < count) return TooFew("adore", count, plan.release.size());
+    std::vector<int32_t> out;
+    for (int64_t i = 0; i < count; ++i) out.push_back(slot_of[plan.release[i]]);
+    return out;
+  }
+
+ private:
+  AdoreSequence seq_state_;
+  int64_t budget_, num_sink_, num_recent_;
+  std::vector<int32_t> layers_;
+  std::vector<float> mass_;     // scratch, by position
+  std::vector<uint8_t> cached_;  // scratch, by position
+};
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ReleasePolicy>> MakeReleasePolicy(const ReleaseConfig& config) {
@@ -144,7 +223,13 @@ absl::StatusOr<std::unique_ptr<ReleasePolicy>> MakeReleasePolicy(const ReleaseCo
       return std::unique_ptr<ReleasePolicy>(
           new HeavyHitterPolicy(config.num_recent > 0 ? config.num_recent : config.kv_budget / 2));
     case PolicyKind::kAdore:
-      return absl::UnimplementedError("policy 'adore': the learned controller is not built yet");
+      if (config.controller == nullptr) {
+        return absl::FailedPreconditionError("policy 'adore': no controller loaded (tools/adore/controller.bin)");
+      }
+      if (config.rebuild != 0) {
+        return absl::UnimplementedError("policy 'adore': rebuild (R > 0) is not wired into the engine yet");
+      }
+      return std::unique_ptr<ReleasePolicy>(new AdorePolicy(*config.controller, config));
   }
   return absl::InvalidArgumentError("unknown policy kind");
 }

@@ -14,6 +14,10 @@
 #include "worker/kv_cache.h"
 
 namespace adore {
+class AdoreController;
+}
+
+namespace adore {
 
 enum class PolicyKind { kFull, kWindow, kHeavyHitter, kAdore };
 
@@ -29,6 +33,8 @@ struct ReleaseConfig {
   // heavy_hitter: slots kept for the most recent tokens; the rest of the budget goes to the heavy hitters.
   // 0 = half the budget (H2O's default split).
   int64_t num_recent = 0;
+  // adore: the trained controller (must outlive the policies made from this config).
+  const AdoreController* controller = nullptr;
 
   // INVALID_ARGUMENT naming the field: kv_budget outside [16, max_context] for a releasing policy,
   // rebuild outside [0, 64] or set for a policy that does not rebuild, num_sink / num_recent too large.
@@ -51,6 +57,20 @@ class ReleasePolicy {
 
   // Slot `slot` now holds a new token (its per-slot state restarts).
   virtual void OnSlotReused(int32_t slot) {}
+
+  // Layers whose attn_norm output (the q/k/v input) the policy wants for every new token; empty = none.
+  virtual std::span<const int32_t> feature_layers() const { return {}; }
+
+  // What one forward step showed, per new token of the sequence in position order.
+  struct StepObservation {
+    std::vector<int32_t> positions;                 // the step's new tokens
+    std::vector<std::span<const float>> slot_mass;  // per new token: [num_slots] attention it gave each slot
+    std::vector<std::span<const float>> features;   // per new token: [feature_layers().size() * hidden]
+    float mass_scale = 1.0f;                        // 1 / (num_layers * num_heads)
+  };
+  // After a forward step. The default sums the masses and calls Observe(). An error means the policy's
+  // state could not follow the step (the sequence should be ended).
+  virtual absl::Status ObserveStep(const SequenceKv& seq, const StepObservation& step);
 };
 
 // The policy object for one sequence.

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "common/model_weights.h"
+#include "worker/adore_controller.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/test_util.h"
@@ -220,6 +221,33 @@ TEST_F(CpuEngineTest, PoliciesKeepTheSequenceWithinItsBudget) {
     EXPECT_EQ(max_slots, 48) << PolicyKindName(kind);
     EXPECT_EQ(engine_->pool().num_free(), free_before);
   }
+}
+
+TEST_F(CpuEngineTest, AdoreWithBudgetAboveContextEqualsFull) {
+  auto controller = AdoreController::Load(std::string(ADORE_SOURCE_DIR) + "/tools/adore/controller.bin");
+  ASSERT_TRUE(controller.ok()) << controller.status();
+  const std::vector<int32_t> prompt = {504, 3458, 282, 253, 1345, 30, 339, 1458, 28, 253, 9364, 2116};
+  int64_t slots = 0;
+  const std::vector<int32_t> full = GreedyDecode(*engine_, prompt, 24, nullptr, 0, &slots);
+  auto policy = MakeReleasePolicy({.kind = PolicyKind::kAdore, .kv_budget = 64, .controller = controller->get()});
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  int64_t used = 0;
+  EXPECT_EQ(GreedyDecode(*engine_, prompt, 24, policy->get(), 64, &used), full);
+}
+
+TEST_F(CpuEngineTest, AdoreKeepsTheSequenceWithinItsBudget) {
+  auto controller = AdoreController::Load(std::string(ADORE_SOURCE_DIR) + "/tools/adore/controller.bin");
+  ASSERT_TRUE(controller.ok()) << controller.status();
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 40; ++i) prompt.push_back(300 + 7 * i);
+  auto policy = MakeReleasePolicy({.kind = PolicyKind::kAdore, .kv_budget = 48, .controller = controller->get()});
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  int64_t max_slots = 0;
+  const int64_t free_before = engine_->pool().num_free();
+  const std::vector<int32_t> out = GreedyDecode(*engine_, prompt, 30, policy->get(), 48, &max_slots);
+  EXPECT_EQ(out.size(), 31u);
+  EXPECT_EQ(max_slots, 48);
+  EXPECT_EQ(engine_->pool().num_free(), free_before);
 }
 
 }  // namespace

@@ -71,9 +71,9 @@ TEST(ReleasePolicyTest, HeavyHitterReleasesLeastAccumulatedOutsideRecentWindow) 
   EXPECT_EQ(p->SelectRelease(seq, 5).status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
-TEST(ReleasePolicyTest, AdoreIsNotAvailableUntilTheControllerExists) {
+TEST(ReleasePolicyTest, AdoreNeedsAControllerAndDoesNotRebuildYet) {
   EXPECT_EQ(MakeReleasePolicy({.kind = PolicyKind::kAdore, .kv_budget = 64}).status().code(),
-            absl::StatusCode::kUnimplemented);
+            absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace
