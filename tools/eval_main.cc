@@ -20,6 +20,7 @@
 #include "common/tokenizer.h"
 #include "nlohmann/json.hpp"
 #include "worker/cpu_engine.h"
+#include "worker/adore_controller.h"
 #include "worker/perplexity.h"
 
 // Flags are shared by all subcommands; each subcommand's usage line lists the ones it reads.
@@ -29,6 +30,11 @@ ABSL_FLAG(int64_t, context, 1024, "ppl: window length in tokens");
 ABSL_FLAG(int64_t, stride, 512, "ppl: window step in tokens, in [1, context]");
 ABSL_FLAG(int64_t, max_tokens, 0, "ppl: score only the first N tokens of the text; 0 = all");
 ABSL_FLAG(std::string, json, "", "write the result as JSON to this file");
+ABSL_FLAG(std::string, policy, "",
+          "ppl: score token by token with this release policy active (full, window, heavy_hitter, adore); "
+          "empty = the sliding-window recipe");
+ABSL_FLAG(int64_t, kv_budget, 512, "ppl with --policy: KV slots per sequence (m)");
+ABSL_FLAG(std::string, controller, "tools/adore/controller.bin", "ppl with --policy adore: controller weights");
 
 namespace {
 
@@ -97,8 +103,28 @@ absl::Status RunPerplexity(const Context& ctx) {
   if (ids.size() < 2) {
     return absl::InvalidArgumentError(absl::StrFormat("%s has %d tokens; need at least 2", text_path, ids.size()));
   }
-  ADORE_ASSIGN_OR_RETURN(auto engine,
-                         adore::CpuEngine::Create(std::move(weights), {.kv_rows = options.context}));
+  const std::string policy_name = absl::GetFlag(FLAGS_policy);
+  adore::ReleaseConfig release;
+  std::unique_ptr<adore::AdoreController> controller;
+  if (!policy_name.empty()) {
+    ADORE_ASSIGN_OR_RETURN(release.kind, adore::ParsePolicyKind(policy_name));
+    release.kv_budget = absl::GetFlag(FLAGS_kv_budget);
+    if (release.kind == adore::PolicyKind::kAdore) {
+      ADORE_ASSIGN_OR_RETURN(controller, adore::AdoreController::Load(absl::GetFlag(FLAGS_controller)));
+      release.controller = controller.get();
+    }
+    ADORE_RETURN_IF_ERROR(release.Validate(weights.config.max_context));
+    if (static_cast<int64_t>(ids.size()) > weights.config.max_context) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "--policy scores one stream: %d tokens exceed the model's context of %d (use --max_tokens)", ids.size(),
+          weights.config.max_context));
+    }
+  }
+  const int64_t kv_rows = policy_name.empty() ? options.context
+                          : release.kind == adore::PolicyKind::kFull
+                              ? static_cast<int64_t>(ids.size())
+                              : std::min<int64_t>(release.kv_budget, ids.size());
+  ADORE_ASSIGN_OR_RETURN(auto engine, adore::CpuEngine::Create(std::move(weights), {.kv_rows = kv_rows}));
 
   std::fprintf(stderr, "%s: %d tokens (using %d), context %d, stride %d\n", text_path.c_str(),
                num_text_tokens, ids.size(), options.context, options.stride);
@@ -110,7 +136,8 @@ absl::Status RunPerplexity(const Context& ctx) {
                  s > 0 ? processed / s : 0.0, tty && done < total ? "" : "\n");
   };
   ADORE_ASSIGN_OR_RETURN(const adore::PerplexityResult r,
-                         adore::ComputePerplexity(*engine, ids, options, progress));
+                         policy_name.empty() ? adore::ComputePerplexity(*engine, ids, options, progress)
+                                             : adore::ComputeStreamingPerplexity(*engine, ids, release, progress));
 
   std::printf("ppl %.6f\nnll %.6f\ntokens_scored %d\n", r.ppl, r.mean_nll, r.num_scored);
   std::fprintf(stderr, "%d windows, %d tokens through the model in %.1f s (%.1f tok/s)\n", r.num_windows,
@@ -124,6 +151,8 @@ absl::Status RunPerplexity(const Context& ctx) {
         {"num_tokens", r.num_tokens},  {"tokens_scored", r.num_scored},
         {"windows", r.num_windows},    {"nll", r.mean_nll},
         {"ppl", r.ppl},                {"seconds", r.seconds},
+        {"policy", policy_name.empty() ? "sliding-window" : policy_name},
+        {"kv_budget", policy_name.empty() ? 0 : release.kv_budget},
     };
     ADORE_RETURN_IF_ERROR(WriteJson(json_path, j));
   }

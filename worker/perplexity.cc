@@ -98,4 +98,40 @@ absl::StatusOr<PerplexityResult> ComputePerplexity(CpuEngine& engine, std::span<
   return result;
 }
 
+absl::StatusOr<PerplexityResult> ComputeStreamingPerplexity(CpuEngine& engine, std::span<const int32_t> tokens,
+                                                            const ReleaseConfig& config,
+                                                            const PerplexityProgress& on_step) {
+  if (tokens.size() < 2) return absl::InvalidArgumentError("streaming perplexity needs at least 2 tokens");
+  ADORE_RETURN_IF_ERROR(config.Validate(engine.config().max_context));
+  std::unique_ptr<ReleasePolicy> policy;
+  if (config.kind != PolicyKind::kFull) {
+    ADORE_ASSIGN_OR_RETURN(policy, MakeReleasePolicy(config));
+  }
+  const int64_t vocab = engine.config().vocab_size;
+  const auto t0 = std::chrono::steady_clock::now();
+  PerplexityResult r;
+  r.num_tokens = static_cast<int64_t>(tokens.size());
+  r.num_windows = 1;
+  SequenceKv seq;
+  std::vector<float> logits;
+  const int64_t n = r.num_tokens;
+  for (int64_t t = 0; t + 1 < n; ++t) {
+    ForwardItem item{&seq, tokens.subspan(t, 1), false, policy.get(), policy ? config.kv_budget : 0};
+    absl::Status s = engine.Forward(std::span<ForwardItem>(&item, 1), &logits);
+    if (!s.ok()) {
+      engine.Release(seq);
+      return s;
+    }
+    r.nll_sum += TokenNll(std::span<const float>(logits.data(), vocab), tokens[t + 1]);
+    ++r.num_scored;
+    ++r.tokens_processed;
+    if (on_step && ((t + 1) % 256 == 0 || t + 2 == n)) on_step(t + 1, n - 1, t + 1);
+  }
+  engine.Release(seq);
+  r.mean_nll = r.nll_sum / r.num_scored;
+  r.ppl = std::exp(r.mean_nll);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
+}
+
 }  // namespace adore

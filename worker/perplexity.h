@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "worker/cpu_engine.h"
+#include "worker/release_policy.h"
 
 namespace adore {
 
@@ -61,5 +62,14 @@ using PerplexityProgress = std::function<void(int64_t, int64_t, int64_t)>;
 absl::StatusOr<PerplexityResult> ComputePerplexity(CpuEngine& engine, std::span<const int32_t> tokens,
                                                    const PerplexityOptions& options,
                                                    const PerplexityProgress& on_window = nullptr);
+
+// Token-by-token perplexity with a release policy active: one sequence decodes the stream one token per
+// step, its cache held at `config.kv_budget` slots by the policy (unbounded for `full`); target t is scored
+// from the logits of step t - 1, so every token in [1, num_tokens) is scored once, each with the whole
+// (policy-filtered) history. `on_step` gets (tokens done, total, tokens done). The pool needs
+// min(num_tokens, kv_budget) free rows. INVALID_ARGUMENT for a bad config or fewer than 2 tokens.
+absl::StatusOr<PerplexityResult> ComputeStreamingPerplexity(CpuEngine& engine, std::span<const int32_t> tokens,
+                                                            const ReleaseConfig& config,
+                                                            const PerplexityProgress& on_step = nullptr);
 
 }  // namespace adore

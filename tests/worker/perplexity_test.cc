@@ -114,3 +114,35 @@ TEST(PerplexityTest, MatchesTransformersOnEmmaExcerpt) {
 
 }  // namespace
 }  // namespace adore
+
+namespace adore {
+namespace {
+
+// Streaming (token-by-token) perplexity under `full` equals one window over the same tokens; a releasing
+// policy with a budget above the stream length changes nothing either.
+TEST(StreamingPerplexityTest, FullAndUnboundedPoliciesEqualOneWindow) {
+  if (!testing::ModelAvailable()) GTEST_SKIP() << "model not fetched: run tools/fetch-model.sh";
+  auto weights = LoadModelWeights(testing::ModelPath());
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  auto engine = CpuEngine::Create(*std::move(weights), {.kv_rows = 128});
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 60; ++i) ids.push_back(200 + (i * 131) % 9000);
+  auto window = ComputePerplexity(**engine, ids, {.context = 60, .stride = 60});
+  ASSERT_TRUE(window.ok()) << window.status();
+  auto full = ComputeStreamingPerplexity(**engine, ids, ReleaseConfig{});
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_EQ(full->num_scored, window->num_scored);
+  EXPECT_NEAR(full->ppl / window->ppl, 1.0, 1e-4);
+  auto h2o = ComputeStreamingPerplexity(**engine, ids, {.kind = PolicyKind::kHeavyHitter, .kv_budget = 64});
+  ASSERT_TRUE(h2o.ok()) << h2o.status();
+  EXPECT_NEAR(h2o->ppl / window->ppl, 1.0, 1e-4);
+  // A budget below the stream length releases tokens: perplexity changes, and the pool stays bounded.
+  auto tight = ComputeStreamingPerplexity(**engine, ids, {.kind = PolicyKind::kWindow, .kv_budget = 16});
+  ASSERT_TRUE(tight.ok()) << tight.status();
+  EXPECT_NE(tight->ppl, window->ppl);
+  EXPECT_EQ((*engine)->pool().num_free(), (*engine)->pool().num_rows());
+}
+
+}  // namespace
+}  // namespace adore
