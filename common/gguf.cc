@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/file_util.h"
 #include "common/status.h"
 
 namespace adore {
@@ -263,14 +264,9 @@ bool AsFloat(const GgufValue& v, double* out) {
 }  // namespace
 
 absl::StatusOr<GgufFile> GgufFile::Open(const std::string& path) {
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) {
-    return absl::NotFoundError(absl::StrFormat("%s: no such file", path));
-  }
-  const uint64_t file_size = std::filesystem::file_size(path, ec);
-  if (ec) return absl::NotFoundError(absl::StrFormat("%s: cannot stat: %s", path, ec.message()));
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrFormat("%s: cannot open for reading", path));
+  ADORE_ASSIGN_OR_RETURN(OpenedFile opened, OpenForReading(path));
+  std::ifstream& in = opened.in;
+  const uint64_t file_size = opened.size;
 
   GgufFile f;
   f.path_ = path;

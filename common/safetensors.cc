@@ -9,6 +9,8 @@
 #include <utility>
 
 #include "absl/strings/str_format.h"
+#include "common/file_util.h"
+#include "common/status.h"
 #include "common/gguf.h"
 #include "nlohmann/json.hpp"
 
@@ -30,14 +32,9 @@ int DtypeBytes(const std::string& dtype) {
 }  // namespace
 
 absl::StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) {
-    return absl::NotFoundError(absl::StrFormat("%s: no such file", path));
-  }
-  const uint64_t file_size = std::filesystem::file_size(path, ec);
-  if (ec) return absl::NotFoundError(absl::StrFormat("%s: cannot stat: %s", path, ec.message()));
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrFormat("%s: cannot open for reading", path));
+  ADORE_ASSIGN_OR_RETURN(OpenedFile opened, OpenForReading(path));
+  std::ifstream& in = opened.in;
+  const uint64_t file_size = opened.size;
 
   if (file_size < 8) {
     return absl::DataLossError(absl::StrFormat(
