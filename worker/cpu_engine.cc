@@ -12,33 +12,6 @@ namespace adore {
 
 namespace k = kernels;
 
-absl::StatusOr<ForwardShape> CheckForwardItems(std::span<const ForwardItem> items, const ModelConfig& c) {
-  if (items.empty()) return absl::InvalidArgumentError("forward call with no items");
-  ForwardShape shape;
-  for (size_t i = 0; i < items.size(); ++i) {
-    const ForwardItem& it = items[i];
-    if (it.seq == nullptr || it.tokens.empty()) {
-      return absl::InvalidArgumentError(absl::StrFormat("forward item %d has no sequence or no tokens", i));
-    }
-    for (int32_t t : it.tokens) {
-      if (t < 0 || t >= c.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrFormat("forward item %d: token id %d outside the vocabulary [0, %d)",
-                                                          i, t, c.vocab_size));
-      }
-    }
-    const int64_t len = it.tokens.size();
-    if (it.seq->next_pos + len > c.max_context) {
-      return absl::OutOfRangeError(absl::StrFormat(
-          "forward item %d: sequence would reach position %d, past the model's context of %d tokens", i,
-          it.seq->next_pos + len, c.max_context));
-    }
-    shape.num_tokens += len;
-    shape.num_logit_rows += it.all_logits ? len : 1;
-    shape.num_slots += it.seq->num_slots() + len;
-  }
-  return shape;
-}
-
 absl::StatusOr<std::unique_ptr<CpuEngine>> CpuEngine::Create(ModelWeights weights,
                                                              const CpuEngineOptions& options) {
   ADORE_RETURN_IF_ERROR(weights.config.Validate());
@@ -83,67 +56,34 @@ absl::Status CpuEngine::BindWeights() {
 
 absl::Status CpuEngine::Forward(std::span<ForwardItem> items, std::vector<float>* logits) {
   const ModelConfig& c = weights_.config;
-  // Validate everything before touching any state, so a failed call changes nothing.
-  ADORE_ASSIGN_OR_RETURN(const ForwardShape shape, CheckForwardItems(items, c));
-  const int64_t n = shape.num_tokens, num_logit_rows = shape.num_logit_rows;
-
-  // Slots to release per item (chosen before anything changes), then fresh rows for the remaining tokens.
-  std::vector<std::vector<int32_t>> reuse(items.size());
-  int64_t num_fresh = 0;
-  for (size_t i = 0; i < items.size(); ++i) {
-    const ForwardItem& it = items[i];
-    const int64_t len = it.tokens.size();
-    int64_t over = 0;
-    if (it.policy != nullptr) {
-      if (len > it.kv_budget) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "forward item %d: %d tokens in one step exceed its kv_budget of %d slots", i, len, it.kv_budget));
-      }
-      over = std::max<int64_t>(0, it.seq->num_slots() + len - it.kv_budget);
-      if (over > 0) {
-        ADORE_ASSIGN_OR_RETURN(reuse[i], it.policy->SelectRelease(*it.seq, over));
-      }
-    }
-    num_fresh += len - over;
-  }
-  ADORE_ASSIGN_OR_RETURN(std::vector<int32_t> fresh_rows, pool_.Allocate(num_fresh));
-
+  // Validate and plan everything before touching any state, so a failed call changes nothing.
+  ADORE_ASSIGN_OR_RETURN(const PlannedForward plan, PlanForward(items, c, pool_.rows()));
+  const int64_t n = plan.num_tokens, num_logit_rows = plan.num_logit_rows;
   const int64_t d = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
   const int64_t q_dim = nh * hd, kv_dim = nkv * hd, ff = c.intermediate_size;
   std::vector<int32_t> tokens(n), positions(n), rows(n), token_item(n);
   std::vector<int64_t> item_first(items.size());
   {
-    int64_t t = 0, next_fresh = 0;
+    int64_t t = 0;
     for (size_t i = 0; i < items.size(); ++i) {
-      SequenceKv& seq = *items[i].seq;
+      const PlannedItem& p = plan.items[i];
       item_first[i] = t;
-      size_t next_reuse = 0;
-      for (int32_t tok : items[i].tokens) {
-        tokens[t] = tok;
-        positions[t] = seq.next_pos++;
+      for (size_t j = 0; j < p.tokens.size(); ++j, ++t) {
+        tokens[t] = p.tokens[j];
+        positions[t] = p.positions[j];
+        rows[t] = p.rows[j];
         token_item[t] = static_cast<int32_t>(i);
-        if (next_reuse < reuse[i].size()) {  // overwrite a released slot in place
-          const int32_t slot = reuse[i][next_reuse++];
-          rows[t] = seq.rows[slot];
-          seq.pos[slot] = positions[t];
-          items[i].policy->OnSlotReused(slot);
-        } else {
-          rows[t] = fresh_rows[next_fresh++];
-          seq.rows.push_back(rows[t]);
-          seq.pos.push_back(positions[t]);
-        }
-        ++t;
       }
     }
   }
-  // Attention mass per (token, slot of its sequence), summed over layers and heads, and the attn_norm
-  // rows of the layers a policy asks for, for policies.
+  // Attention mass per (new token, slot of its sequence), summed over layers and heads, and the attn_norm
+  // rows of the layers a policy asks for, for policies (rebuilt tokens are not observed).
   std::vector<std::vector<float>> token_mass(n), token_features(n);
   for (int64_t t = 0; t < n; ++t) {
-    const ForwardItem& it = items[token_item[t]];
-    if (it.policy == nullptr) continue;
-    token_mass[t].assign(it.seq->num_slots(), 0.0f);
-    token_features[t].assign(it.policy->feature_layers().size() * c.hidden_size, 0.0f);
+    const int32_t i = token_item[t];
+    if (items[i].policy == nullptr || t - item_first[i] < plan.items[i].num_rebuild) continue;
+    token_mass[t].assign(items[i].seq->num_slots(), 0.0f);
+    token_features[t].assign(items[i].policy->feature_layers().size() * c.hidden_size, 0.0f);
   }
 
   std::vector<float> x(n * d), h(n * d), q(n * q_dim), kk(n * kv_dim), vv(n * kv_dim), attn(n * q_dim);
@@ -209,31 +149,22 @@ absl::Status CpuEngine::Forward(std::span<ForwardItem> items, std::vector<float>
   // Final norm and LM head only for the rows whose logits are wanted.
   std::vector<float> sel(num_logit_rows * d);
   {
-    int64_t t = 0, r = 0;
-    for (const ForwardItem& it : items) {
-      const int64_t len = it.tokens.size();
-      const int64_t first = it.all_logits ? t : t + len - 1;
-      const int64_t count = it.all_logits ? len : 1;
-      k::RmsNormRef(&x[first * d], output_norm_, count, d, c.rms_norm_eps, &sel[r * d]);
+    int64_t r = 0;
+    for (size_t i = 0; i < items.size(); ++i) {
+      const PlannedItem& p = plan.items[i];
+      const int64_t len = p.num_new(), end = item_first[i] + static_cast<int64_t>(p.tokens.size());
+      const int64_t count = items[i].all_logits ? len : 1;
+      k::RmsNormRef(&x[(end - count) * d], output_norm_, count, d, c.rms_norm_eps, &sel[r * d]);
       r += count;
-      t += len;
     }
   }
   logits->resize(num_logit_rows * c.vocab_size);
   k::MatMulRef(sel.data(), lm_head_, num_logit_rows, d, c.vocab_size, logits->data());
 
-  for (size_t i = 0; i < items.size(); ++i) {
-    if (items[i].policy == nullptr) continue;
-    ReleasePolicy::StepObservation step;
-    step.mass_scale = 1.0f / static_cast<float>(c.num_layers * c.num_heads);
-    for (int64_t t = item_first[i]; t < item_first[i] + static_cast<int64_t>(items[i].tokens.size()); ++t) {
-      step.positions.push_back(positions[t]);
-      step.slot_mass.emplace_back(token_mass[t]);
-      step.features.emplace_back(token_features[t]);
-    }
-    ADORE_RETURN_IF_ERROR(items[i].policy->ObserveStep(*items[i].seq, step));
-  }
-  return absl::OkStatus();
+  return ObserveForward(
+      items, plan, 1.0f / static_cast<float>(c.num_layers * c.num_heads),
+      [&](size_t i, int64_t t) { return std::span<const float>(token_mass[item_first[i] + t]); },
+      [&](size_t i, int64_t t) { return std::span<const float>(token_features[item_first[i] + t]); });
 }
 
 }  // namespace adore

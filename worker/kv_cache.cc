@@ -42,4 +42,10 @@ void RowAllocator::Release(SequenceKv& seq) {
   seq.next_pos = 0;
 }
 
+void RowAllocator::Free(std::span<const int32_t> rows) {
+  for (int32_t r : rows) {
+    if (r >= 0) free_.push_back(r);
+  }
+}
+
 }  // namespace adore

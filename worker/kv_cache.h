@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -28,6 +29,8 @@ class RowAllocator {
   absl::StatusOr<std::vector<int32_t>> Allocate(int64_t n);
   // Returns every row of `seq` and clears it.
   void Release(SequenceKv& seq);
+  // Returns single rows (a released slot left empty).
+  void Free(std::span<const int32_t> rows);
   int64_t num_rows() const { return num_rows_; }
   int64_t num_free() const { return static_cast<int64_t>(free_.size()); }
 
@@ -45,6 +48,7 @@ class KvPool {
   absl::StatusOr<std::vector<int32_t>> Allocate(int64_t n) { return rows_.Allocate(n); }
   // Returns every row of `seq` to the pool and clears it.
   void Release(SequenceKv& seq) { rows_.Release(seq); }
+  RowAllocator& rows() { return rows_; }
 
   float* k(int64_t layer) { return k_[layer].data(); }  // [num_rows, num_kv_heads, head_dim]
   float* v(int64_t layer) { return v_[layer].data(); }

@@ -65,6 +65,19 @@ absl::Status ReleasePolicy::ObserveStep(const SequenceKv& seq, const StepObserva
   return absl::OkStatus();
 }
 
+int64_t OccupiedSlots(const SequenceKv& seq) {
+  return std::count_if(seq.rows.begin(), seq.rows.end(), [](int32_t r) { return r >= 0; });
+}
+
+absl::StatusOr<StepPlan> ReleasePolicy::PlanStep(const SequenceKv& seq, int64_t num_new, int64_t budget) {
+  StepPlan plan;
+  const int64_t over = std::max<int64_t>(0, OccupiedSlots(seq) + num_new - budget);
+  if (over > 0) {
+    ADORE_ASSIGN_OR_RETURN(plan.release, SelectRelease(seq, over));
+  }
+  return plan;
+}
+
 namespace {
 
 // Occupied slots, oldest position first.
@@ -144,11 +157,12 @@ class HeavyHitterPolicy final : public ReleasePolicy {
 };
 
 // ADORE: the learned controller scores every token (cached or released) each step; the lowest-scoring
-// cached tokens outside the protected set (sinks + recent) are released. Rebuild is not wired yet (R = 0).
+// cached tokens outside the protected set (sinks + recent) are released, and with rebuild = R > 0 up to R
+// released tokens whose score now beats cached ones come back (recomputed at their positions).
 class AdorePolicy final : public ReleasePolicy {
  public:
   AdorePolicy(const AdoreController& controller, const ReleaseConfig& config)
-      : seq_state_(controller), budget_(config.kv_budget), num_sink_(config.num_sink),
+      : seq_state_(controller), max_rebuild_(config.rebuild), num_sink_(config.num_sink),
         num_recent_(config.num_recent > 0 ? config.num_recent : controller.config().num_recent) {
     for (int64_t l : controller.config().feature_layers) layers_.push_back(static_cast<int32_t>(l));
   }
@@ -162,6 +176,7 @@ class AdorePolicy final : public ReleasePolicy {
             "adore policy: token at position %d arrived, expected %d", step.positions[i], seq_state_.num_tokens()));
       }
       ADORE_RETURN_IF_ERROR(seq_state_.AddToken(step.features[i]));
+      tokens_.push_back(i < step.tokens.size() ? step.tokens[i] : -1);
     }
     for (size_t i = 0; i < step.positions.size(); ++i) {
       const int32_t q = step.positions[i];
@@ -178,15 +193,14 @@ class AdorePolicy final : public ReleasePolicy {
     return absl::OkStatus();
   }
 
-  absl::StatusOr<std::vector<int32_t>> SelectRelease(const SequenceKv& seq, int64_t count) override {
-    if (count == 0) return std::vector<int32_t>();
+  absl::StatusOr<StepPlan> PlanStep(const SequenceKv& seq, int64_t num_new, int64_t budget) override {
+    StepPlan out;
+    if (OccupiedSlots(seq) + num_new <= budget && max_rebuild_ == 0) return out;
     const int64_t scored = seq_state_.num_steps();
     std::vector<uint8_t> cached(scored, 0);
     std::vector<int32_t> slot_of(scored, -1);
-    int64_t occupied = 0;
     for (int64_t s = 0; s < seq.num_slots(); ++s) {
       if (seq.rows[s] < 0) continue;
-      ++occupied;
       const int32_t p = seq.pos[s];
       if (p >= scored) {
         return absl::FailedPreconditionError(absl::StrFormat("adore policy: position %d was never scored", p));
@@ -194,20 +208,30 @@ class AdorePolicy final : public ReleasePolicy {
       cached[p] = 1;
       slot_of[p] = static_cast<int32_t>(s);
     }
-    const int64_t num_new = count + budget_ - occupied;
     ADORE_ASSIGN_OR_RETURN(AdoreReleasePlan plan,
-                           seq_state_.PlanRelease(cached, budget_, num_new, /*max_rebuild=*/0, num_sink_, num_recent_));
-    if (static_cast<int64_t>(plan.release.size()) < count) return TooFew("adore", count, plan.release.size());
-    std::vector<int32_t> out;
-    for (int64_t i = 0; i < count; ++i) out.push_back(slot_of[plan.release[i]]);
+                           seq_state_.PlanRelease(cached, budget, num_new, max_rebuild_, num_sink_, num_recent_));
+    for (int32_t p : plan.release) out.release.push_back(slot_of[p]);
+    for (int32_t p : plan.rebuild) {
+      if (p >= static_cast<int32_t>(tokens_.size()) || tokens_[p] < 0) {
+        return absl::FailedPreconditionError(absl::StrFormat("adore policy: no token id recorded at position %d", p));
+      }
+      out.rebuild_positions.push_back(p);
+      out.rebuild_tokens.push_back(tokens_[p]);
+    }
     return out;
+  }
+
+  absl::StatusOr<std::vector<int32_t>> SelectRelease(const SequenceKv& seq, int64_t count) override {
+    // Only reached through the base PlanStep, which this policy replaces.
+    return absl::InternalError("adore policy: SelectRelease is not used (PlanStep plans the step)");
   }
 
  private:
   AdoreSequence seq_state_;
-  int64_t budget_, num_sink_, num_recent_;
+  int64_t max_rebuild_, num_sink_, num_recent_;
   std::vector<int32_t> layers_;
-  std::vector<float> mass_;     // scratch, by position
+  std::vector<int32_t> tokens_;  // token id by position (for rebuild)
+  std::vector<float> mass_;      // scratch, by position
   std::vector<uint8_t> cached_;  // scratch, by position
 };
 
@@ -225,9 +249,6 @@ absl::StatusOr<std::unique_ptr<ReleasePolicy>> MakeReleasePolicy(const ReleaseCo
     case PolicyKind::kAdore:
       if (config.controller == nullptr) {
         return absl::FailedPreconditionError("policy 'adore': no controller loaded (tools/adore/controller.bin)");
-      }
-      if (config.rebuild != 0) {
-        return absl::UnimplementedError("policy 'adore': rebuild (R > 0) is not wired into the engine yet");
       }
       return std::unique_ptr<ReleasePolicy>(new AdorePolicy(*config.controller, config));
   }

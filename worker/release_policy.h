@@ -41,10 +41,29 @@ struct ReleaseConfig {
   absl::Status Validate(int64_t max_context) const;
 };
 
+// What a policy decides before a step: slots whose tokens leave the cache, and released tokens that come
+// back (their K/V recomputed at their original positions alongside the step's new tokens).
+struct StepPlan {
+  std::vector<int32_t> release;            // slots to free; new and rebuilt tokens reuse them in place
+  std::vector<int32_t> rebuild_positions;  // released positions to recompute this step
+  std::vector<int32_t> rebuild_tokens;     // their token ids (same order)
+};
+
+// Per-sequence counters, returned with a request's result.
+struct ReleaseStats {
+  int64_t released = 0;  // tokens whose slots were freed
+  int64_t rebuilt = 0;   // released tokens recomputed and cached again
+};
+
 class ReleasePolicy {
  public:
   virtual ~ReleasePolicy() = default;
   virtual PolicyKind kind() const = 0;
+
+  // Plans the coming step of `num_new` tokens so that at most `budget` slots are occupied after it. The
+  // default releases exactly the overflow through SelectRelease and rebuilds nothing. Must not change
+  // the policy's state (a failed step must change nothing).
+  virtual absl::StatusOr<StepPlan> PlanStep(const SequenceKv& seq, int64_t num_new, int64_t budget);
 
   // After a forward step: the attention probability each slot received, summed over layers, heads and
   // the step's queries (indexed like seq.rows). Slot count may have grown since the last call.
@@ -63,7 +82,8 @@ class ReleasePolicy {
 
   // What one forward step showed, per new token of the sequence in position order.
   struct StepObservation {
-    std::vector<int32_t> positions;                 // the step's new tokens
+    std::vector<int32_t> positions;                 // the step's new tokens (rebuilt ones are not included)
+    std::vector<int32_t> tokens;                    // their ids
     std::vector<std::span<const float>> slot_mass;  // per new token: [num_slots] attention it gave each slot
     std::vector<std::span<const float>> features;   // per new token: [feature_layers().size() * hidden]
     float mass_scale = 1.0f;                        // 1 / (num_layers * num_heads)
@@ -71,7 +91,19 @@ class ReleasePolicy {
   // After a forward step. The default sums the masses and calls Observe(). An error means the policy's
   // state could not follow the step (the sequence should be ended).
   virtual absl::Status ObserveStep(const SequenceKv& seq, const StepObservation& step);
+
+  const ReleaseStats& stats() const { return stats_; }
+  void RecordStep(int64_t released, int64_t rebuilt) {  // called by the engine once a plan is applied
+    stats_.released += released;
+    stats_.rebuilt += rebuilt;
+  }
+
+ private:
+  ReleaseStats stats_;
 };
+
+// Occupied slots of a sequence (rows >= 0).
+int64_t OccupiedSlots(const SequenceKv& seq);
 
 // The policy object for one sequence.
 absl::StatusOr<std::unique_ptr<ReleasePolicy>> MakeReleasePolicy(const ReleaseConfig& config);

@@ -250,5 +250,129 @@ TEST_F(CpuEngineTest, AdoreKeepsTheSequenceWithinItsBudget) {
   EXPECT_EQ(engine_->pool().num_free(), free_before);
 }
 
+// Releases position `drop` at step `drop_step` (counted in Forward calls) and rebuilds it `gap` steps
+// later; never releases anything else. The budget is large, so nothing else leaves the cache.
+class ScriptedRebuildPolicy final : public ReleasePolicy {
+ public:
+  ScriptedRebuildPolicy(int32_t drop, int32_t drop_step, int32_t gap) : drop_(drop), drop_step_(drop_step), gap_(gap) {}
+  PolicyKind kind() const override { return PolicyKind::kAdore; }
+  absl::StatusOr<StepPlan> PlanStep(const SequenceKv& seq, int64_t, int64_t) override {
+    StepPlan plan;
+    if (step_ == drop_step_) {
+      for (int32_t s = 0; s < seq.num_slots(); ++s) {
+        if (seq.rows[s] >= 0 && seq.pos[s] == drop_) plan.release.push_back(s);
+      }
+    } else if (step_ == drop_step_ + gap_) {
+      plan.rebuild_positions.push_back(drop_);
+      plan.rebuild_tokens.push_back(tokens_[drop_]);
+    }
+    return plan;
+  }
+  absl::StatusOr<std::vector<int32_t>> SelectRelease(const SequenceKv&, int64_t) override {
+    return absl::InternalError("unused");
+  }
+  absl::Status ObserveStep(const SequenceKv&, const StepObservation& step) override {
+    tokens_.insert(tokens_.end(), step.tokens.begin(), step.tokens.end());
+    ++step_;
+    return absl::OkStatus();
+  }
+
+ private:
+  int32_t drop_, drop_step_, gap_, step_ = 0;
+  std::vector<int32_t> tokens_;
+};
+
+// K and V of the token at `pos` in every layer, read through the sequence's slot table (empty if absent).
+std::vector<float> TokenKv(CpuEngine& engine, const SequenceKv& seq, int32_t pos) {
+  std::vector<float> kv;
+  for (int64_t s = 0; s < seq.num_slots(); ++s) {
+    if (seq.rows[s] < 0 || seq.pos[s] != pos) continue;
+    const int64_t stride = engine.pool().row_stride();
+    for (int64_t l = 0; l < engine.config().num_layers; ++l) {
+      const float* k = engine.pool().k(l) + seq.rows[s] * stride;
+      const float* v = engine.pool().v(l) + seq.rows[s] * stride;
+      kv.insert(kv.end(), k, k + stride);
+      kv.insert(kv.end(), v, v + stride);
+    }
+  }
+  return kv;
+}
+
+// A released token rebuilt while everything before it is still cached gets back exactly its old K/V (same
+// inputs at the same position, in every layer), although it runs in a batch with the step's new token;
+// while it is out, the logits differ from full attention's.
+TEST_F(CpuEngineTest, RebuiltTokenReentersWithItsOriginalKv) {
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 20; ++i) ids.push_back(400 + 13 * i);
+  SequenceKv full_seq, seq;
+  ScriptedRebuildPolicy policy(/*drop=*/3, /*drop_step=*/10, /*gap=*/4);
+  std::vector<float> original, full_logits, logits;
+  for (size_t t = 0; t < ids.size(); ++t) {
+    ForwardItem full_item{&full_seq, std::span<const int32_t>(ids).subspan(t, 1)};
+    ASSERT_TRUE(engine_->Forward(std::span<ForwardItem>(&full_item, 1), &full_logits).ok());
+    ForwardItem item{&seq, std::span<const int32_t>(ids).subspan(t, 1), false, &policy, 4096};
+    ASSERT_TRUE(engine_->Forward(std::span<ForwardItem>(&item, 1), &logits).ok()) << "step " << t;
+    if (t == 3) original = TokenKv(*engine_, seq, 3);
+    if (t >= 10 && t < 14) {
+      EXPECT_TRUE(TokenKv(*engine_, seq, 3).empty()) << "step " << t;
+      EXPECT_EQ(OccupiedSlots(seq), static_cast<int64_t>(t)) << "step " << t;
+      float diff = 0.0f;
+      for (size_t i = 0; i < logits.size(); ++i) diff = std::max(diff, std::fabs(logits[i] - full_logits[i]));
+      EXPECT_GT(diff, 1e-3f) << "step " << t << ": the released token should be missing";
+    } else {
+      EXPECT_EQ(OccupiedSlots(seq), static_cast<int64_t>(t) + 1) << "step " << t;
+    }
+    if (t == 14) {  // rebuilt in this step, alongside token 14
+      const std::vector<float> rebuilt = TokenKv(*engine_, seq, 3);
+      ASSERT_EQ(rebuilt.size(), original.size());
+      float worst = 0.0f;
+      for (size_t i = 0; i < rebuilt.size(); ++i) worst = std::max(worst, std::fabs(rebuilt[i] - original[i]));
+      EXPECT_LT(worst, 1e-4f);
+    }
+  }
+  EXPECT_EQ(policy.stats().released, 1);
+  EXPECT_EQ(policy.stats().rebuilt, 1);
+  engine_->Release(seq);
+  engine_->Release(full_seq);
+}
+
+// The trained controller with R > 0 on a budget far below the context: released tokens come back, the
+// cache never passes its budget and no pool row leaks.
+TEST_F(CpuEngineTest, AdoreRebuildBringsReleasedTokensBack) {
+  auto controller = AdoreController::Load(std::string(ADORE_SOURCE_DIR) + "/tools/adore/controller.bin");
+  ASSERT_TRUE(controller.ok()) << controller.status();
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 160; ++i) ids.push_back(300 + (i * 37) % 2000);
+  const int64_t budget = 48;
+  auto policy = MakeReleasePolicy(
+      {.kind = PolicyKind::kAdore, .kv_budget = budget, .rebuild = 8, .controller = controller->get()});
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  const int64_t free_before = engine_->pool().num_free();
+  SequenceKv seq;
+  std::vector<float> logits;
+  int64_t reentered = 0;  // tokens computed before a step, not cached before it and cached after it
+  auto cached = [&]() {
+    std::vector<uint8_t> c(ids.size(), 0);
+    for (int64_t s = 0; s < seq.num_slots(); ++s) {
+      if (seq.rows[s] >= 0) c[seq.pos[s]] = 1;
+    }
+    return c;
+  };
+  for (size_t t = 0; t < ids.size(); ++t) {
+    const std::vector<uint8_t> before = cached();
+    ForwardItem item{&seq, std::span<const int32_t>(ids).subspan(t, 1), false, policy->get(), budget};
+    ASSERT_TRUE(engine_->Forward(std::span<ForwardItem>(&item, 1), &logits).ok()) << "step " << t;
+    ASSERT_LE(OccupiedSlots(seq), budget);
+    const std::vector<uint8_t> after = cached();
+    for (size_t p = 0; p < t; ++p) reentered += !before[p] && after[p];
+  }
+  const ReleaseStats& st = (*policy)->stats();
+  EXPECT_GT(st.rebuilt, 0);
+  EXPECT_EQ(reentered, st.rebuilt);
+  EXPECT_EQ(st.released, static_cast<int64_t>(ids.size()) - budget + st.rebuilt);
+  engine_->Release(seq);
+  EXPECT_EQ(engine_->pool().num_free(), free_before);
+}
+
 }  // namespace
 }  // namespace adore

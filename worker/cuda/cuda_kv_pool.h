@@ -30,6 +30,7 @@ class CudaKvPool {
   absl::StatusOr<std::vector<int32_t>> Allocate(int64_t n) { return rows_.Allocate(n); }
   // Returns every row of `seq` to the pool and clears it.
   void Release(SequenceKv& seq) { rows_.Release(seq); }
+  RowAllocator& rows() { return rows_; }
 
   __nv_bfloat16* k(int64_t layer) { return base_ + (2 * layer) * num_rows_ * row_dim_; }  // [num_rows, row_dim]
   __nv_bfloat16* v(int64_t layer) { return base_ + (2 * layer + 1) * num_rows_ * row_dim_; }
