@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/model_weights.h"
+#include "worker/engine.h"
 #include "worker/forward_plan.h"
 #include "worker/kv_cache.h"
 #include "worker/release_policy.h"
@@ -19,7 +20,7 @@ struct CpuEngineOptions {
   int64_t kv_rows = 0;  // KV pool capacity in tokens over all sequences; 0 = max_context
 };
 
-class CpuEngine {
+class CpuEngine final : public Engine {
  public:
   // Takes ownership of the weights. INVALID_ARGUMENT when the config is inconsistent.
   static absl::StatusOr<std::unique_ptr<CpuEngine>> Create(ModelWeights weights,
@@ -33,12 +34,13 @@ class CpuEngine {
   // cannot free enough slots; in every error case nothing is changed. With a policy the step follows its
   // plan (worker/forward_plan.h: released slots reused in place, rebuilt tokens recomputed at their
   // positions before the new ones) and ObserveStep() receives what the new tokens saw.
-  absl::Status Forward(std::span<ForwardItem> items, std::vector<float>* logits);
+  absl::Status Forward(std::span<ForwardItem> items, std::vector<float>* logits) override;
 
   // Frees a sequence's rows.
-  void Release(SequenceKv& seq) { pool_.Release(seq); }
+  void Release(SequenceKv& seq) override { pool_.Release(seq); }
 
-  const ModelConfig& config() const { return weights_.config; }
+  const ModelConfig& config() const override { return weights_.config; }
+  const char* backend() const override { return "cpu"; }
   const ModelWeights& weights() const { return weights_; }
   KvPool& pool() { return pool_; }
 

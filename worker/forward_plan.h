@@ -86,7 +86,7 @@ absl::Status ObserveForward(std::span<ForwardItem> items, const PlannedForward& 
       step.slot_mass.push_back(mass(i, t));
       step.features.push_back(features(i, t));
     }
-    status[i] = items[i].policy->ObserveStep(*items[i].seq, step);
+    status[i].Update(items[i].policy->ObserveStep(*items[i].seq, step));
   }
   for (absl::Status& st : status) {
     if (!st.ok()) return st;

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_format.h"
@@ -16,7 +17,7 @@ double SecondsSince(std::chrono::steady_clock::time_point t0) {
 }
 }  // namespace
 
-absl::StatusOr<std::vector<GenerationResult>> GenerateBatch(CpuEngine& engine,
+absl::StatusOr<std::vector<GenerationResult>> GenerateBatch(Engine& engine,
                                                             std::span<const GenerationRequest> requests,
                                                             const TokenCallback& on_token,
                                                             GenerationStats* stats, int32_t prefill_chunk) {
@@ -27,16 +28,32 @@ absl::StatusOr<std::vector<GenerationResult>> GenerateBatch(CpuEngine& engine,
       return absl::InvalidArgumentError(absl::StrFormat("request %d: max_tokens must be > 0", i));
     }
     ADORE_RETURN_IF_ERROR(requests[i].sampling.Validate());
+    absl::Status rs = requests[i].release.Validate(engine.config().max_context);
+    if (!rs.ok()) return absl::Status(rs.code(), absl::StrFormat("request %d: %s", i, rs.message()));
   }
+  // One policy per request with a releasing policy; null = full attention.
+  std::vector<std::unique_ptr<ReleasePolicy>> policies(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (requests[i].release.kind == PolicyKind::kFull) continue;
+    ADORE_ASSIGN_OR_RETURN(policies[i], MakeReleasePolicy(requests[i].release));
+  }
+
   GenerationStats local_stats;
   GenerationStats& st = stats ? *stats : local_stats;
   std::vector<SequenceKv> seqs(requests.size());
   absl::Cleanup release = [&] {
     for (SequenceKv& s : seqs) engine.Release(s);
   };
+  auto make_item = [&](size_t i, std::span<const int32_t> tokens) {
+    return ForwardItem{&seqs[i], tokens, false, policies[i].get(), policies[i] ? requests[i].release.kv_budget : 0};
+  };
   std::vector<Sampler> samplers;
   for (const GenerationRequest& r : requests) samplers.emplace_back(r.sampling);
   std::vector<GenerationResult> results(requests.size());
+  auto finish = [&](size_t i) {  // record a request's KV figures before its sequence is released
+    if (policies[i]) results[i].release_stats = policies[i]->stats();
+    results[i].kv_slots = OccupiedSlots(seqs[i]);
+  };
   std::vector<int32_t> last(requests.size());
   std::vector<float> logits;
 
@@ -56,25 +73,61 @@ absl::StatusOr<std::vector<GenerationResult>> GenerateBatch(CpuEngine& engine,
     }
     return true;
   };
+  auto end = [&](size_t i) {
+    finish(i);
+    engine.Release(seqs[i]);
+  };
 
   std::vector<size_t> live;
   auto t0 = std::chrono::steady_clock::now();
+  std::vector<size_t> stepped;  // requests whose prompt goes one token per step
+  size_t longest = 0;
   for (size_t i = 0; i < requests.size(); ++i) {
     const std::vector<int32_t>& p = requests[i].prompt;
+    st.prompt_tokens += p.size();
+    if (policies[i]) {
+      stepped.push_back(i);
+      longest = std::max(longest, p.size());
+      continue;
+    }
     for (size_t off = 0; off < p.size(); off += prefill_chunk) {
       ForwardItem item{&seqs[i], std::span<const int32_t>(p).subspan(off, std::min<size_t>(prefill_chunk, p.size() - off))};
       ADORE_RETURN_IF_ERROR(engine.Forward(std::span<ForwardItem>(&item, 1), &logits));
     }
-    st.prompt_tokens += p.size();
-    if (accept(i, samplers[i].Sample(std::span<const float>(logits.data(), vocab)))) live.push_back(i);
+    if (accept(i, samplers[i].Sample(std::span<const float>(logits.data(), vocab)))) {
+      live.push_back(i);
+    } else {
+      end(i);
+    }
   }
+  std::vector<ForwardItem> items;
+  std::vector<size_t> owners;
+  for (size_t j = 0; j < longest; ++j) {
+    items.clear();
+    owners.clear();
+    for (size_t i : stepped) {
+      if (j >= requests[i].prompt.size()) continue;
+      items.push_back(make_item(i, std::span<const int32_t>(requests[i].prompt).subspan(j, 1)));
+      owners.push_back(i);
+    }
+    ADORE_RETURN_IF_ERROR(engine.Forward(std::span<ForwardItem>(items), &logits));
+    for (size_t x = 0; x < owners.size(); ++x) {
+      const size_t i = owners[x];
+      if (j + 1 != requests[i].prompt.size()) continue;
+      if (accept(i, samplers[i].Sample(std::span<const float>(&logits[x * vocab], vocab)))) {
+        live.push_back(i);
+      } else {
+        end(i);
+      }
+    }
+  }
+  std::sort(live.begin(), live.end());
   st.prefill_seconds += SecondsSince(t0);
 
   t0 = std::chrono::steady_clock::now();
-  std::vector<ForwardItem> items;
   while (!live.empty()) {
     items.clear();
-    for (size_t i : live) items.push_back(ForwardItem{&seqs[i], std::span<const int32_t>(&last[i], 1)});
+    for (size_t i : live) items.push_back(make_item(i, std::span<const int32_t>(&last[i], 1)));
     ADORE_RETURN_IF_ERROR(engine.Forward(std::span<ForwardItem>(items), &logits));
     ++st.decode_steps;
     std::vector<size_t> still;
@@ -83,7 +136,7 @@ absl::StatusOr<std::vector<GenerationResult>> GenerateBatch(CpuEngine& engine,
       if (accept(i, samplers[i].Sample(std::span<const float>(&logits[j * vocab], vocab)))) {
         still.push_back(i);
       } else {
-        engine.Release(seqs[i]);
+        end(i);
       }
     }
     live.swap(still);

@@ -1,5 +1,5 @@
-// Batched generation on the CPU engine: prefill each prompt (in chunks), then decode every live sequence
-// together one token per step until it hits a stop token or its token limit.
+// Batched generation on any engine: prefill each prompt, then decode every live sequence together one token
+// per step until it hits a stop token or its token limit. Each request may run under a release policy.
 #pragma once
 
 #include <cstdint>
@@ -9,7 +9,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "worker/cpu_engine.h"
+#include "worker/engine.h"
+#include "worker/release_policy.h"
 #include "worker/sampler.h"
 
 namespace adore {
@@ -19,11 +20,17 @@ struct GenerationRequest {
   SamplingParams sampling;
   int32_t max_tokens = 128;      // > 0
   std::vector<int32_t> stop_ids;  // e.g. EOS and <|im_end|>; the stop token is not part of the output
+  // KV release policy, budget and rebuild of this request (default: full attention). With a releasing
+  // policy the prompt is fed one token per step (all such requests together), so that the policy sees
+  // every token's attention, as in decoding.
+  ReleaseConfig release;
 };
 
 struct GenerationResult {
   std::vector<int32_t> tokens;
   std::string finish_reason;  // "stop" or "length"
+  ReleaseStats release_stats;  // tokens released / rebuilt over the request
+  int64_t kv_slots = 0;        // KV slots the sequence held at its end
 };
 
 struct GenerationStats {
@@ -34,9 +41,10 @@ struct GenerationStats {
 // Called for each generated token as soon as it is sampled: (request index, token id).
 using TokenCallback = std::function<void(int32_t, int32_t)>;
 
-// INVALID_ARGUMENT for an empty prompt, max_tokens <= 0 or bad sampling parameters; RESOURCE_EXHAUSTED
+// INVALID_ARGUMENT for an empty prompt, max_tokens <= 0, bad sampling parameters or a bad release config
+// (naming the field); FAILED_PRECONDITION for policy adore without a controller; RESOURCE_EXHAUSTED
 // when the KV pool cannot hold the batch. Sequences are released before returning, on success or error.
-absl::StatusOr<std::vector<GenerationResult>> GenerateBatch(CpuEngine& engine,
+absl::StatusOr<std::vector<GenerationResult>> GenerateBatch(Engine& engine,
                                                             std::span<const GenerationRequest> requests,
                                                             const TokenCallback& on_token = nullptr,
                                                             GenerationStats* stats = nullptr,

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
 #include <cmath>
 
 #include "absl/cleanup/cleanup.h"
@@ -49,7 +50,7 @@ double TokenNll(std::span<const float> logits, int32_t target) {
   return max_logit + std::log(sum) - static_cast<double>(logits[target]);
 }
 
-absl::StatusOr<PerplexityResult> ComputePerplexity(CpuEngine& engine, std::span<const int32_t> tokens,
+absl::StatusOr<PerplexityResult> ComputePerplexity(Engine& engine, std::span<const int32_t> tokens,
                                                    const PerplexityOptions& options,
                                                    const PerplexityProgress& on_window) {
   ADORE_RETURN_IF_ERROR(options.Validate());
@@ -98,36 +99,71 @@ absl::StatusOr<PerplexityResult> ComputePerplexity(CpuEngine& engine, std::span<
   return result;
 }
 
-absl::StatusOr<PerplexityResult> ComputeStreamingPerplexity(CpuEngine& engine, std::span<const int32_t> tokens,
+absl::StatusOr<PerplexityResult> ComputeStreamingPerplexity(Engine& engine, std::span<const int32_t> tokens,
                                                             const ReleaseConfig& config,
                                                             const PerplexityProgress& on_step) {
-  if (tokens.size() < 2) return absl::InvalidArgumentError("streaming perplexity needs at least 2 tokens");
+  const std::span<const int32_t> streams[] = {tokens};
+  return ComputeStreamingPerplexityBatch(engine, streams, config, on_step);
+}
+
+absl::StatusOr<PerplexityResult> ComputeStreamingPerplexityBatch(Engine& engine,
+                                                                 std::span<const std::span<const int32_t>> streams,
+                                                                 const ReleaseConfig& config,
+                                                                 const PerplexityProgress& on_step) {
+  if (streams.empty()) return absl::InvalidArgumentError("streaming perplexity needs at least one stream");
+  for (size_t b = 0; b < streams.size(); ++b) {
+    if (streams[b].size() < 2) {
+      return absl::InvalidArgumentError(absl::StrFormat("streaming perplexity: stream %d has fewer than 2 tokens", b));
+    }
+  }
   ADORE_RETURN_IF_ERROR(config.Validate(engine.config().max_context));
-  std::unique_ptr<ReleasePolicy> policy;
+  const size_t num = streams.size();
+  std::vector<std::unique_ptr<ReleasePolicy>> policies(num);
   if (config.kind != PolicyKind::kFull) {
-    ADORE_ASSIGN_OR_RETURN(policy, MakeReleasePolicy(config));
+    for (auto& p : policies) {
+      ADORE_ASSIGN_OR_RETURN(p, MakeReleasePolicy(config));
+    }
   }
   const int64_t vocab = engine.config().vocab_size;
   const auto t0 = std::chrono::steady_clock::now();
   PerplexityResult r;
-  r.num_tokens = static_cast<int64_t>(tokens.size());
-  r.num_windows = 1;
-  SequenceKv seq;
-  std::vector<float> logits;
-  const int64_t n = r.num_tokens;
-  for (int64_t t = 0; t + 1 < n; ++t) {
-    ForwardItem item{&seq, tokens.subspan(t, 1), false, policy.get(), policy ? config.kv_budget : 0};
-    absl::Status s = engine.Forward(std::span<ForwardItem>(&item, 1), &logits);
-    if (!s.ok()) {
-      engine.Release(seq);
-      return s;
-    }
-    r.nll_sum += TokenNll(std::span<const float>(logits.data(), vocab), tokens[t + 1]);
-    ++r.num_scored;
-    ++r.tokens_processed;
-    if (on_step && ((t + 1) % 256 == 0 || t + 2 == n)) on_step(t + 1, n - 1, t + 1);
+  r.num_windows = static_cast<int64_t>(num);
+  int64_t longest = 0, total_steps = 0;
+  for (std::span<const int32_t> s : streams) {
+    r.num_tokens += static_cast<int64_t>(s.size());
+    longest = std::max<int64_t>(longest, s.size());
+    total_steps += static_cast<int64_t>(s.size()) - 1;
   }
-  engine.Release(seq);
+  std::vector<SequenceKv> seqs(num);
+  absl::Cleanup release = [&] {
+    for (SequenceKv& s : seqs) engine.Release(s);
+  };
+  std::vector<float> logits;
+  std::vector<ForwardItem> items;
+  std::vector<size_t> owners;
+  for (int64_t t = 0; t + 1 < longest; ++t) {
+    items.clear();
+    owners.clear();
+    for (size_t b = 0; b < num; ++b) {
+      if (t + 1 >= static_cast<int64_t>(streams[b].size())) continue;
+      items.push_back({&seqs[b], streams[b].subspan(t, 1), false, policies[b].get(), policies[b] ? config.kv_budget : 0});
+      owners.push_back(b);
+    }
+    ADORE_RETURN_IF_ERROR(engine.Forward(std::span<ForwardItem>(items), &logits));
+    for (size_t x = 0; x < owners.size(); ++x) {
+      r.nll_sum += TokenNll(std::span<const float>(&logits[x * vocab], vocab), streams[owners[x]][t + 1]);
+    }
+    r.num_scored += static_cast<int64_t>(owners.size());
+    r.tokens_processed += static_cast<int64_t>(owners.size());
+    if (on_step && ((t + 1) % 256 == 0 || t + 2 == longest)) on_step(r.num_scored, total_steps, r.tokens_processed);
+  }
+  for (size_t b = 0; b < num; ++b) {
+    if (policies[b]) {
+      r.released += policies[b]->stats().released;
+      r.rebuilt += policies[b]->stats().rebuilt;
+    }
+    r.max_kv_slots = std::max(r.max_kv_slots, OccupiedSlots(seqs[b]));
+  }
   r.mean_nll = r.nll_sum / r.num_scored;
   r.ppl = std::exp(r.mean_nll);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -9,7 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "worker/cpu_engine.h"
+#include "worker/engine.h"
 #include "worker/release_policy.h"
 
 namespace adore {
@@ -50,6 +50,9 @@ struct PerplexityResult {
   double mean_nll = 0.0;       // nll_sum / num_scored
   double ppl = 0.0;            // exp(mean_nll)
   double seconds = 0.0;
+  // Streaming runs with a release policy: tokens released / rebuilt over all streams, and the most KV
+  // slots any stream held at its end.
+  int64_t released = 0, rebuilt = 0, max_kv_slots = 0;
 };
 
 // Called after each window: (windows done, total windows, tokens run through the model so far).
@@ -59,7 +62,7 @@ using PerplexityProgress = std::function<void(int64_t, int64_t, int64_t)>;
 // pool needs `context` free rows). Only the scored tail's logits are computed. INVALID_ARGUMENT for bad
 // options, fewer than 2 tokens or a token id outside the vocabulary; engine errors (OUT_OF_RANGE when
 // `context` passes the model's context, RESOURCE_EXHAUSTED) pass through.
-absl::StatusOr<PerplexityResult> ComputePerplexity(CpuEngine& engine, std::span<const int32_t> tokens,
+absl::StatusOr<PerplexityResult> ComputePerplexity(Engine& engine, std::span<const int32_t> tokens,
                                                    const PerplexityOptions& options,
                                                    const PerplexityProgress& on_window = nullptr);
 
@@ -68,8 +71,16 @@ absl::StatusOr<PerplexityResult> ComputePerplexity(CpuEngine& engine, std::span<
 // from the logits of step t - 1, so every token in [1, num_tokens) is scored once, each with the whole
 // (policy-filtered) history. `on_step` gets (tokens done, total, tokens done). The pool needs
 // min(num_tokens, kv_budget) free rows. INVALID_ARGUMENT for a bad config or fewer than 2 tokens.
-absl::StatusOr<PerplexityResult> ComputeStreamingPerplexity(CpuEngine& engine, std::span<const int32_t> tokens,
+absl::StatusOr<PerplexityResult> ComputeStreamingPerplexity(Engine& engine, std::span<const int32_t> tokens,
                                                             const ReleaseConfig& config,
                                                             const PerplexityProgress& on_step = nullptr);
+
+// The same over several streams at once, each its own sequence with its own policy, all decoding in one
+// batch per step (streams may differ in length); the result pools every stream's scored tokens
+// (num_windows = number of streams). The pool needs the streams' rows together.
+absl::StatusOr<PerplexityResult> ComputeStreamingPerplexityBatch(Engine& engine,
+                                                                 std::span<const std::span<const int32_t>> streams,
+                                                                 const ReleaseConfig& config,
+                                                                 const PerplexityProgress& on_step = nullptr);
 
 }  // namespace adore

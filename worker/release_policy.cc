@@ -38,8 +38,8 @@ absl::Status ReleaseConfig::Validate(int64_t max_context) const {
     return absl::InvalidArgumentError(absl::StrFormat("kv_budget: must be in [16, %d] for policy '%s', got %d",
                                                       max_context, PolicyKindName(kind), kv_budget));
   }
-  if (rebuild < 0 || rebuild > 64) {
-    return absl::InvalidArgumentError(absl::StrFormat("rebuild: must be in [0, 64], got %d", rebuild));
+  if (rebuild < 0 || rebuild > kMaxRebuild) {
+    return absl::InvalidArgumentError(absl::StrFormat("rebuild: must be in [0, %d], got %d", kMaxRebuild, rebuild));
   }
   if (rebuild != 0 && kind != PolicyKind::kAdore) {
     return absl::InvalidArgumentError(

@@ -25,6 +25,9 @@ enum class PolicyKind { kFull, kWindow, kHeavyHitter, kAdore };
 absl::StatusOr<PolicyKind> ParsePolicyKind(std::string_view name);
 const char* PolicyKindName(PolicyKind kind);
 
+// Upper bound of ReleaseConfig::rebuild (tokens recomputed per step).
+constexpr int64_t kMaxRebuild = 64;
+
 struct ReleaseConfig {
   PolicyKind kind = PolicyKind::kFull;
   int64_t kv_budget = 0;   // m: slots per sequence; ignored by kFull

@@ -11,7 +11,9 @@
 #include "common/model_weights.h"
 #include "nlohmann/json.hpp"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/policy_test_util.h"
 #include "tests/test_util.h"
+#include "worker/adore_controller.h"
 #include "worker/cpu_engine.h"
 #include "worker/cuda/cuda_engine.h"
 
@@ -238,6 +240,166 @@ TEST_F(CudaEngineTest, SeededSamplingRepeats) {
   const auto a = generate(7), b = generate(7), c = generate(8);
   EXPECT_EQ(a, b);
   EXPECT_NE(a, c);
+}
+
+// Feeds `ids` one token per call to two sequences with `policies` (and, on the GPU, a third sequence
+// without a policy in the same batch, so both decode launches run). Returns each call's logits.
+template <typename Engine>
+std::vector<std::vector<float>> PolicySteps(Engine& engine, const std::vector<int32_t>& a, const std::vector<int32_t>& b,
+                                            ReleasePolicy* pa, ReleasePolicy* pb, int64_t budget, bool plain_item,
+                                            std::vector<std::vector<std::vector<int32_t>>>* slot_positions = nullptr) {
+  SequenceKv sa, sb, sc;
+  std::vector<std::vector<float>> out;
+  std::vector<float> logits;
+  for (size_t t = 0; t < std::min(a.size(), b.size()); ++t) {
+    std::vector<ForwardItem> items = {{&sa, std::span<const int32_t>(a).subspan(t, 1), false, pa, budget},
+                                      {&sb, std::span<const int32_t>(b).subspan(t, 1), false, pb, budget}};
+    if (plain_item) items.push_back({&sc, std::span<const int32_t>(a).subspan(t, 1)});
+    const absl::Status st = engine.Forward(std::span<ForwardItem>(items), &logits);
+    EXPECT_TRUE(st.ok()) << "step " << t << ": " << st;
+    if (!st.ok()) break;
+    out.push_back(logits);
+    if (slot_positions != nullptr) {
+      std::vector<std::vector<int32_t>> per_seq;
+      for (SequenceKv* s : {&sa, &sb}) {
+        std::vector<int32_t> pos;
+        for (int64_t i = 0; i < s->num_slots(); ++i) {
+          if (s->rows[i] >= 0) pos.push_back(s->pos[i]);
+        }
+        std::sort(pos.begin(), pos.end());
+        per_seq.push_back(pos);
+      }
+      slot_positions->push_back(per_seq);
+    }
+  }
+  for (SequenceKv* s : {&sa, &sb, &sc}) engine.Release(*s);
+  return out;
+}
+
+// The CUDA engine hands a policy the same attention mass per position (summed over heads and layers) and
+// the same feature rows as the CPU engine, within bf16 error.
+TEST_F(CudaEngineTest, PolicyObservationsMatchCpuEngine) {
+  const std::vector<int32_t> a(texts_[0].begin(), texts_[0].begin() + 48);
+  const std::vector<int32_t> b(texts_[1].begin(), texts_[1].begin() + 48);
+  testing::RecordingPolicy ga({3, 10, 20}), gb({3, 10, 20}), ca({3, 10, 20}), cb({3, 10, 20});
+  PolicySteps(*gpu_, a, b, &ga, &gb, 4096, /*plain_item=*/true);
+  PolicySteps(*cpu_, a, b, &ca, &cb, 4096, /*plain_item=*/false);
+  for (auto [g, c] : {std::pair{&ga, &ca}, std::pair{&gb, &cb}}) {
+    ASSERT_EQ(g->mass.size(), c->mass.size());
+    double worst_mass = 0, worst_feat = 0;
+    for (size_t t = 0; t < g->mass.size(); ++t) {
+      ASSERT_EQ(g->mass[t].size(), c->mass[t].size());
+      double l1 = 0, total = 0;
+      for (size_t p = 0; p < c->mass[t].size(); ++p) {
+        l1 += std::fabs(g->mass[t][p] - c->mass[t][p]);
+        total += c->mass[t][p];
+      }
+      EXPECT_NEAR(total, 1.0, 1e-3) << "token " << t << ": normalized mass sums to 1";
+      worst_mass = std::max(worst_mass, l1 / total);
+      ASSERT_EQ(g->features[t].size(), c->features[t].size());
+      worst_feat = std::max(worst_feat, MatrixRelDiff(g->features[t], c->features[t]));
+    }
+    std::printf("policy observations: worst mass L1 %.4f, worst feature rel diff %.4f\n", worst_mass, worst_feat);
+    EXPECT_LE(worst_mass, 3e-2);
+    EXPECT_LE(worst_feat, 1e-2);
+  }
+}
+
+// StreamingLLM's rule depends only on positions, so both engines keep the same slots at every step and
+// their logits agree within bf16 error while the window slides.
+TEST_F(CudaEngineTest, WindowPolicyMatchesCpuEngine) {
+  const std::vector<int32_t> a(texts_[0].begin(), texts_[0].begin() + 90);
+  const std::vector<int32_t> b(texts_[1].begin(), texts_[1].begin() + 90);
+  std::vector<std::vector<std::vector<int32_t>>> gpu_slots, cpu_slots;
+  std::unique_ptr<ReleasePolicy> ga = *MakeReleasePolicy({.kind = PolicyKind::kWindow, .kv_budget = 32});
+  std::unique_ptr<ReleasePolicy> gb = *MakeReleasePolicy({.kind = PolicyKind::kWindow, .kv_budget = 32});
+  std::unique_ptr<ReleasePolicy> ca = *MakeReleasePolicy({.kind = PolicyKind::kWindow, .kv_budget = 32});
+  std::unique_ptr<ReleasePolicy> cb = *MakeReleasePolicy({.kind = PolicyKind::kWindow, .kv_budget = 32});
+  const auto g = PolicySteps(*gpu_, a, b, ga.get(), gb.get(), 32, true, &gpu_slots);
+  const auto c = PolicySteps(*cpu_, a, b, ca.get(), cb.get(), 32, false, &cpu_slots);
+  ASSERT_EQ(gpu_slots, cpu_slots);
+  const int64_t vocab = gpu_->config().vocab_size;
+  std::vector<float> all_g, all_c;
+  for (size_t t = 0; t < g.size(); ++t) {
+    all_g.insert(all_g.end(), g[t].begin(), g[t].begin() + 2 * vocab);  // the plain item's row is not compared
+    all_c.insert(all_c.end(), c[t].begin(), c[t].end());
+  }
+  EXPECT_LE(MatrixRelDiff(all_g, all_c), kMatrixTol);
+  EXPECT_EQ(ga->stats().released, 90 - 32);
+}
+
+// With a budget above the context no policy releases anything, and generation equals full attention's.
+TEST_F(CudaEngineTest, PoliciesWithBudgetAboveContextEqualFull) {
+  auto controller = AdoreController::Load(testing::SourcePath("tools/adore/controller.bin"));
+  ASSERT_TRUE(controller.ok()) << controller.status();
+  const std::vector<int32_t> a(texts_[0].begin(), texts_[0].begin() + 40);
+  const std::vector<int32_t> b(texts_[1].begin(), texts_[1].begin() + 40);
+  const auto full = PolicySteps(*gpu_, a, b, nullptr, nullptr, 0, false);
+  for (PolicyKind kind : {PolicyKind::kWindow, PolicyKind::kHeavyHitter, PolicyKind::kAdore}) {
+    auto pa = *MakeReleasePolicy({.kind = kind, .kv_budget = 64, .controller = controller->get()});
+    auto pb = *MakeReleasePolicy({.kind = kind, .kv_budget = 64, .controller = controller->get()});
+    const auto got = PolicySteps(*gpu_, a, b, pa.get(), pb.get(), 64, false);
+    ASSERT_EQ(got.size(), full.size());
+    for (size_t t = 0; t < got.size(); ++t) EXPECT_EQ(got[t], full[t]) << PolicyKindName(kind) << " step " << t;
+  }
+}
+
+// K and V of the token at `pos` in every layer, downloaded through the sequence's slot table.
+std::vector<float> GpuTokenKv(CudaEngine& engine, const SequenceKv& seq, int32_t pos) {
+  std::vector<float> out;
+  const int64_t dim = engine.pool().row_dim();
+  std::vector<__nv_bfloat16> row(dim);
+  for (int64_t s = 0; s < seq.num_slots(); ++s) {
+    if (seq.rows[s] < 0 || seq.pos[s] != pos) continue;
+    for (int64_t l = 0; l < engine.config().num_layers; ++l) {
+      for (const __nv_bfloat16* base : {engine.pool().k(l), engine.pool().v(l)}) {
+        EXPECT_EQ(cudaMemcpy(row.data(), base + seq.rows[s] * dim, dim * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+        for (const __nv_bfloat16& x : row) out.push_back(__bfloat162float(x));
+      }
+    }
+  }
+  return out;
+}
+
+// A released token rebuilt (as a prefill group next to the decode token) while everything before it is
+// cached gets back its original K/V.
+TEST_F(CudaEngineTest, RebuiltTokenReentersWithItsOriginalKv) {
+  const std::vector<int32_t>& ids = texts_[0];
+  SequenceKv seq;
+  testing::ScriptedRebuildPolicy policy(/*drop=*/3, /*drop_step=*/10, /*gap=*/4);
+  std::vector<float> logits, original;
+  for (size_t t = 0; t < 20; ++t) {
+    ForwardItem item{&seq, std::span<const int32_t>(ids).subspan(t, 1), false, &policy, 4096};
+    ASSERT_TRUE(gpu_->Forward(std::span<ForwardItem>(&item, 1), &logits).ok()) << "step " << t;
+    if (t == 3) original = GpuTokenKv(*gpu_, seq, 3);
+    if (t >= 10 && t < 14) EXPECT_TRUE(GpuTokenKv(*gpu_, seq, 3).empty()) << "step " << t;
+    if (t == 14) EXPECT_LE(MatrixRelDiff(GpuTokenKv(*gpu_, seq, 3), original), 1e-2);
+  }
+  EXPECT_EQ(policy.stats().rebuilt, 1);
+  gpu_->Release(seq);
+}
+
+// The trained controller with R = 8 at m = 48: tokens are rebuilt, the cache stays within its budget,
+// no pool row leaks.
+TEST_F(CudaEngineTest, AdoreRebuildStaysWithinBudget) {
+  auto controller = AdoreController::Load(testing::SourcePath("tools/adore/controller.bin"));
+  ASSERT_TRUE(controller.ok()) << controller.status();
+  const int64_t free_before = gpu_->pool().num_free();
+  auto pa = *MakeReleasePolicy({.kind = PolicyKind::kAdore, .kv_budget = 48, .rebuild = 8, .controller = controller->get()});
+  auto pb = *MakeReleasePolicy({.kind = PolicyKind::kAdore, .kv_budget = 48, .rebuild = 8, .controller = controller->get()});
+  const std::vector<int32_t> a(texts_[0].begin(), texts_[0].begin() + 160);
+  const std::vector<int32_t> b(texts_[1].begin(), texts_[1].begin() + 160);
+  std::vector<std::vector<std::vector<int32_t>>> slots;
+  PolicySteps(*gpu_, a, b, pa.get(), pb.get(), 48, true, &slots);
+  for (const auto& step : slots) {
+    for (const auto& s : step) EXPECT_LE(s.size(), 48u);
+  }
+  std::printf("adore m=48 R=8 over 160 tokens: released %lld / %lld, rebuilt %lld / %lld\n",
+              static_cast<long long>(pa->stats().released), static_cast<long long>(pb->stats().released),
+              static_cast<long long>(pa->stats().rebuilt), static_cast<long long>(pb->stats().rebuilt));
+  EXPECT_GT(pa->stats().rebuilt + pb->stats().rebuilt, 0);
+  EXPECT_EQ(pa->stats().released, 160 - 48 + pa->stats().rebuilt);
+  EXPECT_EQ(gpu_->pool().num_free(), free_before);
 }
 
 TEST_F(CudaEngineTest, RejectsBadInputWithoutChangingState) {

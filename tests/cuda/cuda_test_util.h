@@ -123,11 +123,12 @@ inline double RelError(const std::vector<float>& got, const std::vector<float>& 
   return max_ref > 0.0 ? max_diff / max_ref : max_diff;
 }
 
-// tests/data/<rel> of the source tree; $ADORE_SOURCE_DIR overrides the tree compiled in, for binaries run
+// <rel> and tests/data/<rel> of the source tree; $ADORE_SOURCE_DIR overrides the tree compiled in, for binaries run
 // from a copy of the repository on another machine (tools/cuda_smoke.sh sets it).
-inline std::string SourceDataPath(const std::string& rel) {
-  if (const char* env = std::getenv("ADORE_SOURCE_DIR")) return std::string(env) + "/tests/data/" + rel;
-  return std::string(ADORE_SOURCE_DIR) + "/tests/data/" + rel;
+inline std::string SourcePath(const std::string& rel) {
+  if (const char* env = std::getenv("ADORE_SOURCE_DIR")) return std::string(env) + "/" + rel;
+  return std::string(ADORE_SOURCE_DIR) + "/" + rel;
 }
+inline std::string SourceDataPath(const std::string& rel) { return SourcePath("tests/data/" + rel); }
 
 }  // namespace adore::testing

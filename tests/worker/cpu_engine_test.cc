@@ -10,6 +10,7 @@
 #include "worker/adore_controller.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/policy_test_util.h"
 #include "tests/test_util.h"
 
 namespace adore {
@@ -250,37 +251,7 @@ TEST_F(CpuEngineTest, AdoreKeepsTheSequenceWithinItsBudget) {
   EXPECT_EQ(engine_->pool().num_free(), free_before);
 }
 
-// Releases position `drop` at step `drop_step` (counted in Forward calls) and rebuilds it `gap` steps
-// later; never releases anything else. The budget is large, so nothing else leaves the cache.
-class ScriptedRebuildPolicy final : public ReleasePolicy {
- public:
-  ScriptedRebuildPolicy(int32_t drop, int32_t drop_step, int32_t gap) : drop_(drop), drop_step_(drop_step), gap_(gap) {}
-  PolicyKind kind() const override { return PolicyKind::kAdore; }
-  absl::StatusOr<StepPlan> PlanStep(const SequenceKv& seq, int64_t, int64_t) override {
-    StepPlan plan;
-    if (step_ == drop_step_) {
-      for (int32_t s = 0; s < seq.num_slots(); ++s) {
-        if (seq.rows[s] >= 0 && seq.pos[s] == drop_) plan.release.push_back(s);
-      }
-    } else if (step_ == drop_step_ + gap_) {
-      plan.rebuild_positions.push_back(drop_);
-      plan.rebuild_tokens.push_back(tokens_[drop_]);
-    }
-    return plan;
-  }
-  absl::StatusOr<std::vector<int32_t>> SelectRelease(const SequenceKv&, int64_t) override {
-    return absl::InternalError("unused");
-  }
-  absl::Status ObserveStep(const SequenceKv&, const StepObservation& step) override {
-    tokens_.insert(tokens_.end(), step.tokens.begin(), step.tokens.end());
-    ++step_;
-    return absl::OkStatus();
-  }
-
- private:
-  int32_t drop_, drop_step_, gap_, step_ = 0;
-  std::vector<int32_t> tokens_;
-};
+using testing::ScriptedRebuildPolicy;
 
 // K and V of the token at `pos` in every layer, read through the sequence's slot table (empty if absent).
 std::vector<float> TokenKv(CpuEngine& engine, const SequenceKv& seq, int32_t pos) {

@@ -2,6 +2,9 @@
 // + CPU engine) against transformers' perplexity of the same text (golden data from tools/hf_ppl.py).
 #include "worker/perplexity.h"
 
+#include "worker/cpu_engine.h"
+#include "worker/generator.h"
+
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -141,6 +144,58 @@ TEST(StreamingPerplexityTest, FullAndUnboundedPoliciesEqualOneWindow) {
   auto tight = ComputeStreamingPerplexity(**engine, ids, {.kind = PolicyKind::kWindow, .kv_budget = 16});
   ASSERT_TRUE(tight.ok()) << tight.status();
   EXPECT_NE(tight->ppl, window->ppl);
+  EXPECT_EQ((*engine)->pool().num_free(), (*engine)->pool().num_rows());
+}
+
+// Several streams decoded in one batch, each with its own policy, score exactly what each scores alone.
+TEST(StreamingPerplexityTest, BatchedStreamsEqualSeparateRuns) {
+  if (!testing::ModelAvailable()) GTEST_SKIP() << "model not fetched: run tools/fetch-model.sh";
+  auto weights = LoadModelWeights(testing::ModelPath());
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  auto engine = CpuEngine::Create(*std::move(weights), {.kv_rows = 256});
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  std::vector<int32_t> a, b;
+  for (int i = 0; i < 50; ++i) a.push_back(200 + (i * 131) % 9000);
+  for (int i = 0; i < 37; ++i) b.push_back(700 + (i * 71) % 5000);
+  const ReleaseConfig config{.kind = PolicyKind::kHeavyHitter, .kv_budget = 20};
+  auto ra = ComputeStreamingPerplexity(**engine, a, config);
+  auto rb = ComputeStreamingPerplexity(**engine, b, config);
+  ASSERT_TRUE(ra.ok() && rb.ok());
+  const std::span<const int32_t> both[] = {a, b};
+  auto r = ComputeStreamingPerplexityBatch(**engine, both, config);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->num_scored, ra->num_scored + rb->num_scored);
+  EXPECT_NEAR(r->nll_sum, ra->nll_sum + rb->nll_sum, 1e-3);
+  EXPECT_EQ(r->released, (49 - 20) + (36 - 20));  // the last token of a stream is only a target
+  EXPECT_EQ((*engine)->pool().num_free(), (*engine)->pool().num_rows());
+}
+
+// Generation with a policy whose budget exceeds prompt + output equals full attention's, and reports
+// the request's KV figures; a tight budget releases tokens and keeps the cache at its budget.
+TEST(GenerateBatchTest, PolicyPerRequest) {
+  if (!testing::ModelAvailable()) GTEST_SKIP() << "model not fetched: run tools/fetch-model.sh";
+  auto weights = LoadModelWeights(testing::ModelPath());
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  auto engine = CpuEngine::Create(*std::move(weights), {.kv_rows = 512});
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  std::vector<GenerationRequest> reqs(3);
+  for (int i = 0; i < 40; ++i) reqs[0].prompt.push_back(300 + (i * 37) % 3000);
+  reqs[1].prompt = reqs[0].prompt;
+  reqs[2].prompt = reqs[0].prompt;
+  for (auto& r : reqs) r.max_tokens = 12;
+  reqs[1].release = {.kind = PolicyKind::kWindow, .kv_budget = 64};
+  reqs[2].release = {.kind = PolicyKind::kWindow, .kv_budget = 24};
+  auto out = GenerateBatch(**engine, reqs);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ((*out)[1].tokens, (*out)[0].tokens);
+  EXPECT_EQ((*out)[0].kv_slots, 40 + 11);  // the last sampled token is never fed back
+  EXPECT_EQ((*out)[1].release_stats.released, 0);
+  EXPECT_EQ((*out)[2].kv_slots, 24);
+  EXPECT_EQ((*out)[2].release_stats.released, 40 + 11 - 24);
+  reqs[2].release.kv_budget = 8;  // below the minimum: a clear error naming the field and the request
+  auto bad = GenerateBatch(**engine, reqs);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(bad.status().message()).find("request 2: kv_budget"), std::string::npos) << bad.status();
   EXPECT_EQ((*engine)->pool().num_free(), (*engine)->pool().num_rows());
 }
 

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "absl/strings/str_format.h"
 #include "common/status.h"
@@ -15,6 +16,7 @@ namespace k = kernels;
 namespace {
 
 constexpr int64_t kMaxGridRows = 65535;  // row counts that become a grid's y dimension
+constexpr int64_t kMaxFeatureLayers = 4;  // distinct layers whose features the policies of one call want
 constexpr int kDecodeSplitsPerItem = 16;  // decode partials budget per item (a lone sequence may use 64)
 
 size_t Align256(size_t b) { return (b + 255) / 256 * 256; }
@@ -71,10 +73,12 @@ ModelConfig Llama3_8BConfig() {
 }
 
 // Where one call's index arrays live in indices_ (device) / host_indices_ (pinned), and the counts the
-// launchers need. Decode items' tokens come first in token order, then the prefill items'.
+// launchers need. Tokens are laid out as: the new token of each decode item with a policy (attention mass
+// wanted), then the other decode items' tokens, then the prefill groups' tokens (prefill items, and the
+// rebuilt tokens of policy items, which run as prefill groups of their own).
 struct CudaEngine::Plan {
-  int64_t n = 0, num_decode = 0, num_prefill = 0, num_logit_rows = 0;
-  int64_t max_decode_slots = 0, max_prefill_q = 0;
+  int64_t n = 0, num_mass_decode = 0, num_decode = 0, num_prefill = 0, num_logit_rows = 0;
+  int64_t max_decode_slots = 0, max_mass_decode_slots = 0, max_prefill_q = 0, mass_slots = 0;
   const int32_t* tokens = nullptr;        // [n]
   const int32_t* positions = nullptr;     // [n]
   const int32_t* rows = nullptr;          // [n] pool row of each new token
@@ -84,6 +88,7 @@ struct CudaEngine::Plan {
   const int32_t* pre_slot_off = nullptr;  // [num_prefill + 1]
   const int32_t* slot_rows = nullptr;     // [total_slots] decode tables, then prefill tables
   const int32_t* slot_pos = nullptr;      // [total_slots]
+  std::vector<int32_t> feature_layers;    // layers whose normed input is copied for the mass decode tokens
 };
 
 CudaEngine::~CudaEngine() {
@@ -94,6 +99,8 @@ CudaEngine::~CudaEngine() {
   if (host_indices_ != nullptr) cudaFreeHost(host_indices_);
   if (host_sample_params_ != nullptr) cudaFreeHost(host_sample_params_);
   if (host_sampled_ != nullptr) cudaFreeHost(host_sampled_);
+  if (host_mass_ != nullptr) cudaFreeHost(host_mass_);
+  if (host_features_ != nullptr) cudaFreeHost(host_features_);
   pool_.reset();
   weights_.reset();
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -122,7 +129,7 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Finish(std::unique_ptr<C
   CudaEngineOptions& o = engine->options_;
   o = options;
   if (o.max_tokens <= 0 || o.max_tokens > kMaxGridRows || o.max_batch <= 0 || o.max_batch > kMaxGridRows ||
-      o.max_logit_rows <= 0 || o.max_slots < 0 || o.kv_rows < 0 || o.kv_bytes < 0 ||
+      o.max_logit_rows <= 0 || o.max_slots < 0 || o.max_mass_slots < 0 || o.kv_rows < 0 || o.kv_bytes < 0 ||
       !(o.kv_memory_fraction > 0.0 && o.kv_memory_fraction <= 1.0)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "CUDA engine options: max_tokens %d and max_batch %d must be in [1, %d], max_logit_rows %d >= 1, "
@@ -162,6 +169,9 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Finish(std::unique_ptr<C
   ADORE_CUDA_RETURN_IF_ERROR(
       cudaMallocHost(as_void(&engine->host_sample_params_), o.max_batch * sizeof(k::GpuSamplingParams)));
   ADORE_CUDA_RETURN_IF_ERROR(cudaMallocHost(as_void(&engine->host_sampled_), o.max_batch * sizeof(int32_t)));
+  ADORE_CUDA_RETURN_IF_ERROR(cudaMallocHost(as_void(&engine->host_mass_), std::max<int64_t>(1, o.max_mass_slots) * sizeof(float)));
+  ADORE_CUDA_RETURN_IF_ERROR(cudaMallocHost(as_void(&engine->host_features_),
+                                            kMaxFeatureLayers * o.max_batch * c.hidden_size * sizeof(k::bf16)));
   ADORE_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
   return engine;
 }
@@ -173,7 +183,7 @@ absl::Status CudaEngine::AllocateWorkspaces() {
   const int64_t d = c.hidden_size, q_dim = c.num_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
   const int64_t ff = c.intermediate_size;
   attn_workspace_bytes_ =
-      std::max(k::DecodeAttentionWorkspaceBytes(B, c.num_heads, c.head_dim, kDecodeSplitsPerItem, 0),
+      std::max(k::DecodeAttentionWorkspaceBytes(B, c.num_heads, c.head_dim, kDecodeSplitsPerItem, o.max_mass_slots),
                k::DecodeAttentionWorkspaceBytes(1, c.num_heads, c.head_dim, 64, 0));
   const size_t sizes[] = {
       Align256(sizeof(float) * T * d),                 // residual
@@ -187,6 +197,8 @@ absl::Status CudaEngine::AllocateWorkspaces() {
       Align256(attn_workspace_bytes_),                 // decode partials
       Align256(sizeof(k::GpuSamplingParams) * B),      // sample params
       Align256(sizeof(int32_t) * B),                   // sampled tokens
+      Align256(sizeof(float) * std::max<int64_t>(1, o.max_mass_slots)),  // attention mass
+      Align256(sizeof(k::bf16) * kMaxFeatureLayers * B * d),             // policy features
   };
   size_t total = 0;
   for (size_t s : sizes) total += s;
@@ -214,6 +226,8 @@ absl::Status CudaEngine::AllocateWorkspaces() {
   attn_workspace_ = next();
   sample_params_ = reinterpret_cast<k::GpuSamplingParams*>(next());
   sampled_ = reinterpret_cast<int32_t*>(next());
+  mass_ = reinterpret_cast<float*>(next());
+  features_ = reinterpret_cast<k::bf16*>(next());
   return absl::OkStatus();
 }
 
@@ -221,46 +235,83 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
   const ModelConfig& c = config();
   const CudaEngineOptions& o = options_;
   ADORE_CUDA_RETURN_IF_ERROR(cudaSetDevice(o.device));
-  // Validate everything before touching any state, so a failed call changes nothing.
+  // Validate everything, with each policy's worst case (kMaxRebuild rebuilt tokens, a slot table of
+  // max(slots + 1, budget) read by the decode and the rebuild group), before touching any state.
   ADORE_ASSIGN_OR_RETURN(const ForwardShape shape, CheckForwardItems(items, c));
-  const int64_t n = shape.num_tokens, num_logit_rows = shape.num_logit_rows, total_slots = shape.num_slots;
+  int64_t max_tokens = shape.num_tokens, max_slots = shape.num_slots, max_mass_slots = 0;
+  std::vector<int32_t> feature_layers;
   for (size_t i = 0; i < items.size(); ++i) {
-    if (sampling && items[i].all_logits) {
+    const ForwardItem& it = items[i];
+    if (sampling && it.all_logits) {
       return absl::InvalidArgumentError(absl::StrFormat("forward item %d: all_logits cannot be sampled", i));
     }
-    if (items[i].policy != nullptr) {
-      return absl::UnimplementedError(absl::StrFormat(
-          "forward item %d: release policies (kv_budget) are not supported by the CUDA engine yet", i));
+    if (it.policy == nullptr) continue;
+    if (it.tokens.size() != 1) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "forward item %d: with a release policy the CUDA engine takes one new token per step, got %d (feed "
+          "the prompt token by token: the policy needs each token's attention)",
+          i, it.tokens.size()));
+    }
+    const int64_t table = std::max<int64_t>(it.seq->num_slots() + 1, it.kv_budget);
+    max_tokens += kMaxRebuild;
+    max_slots += 2 * table;
+    max_mass_slots += table;
+    for (int32_t l : it.policy->feature_layers()) {
+      if (l < 0 || l >= c.num_layers) {
+        return absl::InvalidArgumentError(absl::StrFormat("forward item %d: policy wants features of layer %d", i, l));
+      }
+      if (std::find(feature_layers.begin(), feature_layers.end(), l) == feature_layers.end()) {
+        feature_layers.push_back(l);
+      }
     }
   }
-  if (static_cast<int64_t>(items.size()) > o.max_batch || n > o.max_tokens || num_logit_rows > o.max_logit_rows ||
-      total_slots > o.max_slots) {
+  if (static_cast<int64_t>(items.size()) > o.max_batch || max_tokens > o.max_tokens ||
+      shape.num_logit_rows > o.max_logit_rows || max_slots > o.max_slots || max_mass_slots > o.max_mass_slots ||
+      static_cast<int64_t>(feature_layers.size()) > kMaxFeatureLayers) {
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "forward call of %d items, %d tokens, %d logit rows, %d slots exceeds the engine's max_batch %d, "
-        "max_tokens %d, max_logit_rows %d or max_slots %d",
-        items.size(), n, num_logit_rows, total_slots, o.max_batch, o.max_tokens, o.max_logit_rows, o.max_slots));
+        "forward call of %d items, up to %d tokens, %d logit rows, %d slots, %d observed slots and %d feature "
+        "layers exceeds the engine's max_batch %d, max_tokens %d, max_logit_rows %d, max_slots %d, "
+        "max_mass_slots %d or %d feature layers",
+        items.size(), max_tokens, shape.num_logit_rows, max_slots, max_mass_slots, feature_layers.size(),
+        o.max_batch, o.max_tokens, o.max_logit_rows, o.max_slots, o.max_mass_slots, kMaxFeatureLayers));
   }
   // The pinned staging is rewritten below; a call that failed midway may still be copying from it.
   ADORE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-  ADORE_ASSIGN_OR_RETURN(std::vector<int32_t> new_rows, pool_->Allocate(n));
+  ADORE_ASSIGN_OR_RETURN(const PlannedForward pf, PlanForward(items, c, pool_->rows()));
 
-  // Decode items (one token) first, then prefill items; logit rows stay in item order.
-  std::vector<size_t> order;
-  order.reserve(items.size());
+  // Token groups in launch order: decode with mass (policy items' new token), other decode items, then
+  // prefill groups (prefill items, then policy items' rebuilt tokens).
+  struct Group {
+    size_t item;
+    int64_t first, count;  // tokens [first, first + count) of the item's PlannedItem
+  };
+  std::vector<Group> groups;
   for (size_t i = 0; i < items.size(); ++i) {
-    if (items[i].tokens.size() == 1) order.push_back(i);
+    if (items[i].policy != nullptr) groups.push_back({i, pf.items[i].num_rebuild, 1});
   }
   Plan plan;
-  plan.n = n;
-  plan.num_decode = static_cast<int64_t>(order.size());
+  plan.num_mass_decode = static_cast<int64_t>(groups.size());
   for (size_t i = 0; i < items.size(); ++i) {
-    if (items[i].tokens.size() != 1) order.push_back(i);
+    if (items[i].policy == nullptr && pf.items[i].tokens.size() == 1) groups.push_back({i, 0, 1});
   }
-  plan.num_prefill = static_cast<int64_t>(items.size()) - plan.num_decode;
-  plan.num_logit_rows = num_logit_rows;
+  plan.num_decode = static_cast<int64_t>(groups.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    const int64_t len = static_cast<int64_t>(pf.items[i].tokens.size());
+    if (items[i].policy == nullptr && len > 1) groups.push_back({i, 0, len});
+  }
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (items[i].policy != nullptr && pf.items[i].num_rebuild > 0) groups.push_back({i, 0, pf.items[i].num_rebuild});
+  }
+  plan.num_prefill = static_cast<int64_t>(groups.size()) - plan.num_decode;
+  plan.n = pf.num_tokens;
+  plan.num_logit_rows = pf.num_logit_rows;
+  plan.feature_layers = feature_layers;
+  int64_t total_slots = 0;
+  for (const Group& g : groups) total_slots += items[g.item].seq->num_slots();
 
+  const int64_t n = plan.n;
   const int64_t off_tokens = 0, off_pos = off_tokens + AlignInts(n), off_rows = off_pos + AlignInts(n);
-  const int64_t off_logit = off_rows + AlignInts(n), off_dec = off_logit + AlignInts(num_logit_rows);
+  const int64_t off_logit = off_rows + AlignInts(n), off_dec = off_logit + AlignInts(plan.num_logit_rows);
   const int64_t off_preq = off_dec + AlignInts(plan.num_decode + 1);
   const int64_t off_pres = off_preq + AlignInts(plan.num_prefill + 1);
   const int64_t off_srows = off_pres + AlignInts(plan.num_prefill + 1);
@@ -269,46 +320,48 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
   if (static_cast<size_t>(used) > indices_capacity_) return absl::InternalError("index staging overflow");
   int32_t* h = host_indices_;
 
-  std::vector<int64_t> item_start(items.size());
+  // token_index[i][j]: where token j of item i's PlannedItem sits in the call's token order.
+  std::vector<std::vector<int32_t>> token_index(items.size());
+  for (size_t i = 0; i < items.size(); ++i) token_index[i].resize(pf.items[i].tokens.size());
+  std::vector<int64_t> mass_offset(items.size(), 0);
   int64_t t = 0, cursor = 0;
-  for (size_t j = 0; j < order.size(); ++j) {
-    const ForwardItem& it = items[order[j]];
-    SequenceKv& seq = *it.seq;
-    item_start[order[j]] = t;
-    for (int32_t tok : it.tokens) {
-      h[off_tokens + t] = tok;
-      h[off_pos + t] = seq.next_pos++;
-      h[off_rows + t] = new_rows[t];
-      seq.rows.push_back(new_rows[t]);
-      seq.pos.push_back(h[off_pos + t]);
-      ++t;
-    }
+  h[off_dec] = 0;
+  h[off_pres] = h[off_preq] = 0;
+  for (size_t j = 0; j < groups.size(); ++j) {
+    const Group& g = groups[j];
+    const PlannedItem& p = pf.items[g.item];
+    const SequenceKv& seq = *items[g.item].seq;
     const bool decode = static_cast<int64_t>(j) < plan.num_decode;
-    const int64_t idx = decode ? static_cast<int64_t>(j) : static_cast<int64_t>(j) - plan.num_decode;
-    h[(decode ? off_dec : off_pres) + idx] = static_cast<int32_t>(cursor);
-    if (!decode) h[off_preq + idx] = static_cast<int32_t>(item_start[order[j]] - plan.num_decode);
+    for (int64_t x = g.first; x < g.first + g.count; ++x, ++t) {
+      h[off_tokens + t] = p.tokens[x];
+      h[off_pos + t] = p.positions[x];
+      h[off_rows + t] = p.rows[x];
+      token_index[g.item][x] = static_cast<int32_t>(t);
+    }
+    if (static_cast<int64_t>(j) < plan.num_mass_decode) mass_offset[g.item] = cursor;
     std::copy(seq.rows.begin(), seq.rows.end(), h + off_srows + cursor);
     std::copy(seq.pos.begin(), seq.pos.end(), h + off_spos + cursor);
     cursor += seq.num_slots();
     if (decode) {
-      plan.max_decode_slots = std::max(plan.max_decode_slots, seq.num_slots());
-      h[off_dec + idx + 1] = static_cast<int32_t>(cursor);
+      h[off_dec + j + 1] = static_cast<int32_t>(cursor);
+      if (static_cast<int64_t>(j) < plan.num_mass_decode) {
+        plan.max_mass_decode_slots = std::max(plan.max_mass_decode_slots, seq.num_slots());
+        plan.mass_slots = cursor;
+      } else {
+        plan.max_decode_slots = std::max(plan.max_decode_slots, seq.num_slots());
+      }
     } else {
-      plan.max_prefill_q = std::max<int64_t>(plan.max_prefill_q, it.tokens.size());
+      const int64_t idx = static_cast<int64_t>(j) - plan.num_decode;
+      plan.max_prefill_q = std::max(plan.max_prefill_q, g.count);
       h[off_pres + idx + 1] = static_cast<int32_t>(cursor);
       h[off_preq + idx + 1] = static_cast<int32_t>(t - plan.num_decode);
     }
   }
-  if (plan.num_decode == 0) h[off_dec] = 0;
-  if (plan.num_prefill == 0) h[off_pres] = h[off_preq] = 0;
   int64_t r = 0;
   for (size_t i = 0; i < items.size(); ++i) {
-    const int64_t len = static_cast<int64_t>(items[i].tokens.size());
-    if (items[i].all_logits) {
-      for (int64_t x = 0; x < len; ++x) h[off_logit + r++] = static_cast<int32_t>(item_start[i] + x);
-    } else {
-      h[off_logit + r++] = static_cast<int32_t>(item_start[i] + len - 1);
-    }
+    const PlannedItem& p = pf.items[i];
+    const int64_t end = static_cast<int64_t>(p.tokens.size());
+    for (int64_t x = items[i].all_logits ? p.num_rebuild : end - 1; x < end; ++x) h[off_logit + r++] = token_index[i][x];
   }
 
   ADORE_CUDA_RETURN_IF_ERROR(
@@ -323,7 +376,47 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
   plan.slot_rows = indices_ + off_srows;
   plan.slot_pos = indices_ + off_spos;
   ADORE_RETURN_IF_ERROR(RunLayers(plan));
-  return num_logit_rows;
+  if (plan.num_mass_decode > 0) {
+    ADORE_RETURN_IF_ERROR(ObservePolicies(items, pf, plan, mass_offset));
+  }
+  return plan.num_logit_rows;
+}
+
+absl::Status CudaEngine::ObservePolicies(std::span<ForwardItem> items, const PlannedForward& pf, const Plan& plan,
+                                         std::span<const int64_t> mass_offset) {
+  const ModelConfig& c = config();
+  const int64_t d = c.hidden_size, nm = plan.num_mass_decode, nf = static_cast<int64_t>(plan.feature_layers.size());
+  ADORE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_mass_, mass_, plan.mass_slots * sizeof(float),
+                                             cudaMemcpyDeviceToHost, stream_));
+  if (nf > 0) {
+    ADORE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_features_, features_, nf * nm * d * sizeof(k::bf16),
+                                               cudaMemcpyDeviceToHost, stream_));
+  }
+  ADORE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  // Features per policy item in its own layer order, as float (features_ is [layer, mass token, hidden]).
+  std::vector<std::vector<float>> features(items.size());
+  const uint16_t* raw = reinterpret_cast<const uint16_t*>(host_features_);
+  int64_t g = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (items[i].policy == nullptr) continue;
+    for (int32_t l : items[i].policy->feature_layers()) {
+      const int64_t li = std::find(plan.feature_layers.begin(), plan.feature_layers.end(), l) - plan.feature_layers.begin();
+      const uint16_t* src = raw + (li * nm + g) * d;
+      for (int64_t x = 0; x < d; ++x) {
+        const uint32_t bits = static_cast<uint32_t>(src[x]) << 16;
+        float f;
+        std::memcpy(&f, &bits, sizeof(f));
+        features[i].push_back(f);
+      }
+    }
+    ++g;
+  }
+  return ObserveForward(
+      items, pf, 1.0f / static_cast<float>(c.num_layers * c.num_heads),
+      [&](size_t i, int64_t) {
+        return std::span<const float>(host_mass_ + mass_offset[i], static_cast<size_t>(items[i].seq->num_slots()));
+      },
+      [&](size_t i, int64_t) { return std::span<const float>(features[i]); });
 }
 
 absl::Status CudaEngine::RunLayers(const Plan& p) {
@@ -332,6 +425,9 @@ absl::Status CudaEngine::RunLayers(const Plan& p) {
   const int64_t q_dim = nh * hd, kv_dim = nkv * hd, qkv_dim = q_dim + 2 * kv_dim, ff = c.intermediate_size;
   const float eps = c.rms_norm_eps, scale = 1.0f / std::sqrt(static_cast<float>(hd));
   cudaStream_t s = stream_;
+  if (p.num_mass_decode > 0) {
+    ADORE_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(mass_, 0, p.mass_slots * sizeof(float), s));
+  }
 
   ADORE_RETURN_IF_ERROR(k::Embedding(
       {.table = weights_->token_embd(), .vocab = c.vocab_size, .dim = d, .ids = p.tokens, .n = n, .out_f32 = residual_},
@@ -340,6 +436,11 @@ absl::Status CudaEngine::RunLayers(const Plan& p) {
     const CudaLayerWeights& w = weights_->layer(l);
     ADORE_RETURN_IF_ERROR(k::AddRmsNorm(
         {.residual = residual_, .weight = w.attn_norm, .n = n, .dim = d, .eps = eps, .out = hidden_}, s));
+    for (size_t f = 0; f < p.feature_layers.size(); ++f) {  // policies' features: the mass tokens come first
+      if (p.feature_layers[f] != l) continue;
+      ADORE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(features_ + f * p.num_mass_decode * d, hidden_,
+                                                 p.num_mass_decode * d * sizeof(k::bf16), cudaMemcpyDeviceToDevice, s));
+    }
     ADORE_RETURN_IF_ERROR(
         blas_->Linear({.x = hidden_, .w = w.wqkv, .n = n, .in = d, .out = qkv_dim, .y_bf16 = qkv_}, s));
     // Q and K heads are adjacent at the start of each QKV row: one launch rotates both.
@@ -350,27 +451,35 @@ absl::Status CudaEngine::RunLayers(const Plan& p) {
                                       .rows = p.rows, .n = n, .row_dim = kv_dim, .k_cache = pool_->k(l),
                                       .v_cache = pool_->v(l), .num_rows = pool_->num_rows()},
                                      s));
-    if (p.num_decode > 0) {
+    // Decode: the policy items' tokens (attention mass per slot accumulated over layers), then the rest.
+    for (int pass = 0; pass < 2; ++pass) {
+      const int64_t first = pass == 0 ? 0 : p.num_mass_decode;
+      const int64_t count = pass == 0 ? p.num_mass_decode : p.num_decode - p.num_mass_decode;
+      if (count == 0) continue;
       k::DecodeAttentionArgs a;
-      a.q = qkv_;
+      a.q = qkv_ + first * qkv_dim;
       a.q_stride = qkv_dim;
-      a.q_pos = p.positions;
+      a.q_pos = p.positions + first;
       a.k_cache = pool_->k(l);
       a.v_cache = pool_->v(l);
       a.num_rows = pool_->num_rows();
-      a.slot_offsets = p.dec_slot_off;
+      a.slot_offsets = p.dec_slot_off + first;
       a.slot_rows = p.slot_rows;
       a.slot_pos = p.slot_pos;
-      a.batch = p.num_decode;
+      a.batch = count;
       a.num_heads = nh;
       a.num_kv_heads = nkv;
       a.head_dim = hd;
-      a.max_slots = p.max_decode_slots;
+      a.max_slots = pass == 0 ? p.max_mass_decode_slots : p.max_decode_slots;
       a.scale = scale;
-      a.out = attn_;
+      a.out = attn_ + first * q_dim;
       a.out_stride = q_dim;
       a.workspace = attn_workspace_;
       a.workspace_bytes = attn_workspace_bytes_;
+      if (pass == 0) {
+        a.slot_attn_mass = mass_;
+        a.total_slots = p.mass_slots;
+      }
       ADORE_RETURN_IF_ERROR(k::DecodeAttention(a, s));
     }
     if (p.num_prefill > 0) {

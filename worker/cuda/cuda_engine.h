@@ -15,7 +15,8 @@
 #include "common/model_weights.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/ops.h"
-#include "worker/cpu_engine.h"
+#include "worker/engine.h"
+#include "worker/forward_plan.h"
 #include "worker/cuda/cuda_kv_pool.h"
 #include "worker/cuda/cuda_weights.h"
 #include "worker/sampler.h"
@@ -29,6 +30,7 @@ struct CudaEngineOptions {
   int64_t max_batch = 128;       // items (sequences) per Forward call
   int64_t max_logit_rows = 256;  // logit rows per Forward call (one per item, or per token with all_logits)
   int64_t max_slots = 0;         // slot-table entries per call, summed over items; 0 = 2 * kv_rows + max_tokens
+  int64_t max_mass_slots = 1 << 20;  // slots of the items with a release policy per call (attention mass)
   // KV pool size in rows (tokens over all sequences). 0: kv_bytes / bytes per row, or when that is 0 too,
   // kv_memory_fraction of the device memory still free after weights and workspaces.
   int64_t kv_rows = 0;
@@ -41,7 +43,7 @@ struct CudaEngineOptions {
 ModelConfig Llama2_7BConfig();  // 4096 hidden, 32 layers, 32 heads (MHA), 11008 MLP, 32000 vocab
 ModelConfig Llama3_8BConfig();  // 4096 hidden, 32 layers, 32 heads / 8 KV heads, 14336 MLP, 128256 vocab
 
-class CudaEngine {
+class CudaEngine final : public Engine {
  public:
   // Copies the weights to the GPU as bf16 (the caller may drop its f32 copy afterwards).
   // INVALID_ARGUMENT for an inconsistent config or a head_dim other than 64 / 128; FAILED_PRECONDITION
@@ -59,10 +61,14 @@ class CudaEngine {
   // As CpuEngine::Forward: runs every item's tokens in one batch, appends their K/V to each sequence and
   // writes logits [rows, vocab] (one row per item, or one per token with all_logits, in item order).
   // Items of one token go through the split-K decode kernel, longer ones through the prefill kernel.
+  // Items with a release policy take one new token per call: the step follows the policy's plan
+  // (worker/forward_plan.h); rebuilt tokens run as a prefill group at their positions; the decode kernel
+  // sums the attention each slot received over heads and layers, and the policy's feature layers' normed
+  // inputs are copied out, both handed to the policy (ObserveStep) before the call returns.
   // RESOURCE_EXHAUSTED when the pool is full or a CudaEngineOptions bound is passed, INVALID_ARGUMENT
   // for a bad token id or an empty item, OUT_OF_RANGE past the model's context: nothing changes then.
   // INTERNAL for a CUDA failure (the sequences may then hold rows of this call: release them).
-  absl::Status Forward(std::span<ForwardItem> items, std::vector<float>* logits);
+  absl::Status Forward(std::span<ForwardItem> items, std::vector<float>* logits) override;
 
   // Forward, then one token per item sampled on the GPU from its last logit row (only the token ids
   // cross to the host). params[i] applies to items[i]; the draw's seed is params.seed mixed with the
@@ -72,12 +78,13 @@ class CudaEngine {
                              std::vector<int32_t>* tokens);
 
   // Frees a sequence's rows.
-  void Release(SequenceKv& seq) { pool_->Release(seq); }
+  void Release(SequenceKv& seq) override { pool_->Release(seq); }
 
   // The weights as float32 ModelWeights (see CudaWeights::Download).
   absl::StatusOr<ModelWeights> ExportWeights() const { return weights_->Download(); }
 
-  const ModelConfig& config() const { return weights_->config(); }
+  const ModelConfig& config() const override { return weights_->config(); }
+  const char* backend() const override { return "cuda"; }
   CudaKvPool& pool() { return *pool_; }
   cudaStream_t stream() const { return stream_; }
 
@@ -90,6 +97,9 @@ class CudaEngine {
   // Validates, allocates rows, uploads the indices and runs the model; logits end in logits_ rows.
   absl::StatusOr<int64_t> RunForward(std::span<ForwardItem> items, bool sampling);
   absl::Status RunLayers(const Plan& plan);
+  // Downloads the step's attention masses and features and hands them to the items' policies.
+  absl::Status ObservePolicies(std::span<ForwardItem> items, const PlannedForward& pf, const Plan& plan,
+                               std::span<const int64_t> mass_offset);
 
   CudaEngineOptions options_;
   std::unique_ptr<CudaWeights> weights_;
@@ -113,11 +123,15 @@ class CudaEngine {
   size_t indices_capacity_ = 0;         // int32 elements
   kernels::GpuSamplingParams* sample_params_ = nullptr;  // [max_batch]
   int32_t* sampled_ = nullptr;                            // [max_batch]
+  float* mass_ = nullptr;                                 // [max_mass_slots] attention mass per slot
+  kernels::bf16* features_ = nullptr;                     // [kMaxFeatureLayers, max_batch, hidden]
 
   // Pinned host mirrors, so uploads and downloads are true async copies.
   int32_t* host_indices_ = nullptr;
   kernels::GpuSamplingParams* host_sample_params_ = nullptr;
   int32_t* host_sampled_ = nullptr;
+  float* host_mass_ = nullptr;
+  kernels::bf16* host_features_ = nullptr;
 };
 
 }  // namespace adore
