@@ -1,10 +1,6 @@
 // adore-bench: prefill and batched-decode throughput of the CPU engine over a grid of batch sizes and
 // prompt lengths, printed as a table and optionally written as JSON (bench/ results format).
-#include <sched.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <random>
@@ -18,14 +14,12 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/strip.h"
 #include "common/model_weights.h"
 #include "common/status.h"
 #include "nlohmann/json.hpp"
+#include "tools/bench_util.h"
 #include "worker/cpu_engine.h"
 
 // OpenBLAS's thread setter, declared weak so the tool still links against another BLAS (then --threads
@@ -46,44 +40,13 @@ ABSL_FLAG(std::string, json, "", "write the results as JSON to this file");
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using adore::bench::Clock;
+using adore::bench::ParsePositiveList;
+using adore::bench::SecondsSince;
 
 int Fail(const absl::Status& s) {
   std::fprintf(stderr, "adore-bench: %s\n", std::string(s.ToString()).c_str());
   return 1;
-}
-
-double SecondsSince(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-// "1,8" -> {1, 8}; INVALID_ARGUMENT naming the flag for an empty list or a value that is not a positive int.
-absl::StatusOr<std::vector<int32_t>> ParsePositiveList(const char* flag, const std::vector<std::string>& items) {
-  if (items.empty()) return absl::InvalidArgumentError(absl::StrFormat("--%s is empty", flag));
-  std::vector<int32_t> out;
-  for (const std::string& item : items) {
-    int32_t v = 0;
-    if (!absl::SimpleAtoi(item, &v) || v <= 0) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("--%s: '%s' is not a positive integer", flag, item));
-    }
-    out.push_back(v);
-  }
-  return out;
-}
-
-// "<cpu model name> (<n> cores)", the cores being those this process may run on.
-std::string MachineDescription() {
-  std::string name = "unknown cpu";
-  std::ifstream in("/proc/cpuinfo");
-  for (std::string line; std::getline(in, line);) {
-    if (absl::StartsWith(line, "model name")) {
-      const size_t colon = line.find(':');
-      if (colon != std::string::npos) name = std::string(absl::StripAsciiWhitespace(line.substr(colon + 1)));
-      break;
-    }
-  }
-  cpu_set_t set;
-  const long cores = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : sysconf(_SC_NPROCESSORS_ONLN);
-  return absl::StrFormat("%s (%d cores)", name, cores);
 }
 
 // The 1-minute load average from /proc/loadavg; -1 when unreadable. Recorded with the results because
@@ -94,24 +57,6 @@ double LoadAverage() {
   double load = -1.0;
   if (!(in >> load)) return -1.0;
   return load;
-}
-
-std::string GitCommit() {
-  FILE* p = popen("git rev-parse --short HEAD 2>/dev/null", "r");
-  if (p == nullptr) return "unknown";
-  char buf[64] = {0};
-  const bool got = std::fgets(buf, sizeof(buf), p) != nullptr;
-  const int rc = pclose(p);
-  std::string s = got ? std::string(absl::StripAsciiWhitespace(buf)) : "";
-  return rc == 0 && !s.empty() ? s : "unknown";
-}
-
-// "models/SmolLM2-135M-Instruct.Q4_1.gguf" -> "SmolLM2-135M-Instruct Q4_1".
-std::string ModelLabel(const std::string& path) {
-  std::string base = path.substr(path.find_last_of('/') == std::string::npos ? 0 : path.find_last_of('/') + 1);
-  if (absl::EndsWith(base, ".gguf")) base.resize(base.size() - 5);
-  if (const size_t dot = base.find_last_of('.'); dot != std::string::npos) base[dot] = ' ';
-  return base;
 }
 
 int32_t Argmax(const float* row, int64_t n) { return static_cast<int32_t>(std::max_element(row, row + n) - row); }
@@ -192,7 +137,8 @@ absl::Status Run(int argc, char** argv) {
   const int64_t kv_rows = static_cast<int64_t>(max_batch) * (max_prompt + gen);
   ADORE_ASSIGN_OR_RETURN(auto engine, adore::CpuEngine::Create(std::move(weights), {.kv_rows = kv_rows}));
 
-  const std::string machine = MachineDescription(), commit = GitCommit(), model = ModelLabel(model_path);
+  const std::string machine = adore::bench::CpuDescription(), commit = adore::bench::GitCommit(),
+                    model = adore::bench::ModelLabel(model_path);
   const int32_t used_threads = omp_get_max_threads();
   const double load_before = LoadAverage();
   std::fprintf(stderr, "%s, commit %s, %d threads, load average %.2f\n", machine.c_str(), commit.c_str(),
