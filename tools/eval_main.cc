@@ -49,6 +49,7 @@ ABSL_FLAG(std::vector<std::string>, budgets, std::vector<std::string>({"256", "5
           "quality: KV budgets m of the releasing policies");
 ABSL_FLAG(std::vector<std::string>, rebuilds, std::vector<std::string>({"0", "8", "32"}),
           "quality: rebuild counts R of the adore policy");
+ABSL_FLAG(bool, ppl_task, true, "quality: run the perplexity task (false: continuations only)");
 ABSL_FLAG(int64_t, gen_prompts, 0, "quality: greedy-continuation prompts (0 = skip the generation task)");
 ABSL_FLAG(int64_t, gen_prompt_tokens, 1536, "quality: tokens per continuation prompt");
 ABSL_FLAG(int64_t, gen_tokens, 256, "quality: greedy tokens per continuation");
@@ -213,6 +214,7 @@ absl::StatusOr<std::unique_ptr<adore::Engine>> CreateEngine(const std::string& b
     o.max_tokens = std::max<int64_t>(2048, o.max_batch * (1 + adore::kMaxRebuild));
     o.max_logit_rows = o.max_batch;
     o.kv_rows = kv_rows;
+    o.max_slots = 4 * kv_rows + o.max_tokens;  // policy items are bounded by 2 x max(slots, budget) each
     ADORE_ASSIGN_OR_RETURN(auto engine, adore::CudaEngine::Create(weights, o));
     return std::unique_ptr<adore::Engine>(std::move(engine));
 #else
@@ -304,6 +306,16 @@ absl::Status RunQuality(const Context& ctx) {
                configs.size(), engine->backend());
 
   nlohmann::json rows = nlohmann::json::array(), gen_out = nlohmann::json::object();
+  const std::string json_path = absl::GetFlag(FLAGS_json), gen_path = absl::GetFlag(FLAGS_gen_out);
+  // Rewritten after every config, so an interrupted run keeps what it finished.
+  auto save = [&]() -> absl::Status {
+    if (!json_path.empty()) {
+      ADORE_RETURN_IF_ERROR(WriteJson(json_path, {{"command", ctx.command}, {"model", model_path},
+                                                  {"text", text_path}, {"rows", rows}}));
+    }
+    if (!gen_path.empty()) ADORE_RETURN_IF_ERROR(WriteJson(gen_path, gen_out));
+    return absl::OkStatus();
+  };
   double full_ppl = 0.0;
   const bool tty = isatty(fileno(stderr));
   for (const QualityConfig& q : configs) {
@@ -314,6 +326,7 @@ absl::Status RunQuality(const Context& ctx) {
       std::fprintf(stderr, "%s%s: ppl %d/%d tokens, %.0f tok/s%s", tty ? "\r" : "", q.Key().c_str(), done, total,
                    s > 0 ? done / s : 0.0, tty && done < total ? "" : "\n");
     };
+    if (absl::GetFlag(FLAGS_ppl_task)) {
     ADORE_ASSIGN_OR_RETURN(const adore::PerplexityResult r,
                            adore::ComputeStreamingPerplexityBatch(*engine, stream_spans, rc, progress));
     if (q.kind == adore::PolicyKind::kFull) full_ppl = r.ppl;
@@ -326,6 +339,8 @@ absl::Status RunQuality(const Context& ctx) {
                 100.0 * (full_ppl > 0 ? r.ppl / full_ppl - 1.0 : 0.0), static_cast<long long>(r.released),
                 static_cast<long long>(r.rebuilt), r.seconds);
     std::fflush(stdout);
+    ADORE_RETURN_IF_ERROR(save());
+    }
     if (gen_prompts == 0) continue;
     std::vector<adore::GenerationRequest> reqs = requests;
     for (adore::GenerationRequest& g : reqs) g.release = rc;
@@ -351,14 +366,7 @@ absl::Status RunQuality(const Context& ctx) {
                 static_cast<long long>(gen_prompts), static_cast<long long>(released),
                 static_cast<long long>(rebuilt), gs.prefill_seconds + gs.decode_seconds);
     std::fflush(stdout);
-  }
-  const std::string json_path = absl::GetFlag(FLAGS_json);
-  if (!json_path.empty()) {
-    ADORE_RETURN_IF_ERROR(WriteJson(json_path, {{"command", ctx.command}, {"model", model_path}, {"text", text_path},
-                                                {"rows", rows}}));
-  }
-  if (const std::string path = absl::GetFlag(FLAGS_gen_out); !path.empty()) {
-    ADORE_RETURN_IF_ERROR(WriteJson(path, gen_out));
+    ADORE_RETURN_IF_ERROR(save());
   }
   return absl::OkStatus();
 }

@@ -150,9 +150,13 @@ absl::StatusOr<PerplexityResult> ComputeStreamingPerplexityBatch(Engine& engine,
       owners.push_back(b);
     }
     ADORE_RETURN_IF_ERROR(engine.Forward(std::span<ForwardItem>(items), &logits));
-    for (size_t x = 0; x < owners.size(); ++x) {
-      r.nll_sum += TokenNll(std::span<const float>(&logits[x * vocab], vocab), streams[owners[x]][t + 1]);
+    double step_nll = 0.0;
+    const int64_t num_owners = static_cast<int64_t>(owners.size());
+#pragma omp parallel for reduction(+ : step_nll) if (num_owners > 1)
+    for (int64_t x = 0; x < num_owners; ++x) {
+      step_nll += TokenNll(std::span<const float>(&logits[x * vocab], vocab), streams[owners[x]][t + 1]);
     }
+    r.nll_sum += step_nll;
     r.num_scored += static_cast<int64_t>(owners.size());
     r.tokens_processed += static_cast<int64_t>(owners.size());
     if (on_step && ((t + 1) % 256 == 0 || t + 2 == longest)) on_step(r.num_scored, total_steps, r.tokens_processed);

