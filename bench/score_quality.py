@@ -96,6 +96,7 @@ def main():
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print("matplotlib missing: no plot", file=sys.stderr)
         return
@@ -119,6 +120,7 @@ def main():
               title="greedy continuations vs full attention")
     for x in ax:
         x.set_xticks([256, 512, 1024], ["256", "512", "1024"])
+        x.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         x.grid(alpha=0.3)
         x.legend(fontsize=8)
     fig.tight_layout()
