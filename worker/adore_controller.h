@@ -32,6 +32,16 @@ struct AdoreControllerConfig {
   int64_t feature_dim() const { return static_cast<int64_t>(feature_layers.size()) * hidden_size; }
 };
 
+// Views of a controller's weights in PyTorch layout (valid while the controller lives): for uploading
+// them to a device (kernels/cuda/adore_controller.h).
+struct AdoreControllerWeights {
+  std::span<const float> key_w, key_b, query_w, query_b;  // [key_dim, feature_dim], [key_dim]
+  std::span<const float> gru_w_ih, gru_w_hh;              // [3 * state_dim, num_inputs | state_dim]
+  std::span<const float> gru_b_ih, gru_b_hh;              // [3 * state_dim]
+  std::span<const float> score_w;                         // [state_dim + num_inputs]
+  float score_b = 0.0f;
+};
+
 // Trained weights; immutable after loading, shared by every sequence (and thread) of a worker.
 class AdoreController {
  public:
@@ -43,6 +53,9 @@ class AdoreController {
   static absl::StatusOr<std::unique_ptr<AdoreController>> Parse(std::string_view bytes, std::string_view name);
 
   const AdoreControllerConfig& config() const { return config_; }
+  AdoreControllerWeights weights() const {
+    return {key_w_, key_b_, query_w_, query_b_, gru_w_ih_, gru_w_hh_, gru_b_ih_, gru_b_hh_, score_w_, score_b_};
+  }
 
   // features [feature_dim] -> key [key_dim] and query [key_dim] features (either output may be null).
   void Project(const float* features, float* key, float* query) const;
