@@ -3,7 +3,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <string>
 
 #include "absl/strings/str_format.h"
 #include "common/status.h"
@@ -16,7 +18,8 @@ namespace k = kernels;
 namespace {
 
 constexpr int64_t kMaxGridRows = 65535;  // row counts that become a grid's y dimension
-constexpr int64_t kMaxFeatureLayers = 4;  // distinct layers whose features the policies of one call want
+constexpr int64_t kMaxFeatureLayers = 4;
+constexpr size_t kMaxGraphs = 256;  // captured decode shapes kept per engine  // distinct layers whose features the policies of one call want
 constexpr int kDecodeSplitsPerItem = 16;  // decode partials budget per item (a lone sequence may use 64)
 
 size_t Align256(size_t b) { return (b + 255) / 256 * 256; }
@@ -93,6 +96,7 @@ struct CudaEngine::Plan {
 
 CudaEngine::~CudaEngine() {
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
   blas_.reset();
   if (arena_ != nullptr) cudaFree(arena_);
   if (indices_ != nullptr) cudaFree(indices_);
@@ -309,15 +313,17 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
   int64_t total_slots = 0;
   for (const Group& g : groups) total_slots += items[g.item].seq->num_slots();
 
+  // Fixed offsets (from the capacities), so a captured CUDA graph's pointers stay valid for every call.
   const int64_t n = plan.n;
-  const int64_t off_tokens = 0, off_pos = off_tokens + AlignInts(n), off_rows = off_pos + AlignInts(n);
-  const int64_t off_logit = off_rows + AlignInts(n), off_dec = off_logit + AlignInts(plan.num_logit_rows);
-  const int64_t off_preq = off_dec + AlignInts(plan.num_decode + 1);
-  const int64_t off_pres = off_preq + AlignInts(plan.num_prefill + 1);
-  const int64_t off_srows = off_pres + AlignInts(plan.num_prefill + 1);
-  const int64_t off_spos = off_srows + AlignInts(total_slots);
-  const int64_t used = off_spos + total_slots;
-  if (static_cast<size_t>(used) > indices_capacity_) return absl::InternalError("index staging overflow");
+  const int64_t off_tokens = 0, off_pos = AlignInts(o.max_tokens), off_rows = 2 * AlignInts(o.max_tokens);
+  const int64_t off_logit = 3 * AlignInts(o.max_tokens), off_dec = off_logit + AlignInts(o.max_logit_rows);
+  const int64_t off_preq = off_dec + AlignInts(o.max_batch + 1);
+  const int64_t off_pres = off_preq + AlignInts(o.max_batch + 1);
+  const int64_t off_srows = off_pres + AlignInts(o.max_batch + 1);
+  const int64_t off_spos = off_srows + AlignInts(o.max_slots);
+  if (static_cast<size_t>(off_spos + total_slots) > indices_capacity_ || n > o.max_tokens) {
+    return absl::InternalError("index staging overflow");
+  }
   int32_t* h = host_indices_;
 
   // token_index[i][j]: where token j of item i's PlannedItem sits in the call's token order.
@@ -365,8 +371,31 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
     for (int64_t x = items[i].all_logits ? p.num_rebuild : end - 1; x < end; ++x) h[off_logit + r++] = token_index[i][x];
   }
 
-  ADORE_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(indices_, host_indices_, used * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+  // Pure decode calls run as CUDA graphs: the batch is padded to a bucket with empty items (no slots, KV
+  // row -1 so nothing is written) and the slot bound rounded up, so one captured graph serves many calls.
+  const int64_t real_logit_rows = plan.num_logit_rows;
+  const bool graph = o.cuda_graphs && !graphs_failed_ && plan.num_prefill == 0 && plan.num_mass_decode == 0 &&
+                     plan.num_logit_rows == plan.num_decode;
+  if (graph) {
+    int64_t bucket = 8;
+    while (bucket < plan.num_decode) bucket *= 2;
+    bucket = std::min({bucket, o.max_batch, o.max_tokens, o.max_logit_rows});
+    for (int64_t j = plan.num_decode; j < bucket; ++j) {
+      h[off_tokens + j] = 0;
+      h[off_pos + j] = 0;
+      h[off_rows + j] = -1;
+      h[off_dec + j + 1] = static_cast<int32_t>(cursor);
+      h[off_logit + j] = static_cast<int32_t>(j);
+    }
+    plan.n = plan.num_decode = plan.num_logit_rows = bucket;
+    plan.max_decode_slots = (plan.max_decode_slots + 511) / 512 * 512;
+  }
+  ADORE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(indices_, host_indices_, (off_srows + total_slots) * sizeof(int32_t),
+                                             cudaMemcpyHostToDevice, stream_));
+  if (total_slots > 0) {
+    ADORE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(indices_ + off_spos, host_indices_ + off_spos,
+                                               total_slots * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+  }
   plan.tokens = indices_ + off_tokens;
   plan.positions = indices_ + off_pos;
   plan.rows = indices_ + off_rows;
@@ -376,11 +405,43 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
   plan.pre_slot_off = indices_ + off_pres;
   plan.slot_rows = indices_ + off_srows;
   plan.slot_pos = indices_ + off_spos;
-  ADORE_RETURN_IF_ERROR(RunLayers(plan));
+  if (graph) {
+    ADORE_RETURN_IF_ERROR(RunDecodeGraph(plan));
+  } else {
+    ADORE_RETURN_IF_ERROR(RunLayers(plan));
+  }
   if (plan.num_mass_decode > 0) {
     ADORE_RETURN_IF_ERROR(ObservePolicies(items, pf, plan, mass_offset));
   }
-  return plan.num_logit_rows;
+  return real_logit_rows;
+}
+
+absl::Status CudaEngine::RunDecodeGraph(const Plan& plan) {
+  const std::pair<int64_t, int64_t> key(plan.num_decode, plan.max_decode_slots);
+  auto it = graphs_.find(key);
+  if (it != graphs_.end()) return k::CudaStatus(cudaGraphLaunch(it->second, stream_), "cudaGraphLaunch");
+  // First call of a shape runs eagerly (cuBLAS picks and sets up its kernels outside any capture); the
+  // second captures the shape's graph. A capture that fails turns graphs off for this engine.
+  if (graph_shapes_seen_.insert(key).second || graphs_.size() >= kMaxGraphs) return RunLayers(plan);
+  cudaGraph_t g = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  cudaError_t err = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal);
+  absl::Status st = err == cudaSuccess ? RunLayers(plan) : k::CudaStatus(err, "cudaStreamBeginCapture");
+  if (err == cudaSuccess) {
+    const cudaError_t end = cudaStreamEndCapture(stream_, &g);
+    if (st.ok() && end != cudaSuccess) st = k::CudaStatus(end, "cudaStreamEndCapture");
+  }
+  if (st.ok()) st = k::CudaStatus(cudaGraphInstantiate(&exec, g, 0), "cudaGraphInstantiate");
+  if (g != nullptr) cudaGraphDestroy(g);
+  if (!st.ok()) {
+    cudaGetLastError();  // clear the capture's error state
+    graphs_failed_ = true;
+    std::fprintf(stderr, "CUDA engine: CUDA graph capture failed (%s); decoding without graphs\n",
+                 std::string(st.message()).c_str());
+    return RunLayers(plan);
+  }
+  graphs_.emplace(key, exec);
+  return k::CudaStatus(cudaGraphLaunch(exec, stream_), "cudaGraphLaunch");
 }
 
 absl::Status CudaEngine::ObservePolicies(std::span<ForwardItem> items, const PlannedForward& pf, const Plan& plan,

@@ -6,7 +6,10 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <set>
+#include <utility>
 #include <span>
 #include <vector>
 
@@ -31,6 +34,9 @@ struct CudaEngineOptions {
   int64_t max_logit_rows = 256;  // logit rows per Forward call (one per item, or per token with all_logits)
   int64_t max_slots = 0;         // slot-table entries per call, summed over items; 0 = 2 * kv_rows + max_tokens
   int64_t max_mass_slots = 1 << 20;  // slots of the items with a release policy per call (attention mass)
+  // Pure decode calls (one token per item, no policy, no prefill) replay captured CUDA graphs, one per
+  // (batch bucket, slot bound bucket); the first call of a shape runs eagerly.
+  bool cuda_graphs = true;
   // KV pool size in rows (tokens over all sequences). 0: kv_bytes / bytes per row, or when that is 0 too,
   // kv_memory_fraction of the device memory still free after weights and workspaces.
   int64_t kv_rows = 0;
@@ -97,6 +103,8 @@ class CudaEngine final : public Engine {
   // Validates, allocates rows, uploads the indices and runs the model; logits end in logits_ rows.
   absl::StatusOr<int64_t> RunForward(std::span<ForwardItem> items, bool sampling);
   absl::Status RunLayers(const Plan& plan);
+  // RunLayers through the shape's captured graph (capturing it on the shape's second call).
+  absl::Status RunDecodeGraph(const Plan& plan);
   // Downloads the step's attention masses and features and hands them to the items' policies.
   absl::Status ObservePolicies(std::span<ForwardItem> items, const PlannedForward& pf, const Plan& plan,
                                std::span<const int64_t> mass_offset);
@@ -125,6 +133,10 @@ class CudaEngine final : public Engine {
   int32_t* sampled_ = nullptr;                            // [max_batch]
   float* mass_ = nullptr;                                 // [max_mass_slots] attention mass per slot
   kernels::bf16* features_ = nullptr;                     // [kMaxFeatureLayers, max_batch, hidden]
+
+  std::map<std::pair<int64_t, int64_t>, cudaGraphExec_t> graphs_;  // (batch, slot bound) -> decode graph
+  std::set<std::pair<int64_t, int64_t>> graph_shapes_seen_;
+  bool graphs_failed_ = false;
 
   // Pinned host mirrors, so uploads and downloads are true async copies.
   int32_t* host_indices_ = nullptr;
