@@ -1,0 +1,186 @@
+// StepExecutor: executes the coordinator's step plans on one engine.
+#include "worker/step_executor.h"
+
+#include <algorithm>
+#include <chrono>
+#include <span>
+#include <unordered_set>
+
+#include "absl/strings/str_format.h"
+#include "common/status.h"
+
+namespace adore {
+
+StepExecutor::~StepExecutor() {
+  for (auto& [id, live] : seqs_) engine_.Release(live->kv);
+}
+
+void StepExecutor::End(uint64_t id) {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end()) return;
+  engine_.Release(it->second->kv);
+  seqs_.erase(it);
+}
+
+uint64_t StepExecutor::SlotMapHash(uint64_t id) const {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end()) return 0;
+  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a over (row, pos) pairs
+  auto mix = [&](int32_t v) {
+    for (int b = 0; b < 4; ++b) {
+      h ^= static_cast<uint8_t>(static_cast<uint32_t>(v) >> (8 * b));
+      h *= 0x100000001b3ull;
+    }
+  };
+  const SequenceKv& kv = it->second->kv;
+  for (int64_t s = 0; s < kv.num_slots(); ++s) {
+    mix(kv.rows[s]);
+    mix(kv.pos[s]);
+  }
+  return h;
+}
+
+absl::StatusOr<WorkerStepResult> StepExecutor::Step(const WorkerStep& step) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const ModelConfig& c = engine_.config();
+  // Validate the whole plan before changing anything.
+  std::unordered_set<uint64_t> starting;
+  for (const SequenceStart& s : step.start) {
+    if (seqs_.count(s.id) || !starting.insert(s.id).second) {
+      return absl::InvalidArgumentError(absl::StrFormat("step: sequence %d already started", s.id));
+    }
+    if (s.prompt.empty()) return absl::InvalidArgumentError(absl::StrFormat("step: sequence %d has an empty prompt", s.id));
+    absl::Status st = s.sampling.Validate();
+    if (st.ok()) st = s.release.Validate(c.max_context);
+    if (!st.ok()) return absl::Status(st.code(), absl::StrFormat("step: sequence %d: %s", s.id, st.message()));
+  }
+  std::unordered_set<uint64_t> decoding;
+  for (const SequenceDecode& d : step.decode) {
+    if (!seqs_.count(d.id) || !decoding.insert(d.id).second || starting.count(d.id)) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("step: sequence %d cannot decode (unknown, listed twice or starting)", d.id));
+    }
+  }
+  for (uint64_t id : step.end) {
+    if (decoding.count(id)) return absl::InvalidArgumentError(absl::StrFormat("step: sequence %d both ends and decodes", id));
+  }
+  for (uint64_t id : step.end) End(id);
+
+  WorkerStepResult out;
+  std::vector<SequenceStepResult> results;
+  for (const SequenceStart& s : step.start) {
+    auto live = std::make_unique<Live>(s.sampling);
+    if (s.release.kind != PolicyKind::kFull) {
+      ADORE_ASSIGN_OR_RETURN(live->policy, MakeReleasePolicy(s.release));
+      live->budget = s.release.kv_budget;
+    }
+    seqs_.emplace(s.id, std::move(live));
+  }
+  const int64_t vocab = c.vocab_size;
+  std::vector<float> logits;
+  std::unordered_map<uint64_t, int32_t> sampled;
+  std::unordered_map<uint64_t, absl::Status> failed;
+  auto fail = [&](uint64_t id, const absl::Status& st) {
+    failed[id] = st;
+    End(id);
+  };
+
+  // 1. Decode tokens plus the first chunk of every plain prompt, in one call; remaining chunks follow.
+  std::vector<const SequenceStart*> plain, stepped;
+  for (const SequenceStart& s : step.start) (seqs_.at(s.id)->policy ? stepped : plain).push_back(&s);
+  std::vector<size_t> offset(plain.size(), 0);
+  bool first_call = true;
+  while (true) {
+    std::vector<ForwardItem> items;
+    std::vector<uint64_t> owners;
+    std::vector<bool> last_chunk;
+    if (first_call) {
+      for (const SequenceDecode& d : step.decode) {
+        Live& l = *seqs_.at(d.id);
+        items.push_back({&l.kv, std::span<const int32_t>(&d.token, 1), false, l.policy.get(), l.budget});
+        owners.push_back(d.id);
+        last_chunk.push_back(true);
+      }
+    }
+    for (size_t i = 0; i < plain.size(); ++i) {
+      const std::vector<int32_t>& p = plain[i]->prompt;
+      if (offset[i] >= p.size() || failed.count(plain[i]->id)) continue;
+      const size_t len = std::min<size_t>(options_.prefill_chunk, p.size() - offset[i]);
+      items.push_back({&seqs_.at(plain[i]->id)->kv, std::span<const int32_t>(p).subspan(offset[i], len)});
+      owners.push_back(plain[i]->id);
+      offset[i] += len;
+      last_chunk.push_back(offset[i] == p.size());
+    }
+    if (items.empty()) break;
+    first_call = false;
+    absl::Status st = engine_.Forward(std::span<ForwardItem>(items), &logits);
+    ++out.forward_calls;
+    if (!st.ok()) {
+      if (st.code() == absl::StatusCode::kInvalidArgument || st.code() == absl::StatusCode::kInternal) return st;
+      // Pool full or context passed: fail the prompts of this call (decodes keep their state: retry them
+      // one by one so one sequence's failure does not end the others).
+      for (size_t x = 0; x < items.size(); ++x) {
+        std::vector<float> one;
+        ForwardItem item = items[x];
+        const absl::Status s1 = engine_.Forward(std::span<ForwardItem>(&item, 1), &one);
+        ++out.forward_calls;
+        if (!s1.ok()) {
+          fail(owners[x], s1);
+        } else if (last_chunk[x]) {
+          sampled[owners[x]] = seqs_.at(owners[x])->sampler.Sample(std::span<const float>(one.data(), vocab));
+        }
+      }
+      continue;
+    }
+    for (size_t x = 0; x < owners.size(); ++x) {
+      if (last_chunk[x]) sampled[owners[x]] = seqs_.at(owners[x])->sampler.Sample(std::span<const float>(&logits[x * vocab], vocab));
+    }
+  }
+
+  // 2. Prompts under a releasing policy: one token per call, all such sequences together.
+  size_t longest = 0;
+  for (const SequenceStart* s : stepped) longest = std::max(longest, s->prompt.size());
+  for (size_t j = 0; j < longest; ++j) {
+    std::vector<ForwardItem> items;
+    std::vector<uint64_t> owners;
+    for (const SequenceStart* s : stepped) {
+      if (j >= s->prompt.size() || failed.count(s->id)) continue;
+      Live& l = *seqs_.at(s->id);
+      items.push_back({&l.kv, std::span<const int32_t>(s->prompt).subspan(j, 1), false, l.policy.get(), l.budget});
+      owners.push_back(s->id);
+    }
+    if (items.empty()) break;
+    const absl::Status st = engine_.Forward(std::span<ForwardItem>(items), &logits);
+    ++out.forward_calls;
+    if (!st.ok()) {
+      for (uint64_t id : owners) fail(id, st);
+      continue;
+    }
+    for (size_t x = 0; x < owners.size(); ++x) {
+      const SequenceStart* s = *std::find_if(stepped.begin(), stepped.end(), [&](auto* p) { return p->id == owners[x]; });
+      if (j + 1 == s->prompt.size()) {
+        sampled[owners[x]] = seqs_.at(owners[x])->sampler.Sample(std::span<const float>(&logits[x * vocab], vocab));
+      }
+    }
+  }
+
+  auto report = [&](uint64_t id) {
+    SequenceStepResult r;
+    r.id = id;
+    if (auto f = failed.find(id); f != failed.end()) {
+      r.status = f->second;
+    } else {
+      const Live& l = *seqs_.at(id);
+      r.token = sampled.at(id);
+      if (l.policy) r.release_stats = l.policy->stats();
+      r.kv_slots = OccupiedSlots(l.kv);
+    }
+    out.sequences.push_back(r);
+  };
+  for (const SequenceStart& s : step.start) report(s.id);
+  for (const SequenceDecode& d : step.decode) report(d.id);
+  out.step_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  return out;
+}
+
+}  // namespace adore
