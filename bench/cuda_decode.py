@@ -105,6 +105,7 @@ def run_adore(args, shape, source, batches, prompts, prefill_only, budget, tmp):
            "--max_context", str(max_ctx), "--json", out_json]
     if prefill_only:
         cmd += ["--prefill_only", csv(prefill_only)]
+    cmd += args.adore_arg
     out, err = run_cmd(cmd, f"adore {shape}", min(args.timeout, budget.left()), child_env(args.adore_bench_cuda))
     sys.stderr.write("".join(line + "\n" for line in out.splitlines() if line.startswith(("adore ", "engine "))))
     data = None
@@ -333,6 +334,8 @@ def main():
                     help="seconds for llama.cpp (the rows it printed before a timeout are kept), so that a slow "
                          "run leaves time for the 7B/8B rows")
     ap.add_argument("--time-budget", type=float, default=540, help="seconds for the whole run")
+    ap.add_argument("--adore-arg", action="append", default=[],
+                    help="extra flag for adore-bench-cuda (repeatable), e.g. --adore-arg=--cuda_graphs=false")
     ap.add_argument("--skip", default="",
                     help="comma-separated: adore-smol, llama.cpp, adore-7b, adore-8b, transformers")
     ap.add_argument("--commit", default=None, help="commit to record (default: from git, if there)")

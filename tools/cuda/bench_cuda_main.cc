@@ -45,6 +45,7 @@ ABSL_FLAG(double, kv_memory_fraction, 0.9, "share of the device memory left afte
 ABSL_FLAG(int64_t, copy_mib, 2048, "buffer size (MiB) of the device-to-device copy bandwidth measurement");
 ABSL_FLAG(int32_t, gemm_size, 8192, "M = N = K of the bf16 cuBLAS matmul rate measurement");
 ABSL_FLAG(int32_t, device, 0, "CUDA device ordinal");
+ABSL_FLAG(bool, cuda_graphs, true, "replay decode steps from captured CUDA graphs");
 ABSL_FLAG(uint64_t, seed, 1, "seed of the random prompt tokens and synthetic weights");
 ABSL_FLAG(std::string, json, "", "write the results as JSON to this file");
 
@@ -262,7 +263,8 @@ struct Grid {
 
 nlohmann::json NullRow(const std::string& model, int32_t batch, int32_t prompt, int32_t gen, const char* kind) {
   nlohmann::json row = {{"engine", "adore"}, {"kind", kind}, {"model", model}, {"batch", batch},
-                        {"prompt", prompt},  {"gen", gen},   {"note", ""}};
+                        {"prompt", prompt},  {"gen", gen},   {"note", ""},
+                        {"cuda_graphs", absl::GetFlag(FLAGS_cuda_graphs)}};
   for (const char* key :
        {"decode_tok_s", "step_ms", "floor_step_ms", "step_over_floor", "prefill_tok_s", "prefill_ms"}) {
     row[key] = nullptr;
@@ -421,6 +423,7 @@ absl::Status Run(int argc, char** argv) {
   options.max_batch = std::max(max_batch, 16);  // the warmup round below runs up to 16 sequences
   options.max_logit_rows = options.max_batch;
   options.kv_memory_fraction = absl::GetFlag(FLAGS_kv_memory_fraction);
+  options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
   options.device = device;
   g.max_items = static_cast<size_t>(options.max_batch);
   std::unique_ptr<adore::CudaEngine> engine;
