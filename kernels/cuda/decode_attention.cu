@@ -14,7 +14,7 @@ namespace {
 constexpr int kThreads = 128;
 // Slots per lane group in flight before the first use; fewer for wide head tiles to bound registers.
 template <int GQ>
-constexpr int kUnroll = GQ >= 8 ? 2 : 4;
+constexpr int kUnroll = GQ >= 4 ? 2 : 4;
 constexpr int kMaxSplits = 64;
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -139,16 +139,12 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
       }
       if (!valid[u]) kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
     }
-    // Scores of this tile's slots for every head first, then one online-softmax update per head and tile
-    // (one rescale of the accumulator per tile instead of one per slot).
-    float sc[kUnroll<GQ>][GQ];
-    float vf[kUnroll<GQ>][8];
 #pragma unroll
     for (int u = 0; u < kUnroll<GQ>; ++u) {
       const int64_t s = base + u * kLanes + lg;
-      float kf[8];
+      float kf[8], vf[8];
       Bf16x8ToFloat(kr[u], kf);
-      Bf16x8ToFloat(vr[u], vf[u]);
+      Bf16x8ToFloat(vr[u], vf);
 #pragma unroll
       for (int g = 0; g < GQ; ++g) {
         float dot = 0.0f;
@@ -156,28 +152,18 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
         for (int e = 0; e < 8; ++e) dot = fmaf(qf[g][e], kf[e], dot);
 #pragma unroll
         for (int o = kTpr / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-        sc[u][g] = valid[u] ? dot : -INFINITY;
-        if (p.ws.scores != nullptr && sub == 0 && s < hi) p.ws.scores[(s_begin + s) * p.num_heads + h0 + g] = sc[u][g];
+        const float score = valid[u] ? dot : -INFINITY;
+        if (p.ws.scores != nullptr && sub == 0 && s < hi) p.ws.scores[(s_begin + s) * p.num_heads + h0 + g] = score;
+        if (valid[u]) {
+          const float m_new = fmaxf(m[g], score);
+          const float alpha = exp2f(m[g] - m_new);
+          const float pr = exp2f(score - m_new);
+          l[g] = l[g] * alpha + pr;
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(pr, vf[e], acc[g][e] * alpha);
+          m[g] = m_new;
+        }
       }
-    }
-#pragma unroll
-    for (int g = 0; g < GQ; ++g) {
-      float m_new = m[g];
-#pragma unroll
-      for (int u = 0; u < kUnroll<GQ>; ++u) m_new = fmaxf(m_new, sc[u][g]);
-      if (m_new == -INFINITY) continue;  // nothing visible yet
-      const float alpha = exp2f(m[g] - m_new);  // 0 while m[g] is -inf
-      l[g] *= alpha;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) acc[g][e] *= alpha;
-#pragma unroll
-      for (int u = 0; u < kUnroll<GQ>; ++u) {
-        const float pr = exp2f(sc[u][g] - m_new);  // 0 for masked slots
-        l[g] += pr;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(pr, vf[u][e], acc[g][e]);
-      }
-      m[g] = m_new;
     }
   }
 
@@ -298,9 +284,9 @@ absl::Status DecodeAttention(const DecodeAttentionArgs& a, cudaStream_t stream) 
   if (splits == 0) {
     const int gq = group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : group % 3 == 0 ? 3 : group % 2 == 0 ? 2 : 1;
     const int64_t base_blocks = a.batch * a.num_heads / gq;
-    const int64_t target = 8 * static_cast<int64_t>(CurrentDeviceSmCount());
+    const int64_t target = 4 * static_cast<int64_t>(CurrentDeviceSmCount());
     int64_t s = CeilDiv(target, base_blocks);
-    s = std::min<int64_t>(s, CeilDiv(std::max<int64_t>(a.max_slots, 1), 128));  // >= 128 slots per split
+    s = std::min<int64_t>(s, CeilDiv(std::max<int64_t>(a.max_slots, 1), 256));  // >= 256 slots per split
     splits = static_cast<int>(std::clamp<int64_t>(s, 1, kMaxSplits));
     while (splits > 1 &&
            WorkspaceBytes(a.batch, a.num_heads, a.head_dim, splits, mass, a.total_slots) > a.workspace_bytes) {
