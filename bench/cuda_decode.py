@@ -106,6 +106,8 @@ def run_adore(args, shape, source, batches, prompts, prefill_only, budget, tmp):
     if prefill_only:
         cmd += ["--prefill_only", csv(prefill_only)]
     cmd += args.adore_arg
+    if args.commit:
+        cmd += ["--commit", args.commit]
     out, err = run_cmd(cmd, f"adore {shape}", min(args.timeout, budget.left()), child_env(args.adore_bench_cuda))
     sys.stderr.write("".join(line + "\n" for line in out.splitlines() if line.startswith(("adore ", "engine "))))
     data = None

@@ -45,6 +45,7 @@ ABSL_FLAG(double, kv_memory_fraction, 0.9, "share of the device memory left afte
 ABSL_FLAG(int64_t, copy_mib, 2048, "buffer size (MiB) of the device-to-device copy bandwidth measurement");
 ABSL_FLAG(int32_t, gemm_size, 8192, "M = N = K of the bf16 cuBLAS matmul rate measurement");
 ABSL_FLAG(int32_t, device, 0, "CUDA device ordinal");
+ABSL_FLAG(std::string, commit, "", "commit to record in the JSON (default: git rev-parse in the working directory)");
 ABSL_FLAG(bool, cuda_graphs, true, "replay decode steps from captured CUDA graphs");
 ABSL_FLAG(uint64_t, seed, 1, "seed of the random prompt tokens and synthetic weights");
 ABSL_FLAG(std::string, json, "", "write the results as JSON to this file");
@@ -463,7 +464,7 @@ absl::Status Run(int argc, char** argv) {
   nlohmann::json result = {
       {"command", absl::StrJoin(std::vector<std::string>(argv, argv + argc), " ")},
       {"machine", absl::StrFormat("%s; host %s", ceilings.gpu, adore::bench::CpuDescription())},
-      {"commit", adore::bench::GitCommit()},
+      {"commit", absl::GetFlag(FLAGS_commit).empty() ? adore::bench::GitCommit() : absl::GetFlag(FLAGS_commit)},
       {"measured",
        {{"gpu", ceilings.gpu},
         {"copy_bandwidth_bytes_per_s", g.bandwidth},
