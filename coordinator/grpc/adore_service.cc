@@ -1,0 +1,284 @@
+// AdoreService: the public gRPC API over the scheduler.
+#include "coordinator/grpc/adore_service.h"
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+
+#include "absl/strings/str_format.h"
+#include "common/status.h"
+
+namespace adore {
+
+namespace v1 = ::adore::v1;
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  // absl and gRPC share the google.rpc.Code numbering.
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+namespace {
+
+v1::Policy ToProto(PolicyKind kind) {
+  switch (kind) {
+    case PolicyKind::kFull: return v1::POLICY_FULL;
+    case PolicyKind::kWindow: return v1::POLICY_WINDOW;
+    case PolicyKind::kHeavyHitter: return v1::POLICY_HEAVY_HITTER;
+    case PolicyKind::kAdore: return v1::POLICY_ADORE;
+  }
+  return v1::POLICY_UNSPECIFIED;
+}
+
+absl::Status Field(const absl::Status& st, const char* prefix) {
+  return st.ok() ? st : absl::Status(st.code(), absl::StrFormat("%s%s", prefix, st.message()));
+}
+
+}  // namespace
+
+AdoreService::AdoreService(Scheduler& scheduler, const Tokenizer& tokenizer, ServiceInfo info,
+                           ServiceDefaults defaults)
+    : scheduler_(scheduler), tokenizer_(tokenizer), info_(std::move(info)), defaults_(defaults),
+      started_(std::chrono::steady_clock::now()) {
+  stop_ids_.push_back(tokenizer_.eos_id());
+  if (auto im_end = tokenizer_.TokenToId("<|im_end|>"); im_end.ok() && *im_end != tokenizer_.eos_id()) {
+    stop_ids_.push_back(*im_end);
+  }
+}
+
+absl::StatusOr<GenerateOptions> AdoreService::Convert(const v1::GenerateRequest& r) const {
+  GenerateOptions o;
+  switch (r.prompt_case()) {
+    case v1::GenerateRequest::kText: {
+      if (r.text().empty()) return absl::InvalidArgumentError("prompt.text: must not be empty");
+      auto ids = tokenizer_.Encode(r.text(), /*parse_special=*/false, /*add_bos=*/true);
+      if (!ids.ok()) return Field(ids.status(), "prompt.text: ");
+      o.prompt = *std::move(ids);
+      break;
+    }
+    case v1::GenerateRequest::kTokenIds:
+      for (int32_t id : r.token_ids().ids()) {
+        if (id < 0 || id >= info_.config.vocab_size) {
+          return absl::InvalidArgumentError(absl::StrFormat(
+              "prompt.token_ids: id %d is outside the vocabulary [0, %d)", id, info_.config.vocab_size));
+        }
+        o.prompt.push_back(id);
+      }
+      break;
+    case v1::GenerateRequest::kChat: {
+      std::vector<ChatMessage> messages;
+      for (const v1::ChatMessage& m : r.chat().messages()) {
+        if (m.role() != "system" && m.role() != "user" && m.role() != "assistant") {
+          return absl::InvalidArgumentError(absl::StrFormat(
+              "prompt.chat.messages.role: '%s' is not system, user or assistant", m.role()));
+        }
+        messages.push_back({m.role(), m.content()});
+      }
+      if (messages.empty()) return absl::InvalidArgumentError("prompt.chat.messages: must not be empty");
+      auto text = tokenizer_.ApplyChatTemplate(messages, /*add_generation_prompt=*/true);
+      if (!text.ok()) return Field(text.status(), "prompt.chat: ");
+      auto ids = tokenizer_.Encode(*text, /*parse_special=*/true, /*add_bos=*/true);
+      if (!ids.ok()) return Field(ids.status(), "prompt.chat: ");
+      o.prompt = *std::move(ids);
+      break;
+    }
+    case v1::GenerateRequest::PROMPT_NOT_SET:
+      return absl::InvalidArgumentError("prompt: set one of text, token_ids or chat");
+  }
+  if (o.prompt.empty()) return absl::InvalidArgumentError("prompt: must not be empty");
+  const v1::SamplingParams& s = r.sampling();
+  o.max_tokens = s.has_max_tokens() ? s.max_tokens() : defaults_.max_tokens;
+  o.sampling.temperature = s.has_temperature() ? s.temperature() : defaults_.temperature;
+  o.sampling.top_k = s.has_top_k() ? s.top_k() : 0;
+  o.sampling.top_p = s.has_top_p() ? s.top_p() : 1.0f;
+  o.sampling.seed = s.has_seed() ? s.seed() : static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  ADORE_RETURN_IF_ERROR(Field(o.sampling.Validate(), "sampling."));
+  for (const std::string& stop : s.stop()) o.stop.push_back(stop);
+  o.stop_ids = stop_ids_;
+
+  const v1::ReleaseParams& rp = r.release();
+  o.release = defaults_.release;
+  switch (rp.policy()) {
+    case v1::POLICY_UNSPECIFIED: break;
+    case v1::POLICY_FULL: o.release.kind = PolicyKind::kFull; break;
+    case v1::POLICY_WINDOW: o.release.kind = PolicyKind::kWindow; break;
+    case v1::POLICY_HEAVY_HITTER: o.release.kind = PolicyKind::kHeavyHitter; break;
+    case v1::POLICY_ADORE: o.release.kind = PolicyKind::kAdore; break;
+    default:
+      return absl::InvalidArgumentError(absl::StrFormat("release.policy: unknown value %d", rp.policy()));
+  }
+  if (rp.has_kv_budget()) o.release.kv_budget = rp.kv_budget();
+  if (rp.has_rebuild()) o.release.rebuild = rp.rebuild();
+  if (o.release.kind != PolicyKind::kAdore && !rp.has_rebuild()) o.release.rebuild = 0;
+  if (o.release.kind == PolicyKind::kAdore) {
+    if (defaults_.controller == nullptr) {
+      return absl::FailedPreconditionError("release.policy: ADORE needs a controller; the server has none loaded");
+    }
+    o.release.controller = defaults_.controller;
+  }
+  ADORE_RETURN_IF_ERROR(Field(o.release.Validate(info_.config.max_context), "release."));
+  return o;
+}
+
+void AdoreService::Count(const grpc::Status& status) {
+  switch (status.error_code()) {
+    case grpc::StatusCode::OK: ++ok_; break;
+    case grpc::StatusCode::INVALID_ARGUMENT:
+    case grpc::StatusCode::FAILED_PRECONDITION:
+    case grpc::StatusCode::OUT_OF_RANGE: ++invalid_; break;
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: ++exhausted_; break;
+    case grpc::StatusCode::UNAVAILABLE: ++unavailable_; break;
+    case grpc::StatusCode::CANCELLED: ++cancelled_; break;
+    case grpc::StatusCode::DEADLINE_EXCEEDED: ++deadline_; break;
+    default: ++internal_; break;
+  }
+}
+
+grpc::Status AdoreService::Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
+                                    grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  absl::StatusOr<GenerateOptions> options = Convert(*request);
+  if (!options.ok()) {
+    const grpc::Status st = ToGrpc(options.status());
+    Count(st);
+    return st;
+  }
+  // The scheduler's thread posts events here; this handler thread writes them to the stream.
+  struct Mailbox {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::deque<StreamEvent> events;
+  };
+  auto box = std::make_shared<Mailbox>();
+  const ReleaseConfig release = options->release;
+  absl::StatusOr<uint64_t> id = scheduler_.Submit(*std::move(options), [box](const StreamEvent& e) {
+    std::lock_guard<std::mutex> lock(box->mu);
+    box->events.push_back(e);
+    box->cv.notify_one();
+  });
+  if (!id.ok()) {
+    const grpc::Status st = ToGrpc(id.status());
+    Count(st);
+    return st;
+  }
+  bool cancel_sent = false;
+  while (true) {
+    StreamEvent e;
+    {
+      std::unique_lock<std::mutex> lock(box->mu);
+      box->cv.wait_for(lock, std::chrono::milliseconds(20), [&] { return !box->events.empty(); });
+      if (box->events.empty()) {
+        if (context->IsCancelled() && !cancel_sent) {  // client cancel or deadline: free the KV
+          scheduler_.Cancel(*id);
+          cancel_sent = true;
+        }
+        continue;
+      }
+      e = std::move(box->events.front());
+      box->events.pop_front();
+    }
+    v1::GenerateResponse out;
+    out.set_request_id(request->request_id());
+    if (!e.final) {
+      v1::TokenDelta* d = out.mutable_delta();
+      d->set_text(e.text);
+      for (int32_t t : e.tokens) d->add_token_ids(t);
+      if (!writer->Write(out) && !cancel_sent) {  // the client is gone
+        scheduler_.Cancel(*id);
+        cancel_sent = true;
+      }
+      continue;
+    }
+    released_total_ += e.release_stats.released;
+    rebuilt_total_ += e.release_stats.rebuilt;
+    if (!e.status.ok()) {
+      grpc::Status st = ToGrpc(e.status);
+      if (context->IsCancelled()) {
+        st = context->deadline() < std::chrono::system_clock::now()
+                 ? grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline exceeded")
+                 : grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+      }
+      Count(st);
+      return st;
+    }
+    if (!e.text.empty() || !e.tokens.empty()) {  // text held back for stop strings, released at the end
+      v1::GenerateResponse last;
+      last.set_request_id(request->request_id());
+      last.mutable_delta()->set_text(e.text);
+      for (int32_t t : e.tokens) last.mutable_delta()->add_token_ids(t);
+      writer->Write(last);
+    }
+    v1::GenerateDone* done = out.mutable_done();
+    done->set_finish_reason(e.finish_reason == "length" ? v1::FINISH_REASON_LENGTH : v1::FINISH_REASON_STOP);
+    done->mutable_usage()->set_prompt_tokens(e.prompt_tokens);
+    done->mutable_usage()->set_completion_tokens(e.completion_tokens);
+    done->mutable_timing()->set_ttft_ms(e.ttft_ms);
+    done->mutable_timing()->set_total_ms(e.total_ms);
+    v1::AdoreStats* a = done->mutable_adore();
+    a->set_policy(ToProto(release.kind));
+    a->set_kv_budget(release.kind == PolicyKind::kFull ? 0 : release.kv_budget);
+    a->set_rebuild(release.rebuild);
+    a->set_tokens_released(e.release_stats.released);
+    a->set_tokens_rebuilt(e.release_stats.rebuilt);
+    a->set_kv_slots_in_use(e.kv_slots);
+    done->set_seed(request->sampling().has_seed() ? request->sampling().seed() : 0);
+    writer->Write(out);
+    Count(grpc::Status::OK);
+    return grpc::Status::OK;
+  }
+}
+
+grpc::Status AdoreService::GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*, v1::ModelInfo* m) {
+  const ModelConfig& c = info_.config;
+  m->set_name(c.name);
+  m->set_architecture("llama");
+  m->set_vocab_size(static_cast<int32_t>(c.vocab_size));
+  m->set_context_length(static_cast<int32_t>(c.max_context));
+  m->set_hidden_size(static_cast<int32_t>(c.hidden_size));
+  m->set_num_layers(static_cast<int32_t>(c.num_layers));
+  m->set_num_heads(static_cast<int32_t>(c.num_heads));
+  m->set_num_kv_heads(static_cast<int32_t>(c.num_kv_heads));
+  m->set_tensor_parallel_size(info_.tensor_parallel_size);
+  m->set_backend(info_.backend);
+  m->set_model_sha256(info_.model_sha256);
+  v1::ReleaseParams* d = m->mutable_default_release();
+  d->set_policy(ToProto(defaults_.release.kind));
+  d->set_kv_budget(defaults_.release.kv_budget);
+  d->set_rebuild(defaults_.release.rebuild);
+  for (v1::Policy p : {v1::POLICY_FULL, v1::POLICY_WINDOW, v1::POLICY_HEAVY_HITTER}) m->add_available_policies(p);
+  if (defaults_.controller != nullptr) m->add_available_policies(v1::POLICY_ADORE);
+  m->set_min_kv_budget(16);
+  m->set_max_rebuild(kMaxRebuild);
+  m->set_default_max_tokens(defaults_.max_tokens);
+  m->set_chat_template_available(tokenizer_.ApplyChatTemplate({{"user", "x"}}, true).ok());
+  return grpc::Status::OK;
+}
+
+grpc::Status AdoreService::GetStats(grpc::ServerContext*, const v1::GetStatsRequest*, v1::ServerStats* s) {
+  const SchedulerStats st = scheduler_.stats();
+  s->set_uptime_s(std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count());
+  v1::RequestCounts* c = s->mutable_requests();
+  c->set_ok(ok_);
+  c->set_invalid_argument(invalid_);
+  c->set_resource_exhausted(exhausted_);
+  c->set_unavailable(unavailable_);
+  c->set_cancelled(cancelled_);
+  c->set_deadline_exceeded(deadline_);
+  c->set_internal(internal_);
+  s->set_prompt_tokens_total(st.prompt_tokens);
+  s->set_completion_tokens_total(st.completion_tokens);
+  s->set_active_requests(st.active);
+  s->set_queued_requests(st.queued);
+  s->set_kv_slots_used(st.kv_rows_reserved);
+  s->set_kv_slots_free(info_.kv_rows - st.kv_rows_reserved);
+  s->set_tokens_released_total(released_total_);
+  s->set_tokens_rebuilt_total(rebuilt_total_);
+  v1::WorkerStats* w = s->add_workers();
+  w->set_rank(0);
+  w->set_address("embedded");
+  w->set_healthy(true);
+  w->set_steps(st.steps);
+  w->set_last_step_ms(st.last_step_ms);
+  return grpc::Status::OK;
+}
+
+}  // namespace adore

@@ -1,0 +1,66 @@
+// The public gRPC API (proto/adore/v1/adore.proto) over the Scheduler: converts and validates requests
+// (errors name the field), streams deltas from the scheduler's callbacks, maps client cancellation and
+// deadlines to Scheduler::Cancel, and answers model info and stats.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "adore/v1/adore.grpc.pb.h"
+#include "common/model_config.h"
+#include "common/tokenizer.h"
+#include "coordinator/scheduler.h"
+#include "worker/adore_controller.h"
+
+namespace adore {
+
+struct ServiceDefaults {
+  int32_t max_tokens = 256;         // SamplingParams.max_tokens when unset
+  float temperature = 1.0f;         // when unset (OpenAI's default)
+  ReleaseConfig release;            // policy / kv_budget / rebuild when the request leaves them unset
+  const AdoreController* controller = nullptr;  // the adore policy's controller (null: adore unavailable)
+};
+
+struct ServiceInfo {
+  ModelConfig config;
+  std::string model_sha256;
+  int32_t tensor_parallel_size = 1;
+  adore::v1::Backend backend = adore::v1::BACKEND_CPU;
+  int64_t kv_rows = 0;
+};
+
+class AdoreService final : public adore::v1::Adore::Service {
+ public:
+  AdoreService(Scheduler& scheduler, const Tokenizer& tokenizer, ServiceInfo info, ServiceDefaults defaults);
+
+  grpc::Status Generate(grpc::ServerContext* context, const adore::v1::GenerateRequest* request,
+                        grpc::ServerWriter<adore::v1::GenerateResponse>* writer) override;
+  grpc::Status GetModelInfo(grpc::ServerContext* context, const adore::v1::GetModelInfoRequest* request,
+                            adore::v1::ModelInfo* response) override;
+  grpc::Status GetStats(grpc::ServerContext* context, const adore::v1::GetStatsRequest* request,
+                        adore::v1::ServerStats* response) override;
+
+  // The request as the scheduler takes it; INVALID_ARGUMENT naming the field otherwise. Exposed for tests.
+  absl::StatusOr<GenerateOptions> Convert(const adore::v1::GenerateRequest& request) const;
+
+ private:
+  void Count(const grpc::Status& status);
+
+  Scheduler& scheduler_;
+  const Tokenizer& tokenizer_;
+  ServiceInfo info_;
+  ServiceDefaults defaults_;
+  std::vector<int32_t> stop_ids_;  // the model's end tokens
+  std::chrono::steady_clock::time_point started_;
+  std::atomic<int64_t> ok_{0}, invalid_{0}, exhausted_{0}, unavailable_{0}, cancelled_{0}, deadline_{0}, internal_{0};
+  std::atomic<int64_t> released_total_{0}, rebuilt_total_{0};
+};
+
+grpc::Status ToGrpc(const absl::Status& status);
+
+}  // namespace adore

@@ -1,0 +1,64 @@
+// adore-server: the coordinator with embedded workers, serving the public gRPC API (adore.v1.Adore) and
+// grpc.health.v1 on 127.0.0.1 by default.
+#include <csignal>
+#include <cstdio>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "coordinator/grpc/server.h"
+
+ABSL_FLAG(std::string, model, "models/SmolLM2-135M-Instruct.Q4_1.gguf", "GGUF file or HF checkpoint directory");
+ABSL_FLAG(std::string, listen, "127.0.0.1", "address to listen on (0.0.0.0 to accept remote clients)");
+ABSL_FLAG(int32_t, port, 50051, "port; 0 = any free port (printed at start)");
+ABSL_FLAG(std::string, backend, "cpu", "engine: cpu or cuda");
+ABSL_FLAG(int32_t, embedded_workers, 1, "tensor-parallel workers run in this process (1 today)");
+ABSL_FLAG(int64_t, kv_rows, 0, "KV pool rows (tokens over all sequences); 0 = 8 x context (cpu), memory budget (cuda)");
+ABSL_FLAG(int64_t, max_batch, 64, "sequences per step");
+ABSL_FLAG(std::string, controller, "tools/adore/controller.bin", "ADORE controller (adore policy available if it loads)");
+ABSL_FLAG(std::string, default_policy, "full", "policy for requests that do not set one: full, window, heavy_hitter, adore");
+ABSL_FLAG(int64_t, default_kv_budget, 1024, "kv_budget for requests that do not set one");
+ABSL_FLAG(int64_t, default_rebuild, 0, "rebuild for adore requests that do not set one");
+ABSL_FLAG(int32_t, default_max_tokens, 256, "max_tokens for requests that do not set one");
+
+namespace {
+std::atomic<bool> g_stop{false};
+void OnSignal(int) { g_stop = true; }
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("adore-server --model M [--port P] [--backend cpu|cuda] ...");
+  absl::ParseCommandLine(argc, argv);
+  adore::ServerOptions o;
+  o.model = absl::GetFlag(FLAGS_model);
+  o.listen = absl::GetFlag(FLAGS_listen);
+  o.port = absl::GetFlag(FLAGS_port);
+  o.backend = absl::GetFlag(FLAGS_backend);
+  o.embedded_workers = absl::GetFlag(FLAGS_embedded_workers);
+  o.kv_rows = absl::GetFlag(FLAGS_kv_rows);
+  o.max_batch = absl::GetFlag(FLAGS_max_batch);
+  o.controller = absl::GetFlag(FLAGS_controller);
+  o.defaults.max_tokens = absl::GetFlag(FLAGS_default_max_tokens);
+  auto kind = adore::ParsePolicyKind(absl::GetFlag(FLAGS_default_policy));
+  if (!kind.ok()) {
+    std::fprintf(stderr, "adore-server: --default_policy: %s\n", std::string(kind.status().message()).c_str());
+    return 2;
+  }
+  o.defaults.release = {.kind = *kind, .kv_budget = absl::GetFlag(FLAGS_default_kv_budget),
+                        .rebuild = absl::GetFlag(FLAGS_default_rebuild)};
+  std::fprintf(stderr, "adore-server: loading %s on %s ...\n", o.model.c_str(), o.backend.c_str());
+  auto server = adore::EmbeddedServer::Start(o);
+  if (!server.ok()) {
+    std::fprintf(stderr, "adore-server: %s\n", server.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("adore-server: serving adore.v1.Adore and grpc.health.v1 on %s\n", (*server)->address().c_str());
+  std::fflush(stdout);
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::fprintf(stderr, "adore-server: shutting down\n");
+  (*server)->Shutdown();
+  return 0;
+}
