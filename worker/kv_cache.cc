@@ -7,6 +7,21 @@
 
 namespace adore {
 
+uint64_t SlotMapHash(const SequenceKv& seq) {
+  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a over (row, pos) pairs, little-endian bytes
+  auto mix = [&](int32_t v) {
+    for (int b = 0; b < 4; ++b) {
+      h ^= static_cast<uint8_t>(static_cast<uint32_t>(v) >> (8 * b));
+      h *= 0x100000001b3ull;
+    }
+  };
+  for (int64_t s = 0; s < seq.num_slots(); ++s) {
+    mix(seq.rows[s]);
+    mix(seq.pos[s]);
+  }
+  return h;
+}
+
 RowAllocator::RowAllocator(int64_t num_rows) : num_rows_(num_rows) {
   free_.reserve(num_rows);
   for (int64_t r = num_rows - 1; r >= 0; --r) free_.push_back(static_cast<int32_t>(r));

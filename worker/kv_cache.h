@@ -21,6 +21,10 @@ struct SequenceKv {
   int64_t num_slots() const { return static_cast<int64_t>(rows.size()); }
 };
 
+// FNV-1a over the (row, pos) pair of every slot: equal on every tensor-parallel rank that took the same
+// release decisions (rows are allocated deterministically), so ranks can check they agree.
+uint64_t SlotMapHash(const SequenceKv& seq);
+
 // Free-row bookkeeping shared by the CPU and CUDA KV pools: a stack, lowest rows handed out first.
 class RowAllocator {
  public:

@@ -67,21 +67,7 @@ int Fail(const absl::Status& s) {
 absl::StatusOr<adore::ModelConfig> SyntheticConfig(const std::string& name) {
   if (name == "llama2-7b") return adore::Llama2_7BConfig();
   if (name == "llama3-8b") return adore::Llama3_8BConfig();
-  if (name == "smollm2-135m") {
-    adore::ModelConfig c;
-    c.name = "SmolLM2-135M shape (synthetic)";
-    c.vocab_size = 49152;
-    c.hidden_size = 576;
-    c.num_layers = 30;
-    c.num_heads = 9;
-    c.num_kv_heads = 3;
-    c.head_dim = 64;
-    c.intermediate_size = 1536;
-    c.max_context = 8192;
-    c.rope_theta = 100000.0f;
-    c.tie_embeddings = true;
-    return c;
-  }
+  if (name == "smollm2-135m") return adore::SmolLM2_135MConfig();
   return absl::InvalidArgumentError(
       absl::StrFormat("--synthetic: unknown shape '%s' (smollm2-135m, llama2-7b, llama3-8b)", name));
 }

@@ -75,6 +75,23 @@ ModelConfig Llama3_8BConfig() {
   return c;
 }
 
+ModelConfig SmolLM2_135MConfig() {
+  ModelConfig c;
+  c.name = "SmolLM2-135M shape (synthetic)";
+  c.vocab_size = 49152;
+  c.hidden_size = 576;
+  c.num_layers = 30;
+  c.num_heads = 9;
+  c.num_kv_heads = 3;
+  c.head_dim = 64;
+  c.intermediate_size = 1536;
+  c.max_context = 8192;
+  c.rope_theta = 100000.0f;
+  c.rms_norm_eps = 1e-5f;
+  c.tie_embeddings = true;
+  return c;
+}
+
 // Where one call's index arrays live in indices_ (device) / host_indices_ (pinned), and the counts the
 // launchers need. Tokens are laid out as: the new token of each decode item with a policy (attention mass
 // wanted), then the other decode items' tokens, then the prefill groups' tokens (prefill items, and the

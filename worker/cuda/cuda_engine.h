@@ -48,6 +48,7 @@ struct CudaEngineOptions {
 // Shapes of the models benchmarked with synthetic weights.
 ModelConfig Llama2_7BConfig();  // 4096 hidden, 32 layers, 32 heads (MHA), 11008 MLP, 32000 vocab
 ModelConfig Llama3_8BConfig();  // 4096 hidden, 32 layers, 32 heads / 8 KV heads, 14336 MLP, 128256 vocab
+ModelConfig SmolLM2_135MConfig();  // 576 hidden, 30 layers, 9 heads / 3 KV heads, 1536 MLP, 49152 vocab, tied
 
 class CudaEngine final : public Engine {
  public:
