@@ -24,20 +24,7 @@ void StepExecutor::End(uint64_t id) {
 
 uint64_t StepExecutor::SlotMapHash(uint64_t id) const {
   auto it = seqs_.find(id);
-  if (it == seqs_.end()) return 0;
-  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a over (row, pos) pairs
-  auto mix = [&](int32_t v) {
-    for (int b = 0; b < 4; ++b) {
-      h ^= static_cast<uint8_t>(static_cast<uint32_t>(v) >> (8 * b));
-      h *= 0x100000001b3ull;
-    }
-  };
-  const SequenceKv& kv = it->second->kv;
-  for (int64_t s = 0; s < kv.num_slots(); ++s) {
-    mix(kv.rows[s]);
-    mix(kv.pos[s]);
-  }
-  return h;
+  return it == seqs_.end() ? 0 : adore::SlotMapHash(it->second->kv);
 }
 
 absl::StatusOr<WorkerStepResult> StepExecutor::Step(const WorkerStep& step) {
