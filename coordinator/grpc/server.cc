@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "common/model_weights.h"
 #include "common/status.h"
+#include "coordinator/grpc/remote_runner.h"
 #include "worker/cpu_engine.h"
 #if ADORE_WITH_CUDA
 #include "worker/cuda/cuda_engine.h"
@@ -39,7 +40,35 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(const Serv
   }
   ADORE_RETURN_IF_ERROR(defaults.release.Validate(weights.config.max_context));
   const int64_t kv_rows = o.kv_rows > 0 ? o.kv_rows : 8 * weights.config.max_context;
-  if (o.backend == "cpu") {
+  if (!o.workers.empty()) {
+    // External workers: they load the model; this process keeps only the config and the tokenizer.
+    if (o.backend != "cpu" && o.backend != "cuda") {
+      return absl::InvalidArgumentError(absl::StrFormat("backend: '%s' is not cpu or cuda", o.backend));
+    }
+    RemoteRunnerOptions ro;
+    ro.workers = o.workers;
+    ro.secret = o.worker_secret;
+    ro.load.set_model_path(std::filesystem::absolute(o.model).string());
+    ro.load.set_backend(o.backend == "cpu" ? v1::BACKEND_CPU : v1::BACKEND_CUDA);
+    if (o.backend == "cpu" && o.kv_rows > 0) {  // the worker's pool gets what its float32 weights leave
+      int64_t weights_bytes = 0;
+      for (const auto& [name, t] : weights.tensors) weights_bytes += t.numel() * static_cast<int64_t>(sizeof(float));
+      const ModelConfig& c = weights.config;
+      ro.load.set_memory_budget_bytes(weights_bytes + o.kv_rows * 2 * c.num_layers * c.num_kv_heads * c.head_dim *
+                                                          static_cast<int64_t>(sizeof(float)));
+    }
+    v1::ReleaseParams* d = ro.load.mutable_default_release();
+    d->set_policy(static_cast<v1::Policy>(static_cast<int>(defaults.release.kind) + 1));  // kFull.. = 1..
+    d->set_kv_budget(defaults.release.kind == PolicyKind::kFull ? 0 : defaults.release.kv_budget);
+    d->set_rebuild(defaults.release.rebuild);
+    if (s->controller_ != nullptr) ro.load.set_controller_path(std::filesystem::absolute(o.controller).string());
+    weights.tensors.clear();
+    ADORE_ASSIGN_OR_RETURN(auto remote, RemoteStepRunner::Connect(ro));
+    info.backend = remote->load_response().model().backend();
+    info.model_sha256 = remote->load_response().model().model_sha256();
+    info.kv_rows = std::min<int64_t>(o.kv_rows > 0 ? o.kv_rows : kv_rows, remote->load_response().kv_capacity_slots());
+    s->runner_ = std::move(remote);
+  } else if (o.backend == "cpu") {
     info.backend = v1::BACKEND_CPU;
     ADORE_ASSIGN_OR_RETURN(auto engine, CpuEngine::Create(std::move(weights), {.kv_rows = kv_rows}));
     s->engine_ = std::move(engine);
@@ -61,7 +90,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(const Serv
   } else {
     return absl::InvalidArgumentError(absl::StrFormat("backend: '%s' is not cpu or cuda", o.backend));
   }
-  s->runner_ = std::make_unique<LocalStepRunner>(*s->engine_);
+  if (s->runner_ == nullptr) s->runner_ = std::make_unique<LocalStepRunner>(*s->engine_);
   s->scheduler_ = std::make_unique<Scheduler>(
       *s->runner_, *s->tokenizer_,
       SchedulerOptions{.max_batch = o.max_batch, .kv_rows = info.kv_rows, .max_context = info.config.max_context});

@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 
@@ -24,6 +25,11 @@ struct ServerOptions {
   int64_t kv_rows = 0;                   // KV pool rows; 0 = 8 x the model's context (cpu) / memory budget (cuda)
   int64_t max_batch = 64;
   std::string controller;                // ADORE controller file; empty or missing = no adore policy
+  // External workers (adore-worker), host:port each, rank order: when set, steps run on them
+  // (RemoteStepRunner) instead of an embedded engine; the model file is read here only for its config
+  // and tokenizer, and the workers load it from the same path. Only 1 is supported so far.
+  std::vector<std::string> workers;
+  std::string worker_secret;             // sent to the workers as metadata adore-worker-secret
   ServiceDefaults defaults;
 };
 
@@ -47,7 +53,7 @@ class EmbeddedServer {
   std::unique_ptr<AdoreController> controller_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<Engine> engine_;
-  std::unique_ptr<LocalStepRunner> runner_;
+  std::unique_ptr<StepRunner> runner_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<AdoreService> service_;
   std::unique_ptr<grpc::Server> server_;

@@ -2,11 +2,15 @@
 // grpc.health.v1 on 127.0.0.1 by default.
 #include <csignal>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_split.h"
 #include "coordinator/grpc/server.h"
 
 ABSL_FLAG(std::string, model, "models/SmolLM2-135M-Instruct.Q4_1.gguf", "GGUF file or HF checkpoint directory");
@@ -21,6 +25,8 @@ ABSL_FLAG(std::string, default_policy, "full", "policy for requests that do not 
 ABSL_FLAG(int64_t, default_kv_budget, 1024, "kv_budget for requests that do not set one");
 ABSL_FLAG(int64_t, default_rebuild, 0, "rebuild for adore requests that do not set one");
 ABSL_FLAG(int32_t, default_max_tokens, 256, "max_tokens for requests that do not set one");
+ABSL_FLAG(std::string, workers, "", "external workers (adore-worker) host:port,... in rank order; empty = embedded");
+ABSL_FLAG(std::string, worker_secret_file, "", "file holding the workers' shared secret (with --workers)");
 
 namespace {
 std::atomic<bool> g_stop{false};
@@ -40,6 +46,19 @@ int main(int argc, char** argv) {
   o.max_batch = absl::GetFlag(FLAGS_max_batch);
   o.controller = absl::GetFlag(FLAGS_controller);
   o.defaults.max_tokens = absl::GetFlag(FLAGS_default_max_tokens);
+  for (absl::string_view w : absl::StrSplit(absl::GetFlag(FLAGS_workers), ',', absl::SkipWhitespace())) {
+    o.workers.push_back(std::string(absl::StripAsciiWhitespace(w)));
+  }
+  if (const std::string f = absl::GetFlag(FLAGS_worker_secret_file); !f.empty()) {
+    std::ifstream in(f);
+    if (!in) {
+      std::fprintf(stderr, "adore-server: --worker_secret_file: cannot read %s\n", f.c_str());
+      return 2;
+    }
+    std::stringstream ss;
+    ss << in.rdbuf();
+    o.worker_secret = std::string(absl::StripAsciiWhitespace(ss.str()));
+  }
   auto kind = adore::ParsePolicyKind(absl::GetFlag(FLAGS_default_policy));
   if (!kind.ok()) {
     std::fprintf(stderr, "adore-server: --default_policy: %s\n", std::string(kind.status().message()).c_str());

@@ -169,6 +169,8 @@ TEST(WireTest, WorkerStepRoundTripsWithEveryField) {
   out->set_seq_id(11);
   out->set_token(0);  // token 0 is a real token: presence distinguishes it from "not rank 0"
   out->set_slot_map_hash(0xcbf29ce484222325ull);
+  out->set_error_code(8);  // a failed sequence's fields (RESOURCE_EXHAUSTED), set here only to cover them
+  out->set_error_message("KV pool full");
   auto* st = out->mutable_stats();
   st->set_tokens_released(1);
   st->set_tokens_rebuilt(2);

@@ -1,0 +1,507 @@
+// WorkerService: the adore.v1.Worker API over one StepExecutor, driven by an actor thread.
+#include "worker/grpc/worker_service.h"
+
+#include <omp.h>
+
+#include <cmath>
+#include <filesystem>
+#include <future>
+#include <unordered_set>
+
+#include "absl/strings/str_format.h"
+#include "common/model_weights.h"
+#include "worker/cpu_engine.h"
+#include "worker/release_policy.h"
+#if ADORE_WITH_CUDA
+#include "worker/cuda/cuda_engine.h"
+#endif
+
+namespace adore {
+
+namespace v1 = ::adore::v1;
+
+namespace {
+
+grpc::Status Err(grpc::StatusCode code, const std::string& message) { return grpc::Status(code, message); }
+grpc::Status Invalid(const std::string& message) { return Err(grpc::StatusCode::INVALID_ARGUMENT, message); }
+
+grpc::Status FromAbsl(const absl::Status& st, const std::string& prefix = "") {
+  if (st.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(st.code()), prefix + std::string(st.message()));
+}
+
+bool ConstantTimeEquals(const std::string& a, const std::string& b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  const size_t n = std::max(a.size(), b.size());
+  for (size_t i = 0; i < n; ++i) {
+    const unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
+    const unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
+    diff |= x ^ y;
+  }
+  return diff == 0;
+}
+
+absl::StatusOr<PolicyKind> FromProto(v1::Policy p) {
+  switch (p) {
+    case v1::POLICY_FULL: return PolicyKind::kFull;
+    case v1::POLICY_WINDOW: return PolicyKind::kWindow;
+    case v1::POLICY_HEAVY_HITTER: return PolicyKind::kHeavyHitter;
+    case v1::POLICY_ADORE: return PolicyKind::kAdore;
+    default: return absl::InvalidArgumentError(absl::StrFormat("policy: %d is not a known policy", p));
+  }
+}
+
+int64_t WeightsBytes(const ModelWeights& w) {
+  int64_t n = 0;
+  for (const auto& [name, t] : w.tensors) n += t.numel() * static_cast<int64_t>(sizeof(float));
+  return n;
+}
+
+}  // namespace
+
+WorkerService::WorkerService(WorkerServiceOptions options)
+    : options_(std::move(options)), started_(std::chrono::steady_clock::now()) {
+  health_.set_state(v1::WORKER_STATE_EMPTY);
+  thread_ = std::thread([this] { Loop(); });
+}
+
+WorkerService::~WorkerService() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  executor_.reset();  // releases the live sequences' rows before the engine goes
+  engine_.reset();
+}
+
+void WorkerService::Loop() {
+  while (true) {
+    std::function<void()> job;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
+      if (jobs_.empty()) return;  // stopping, nothing left
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
+    job();
+  }
+}
+
+grpc::Status WorkerService::Post(std::function<grpc::Status()> job) {
+  auto done = std::make_shared<std::promise<grpc::Status>>();
+  std::future<grpc::Status> result = done->get_future();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stop_) return Err(grpc::StatusCode::UNAVAILABLE, "worker shutting down");
+    jobs_.push_back([done, job = std::move(job)] { done->set_value(job()); });
+  }
+  cv_.notify_one();
+  return result.get();
+}
+
+grpc::Status WorkerService::Authenticate(const grpc::ServerContext& context) const {
+  if (options_.secret.empty()) return grpc::Status::OK;
+  const auto& md = context.client_metadata();
+  auto it = md.find(kWorkerSecretKey);
+  if (it == md.end()) {
+    return Err(grpc::StatusCode::UNAUTHENTICATED, absl::StrFormat("%s: missing", kWorkerSecretKey));
+  }
+  if (!ConstantTimeEquals(std::string(it->second.data(), it->second.size()), options_.secret)) {
+    return Err(grpc::StatusCode::UNAUTHENTICATED, absl::StrFormat("%s: wrong secret", kWorkerSecretKey));
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::Load(grpc::ServerContext* context, const v1::LoadRequest* request,
+                                 v1::LoadResponse* response) {
+  if (grpc::Status st = Authenticate(*context); !st.ok()) return st;
+  return Post([&] { return DoLoad(*request, response); });
+}
+
+grpc::Status WorkerService::Bootstrap(grpc::ServerContext* context, const v1::BootstrapRequest* request,
+                                      v1::BootstrapResponse* response) {
+  if (grpc::Status st = Authenticate(*context); !st.ok()) return st;
+  return Post([&] { return DoBootstrap(*request, response); });
+}
+
+grpc::Status WorkerService::Step(grpc::ServerContext* context, const v1::StepRequest* request,
+                                 v1::StepResult* response) {
+  if (grpc::Status st = Authenticate(*context); !st.ok()) return st;
+  return Post([&] { return DoStep(*request, response); });
+}
+
+grpc::Status WorkerService::Health(grpc::ServerContext* context, const v1::WorkerHealthRequest*,
+                                   v1::WorkerHealthResponse* response) {
+  if (grpc::Status st = Authenticate(*context); !st.ok()) return st;
+  std::lock_guard<std::mutex> lock(health_mu_);
+  *response = health_;
+  response->set_uptime_s(std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count());
+  return grpc::Status::OK;
+}
+
+void WorkerService::PublishHealth() {
+  std::lock_guard<std::mutex> lock(health_mu_);
+  if (loaded_) health_.set_state(v1::WORKER_STATE_READY);
+  health_.set_epoch(epoch_);
+  health_.set_last_step_id(last_step_id_);
+  health_.set_live_sequences(static_cast<int64_t>(totals_.size()));
+  health_.set_kv_slots_used(slots_used_);
+  health_.set_kv_slots_free(kv_capacity_ - slots_used_);
+  health_.set_model_sha256(load_response_.model().model_sha256());
+}
+
+grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* response) {
+  if (loaded_) {
+    if (r.SerializeAsString() == load_request_bytes_) {
+      *response = load_response_;
+      return grpc::Status::OK;
+    }
+    return Err(grpc::StatusCode::FAILED_PRECONDITION,
+               "load: this worker is loaded with different settings; restart it to change models");
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  // Validate everything before the slow part.
+  if (r.model_path().empty()) return Invalid("model_path: must not be empty");
+  if (r.tp_size() < 1) return Invalid(absl::StrFormat("tp_size: %d is not >= 1", r.tp_size()));
+  if (r.tp_rank() < 0 || r.tp_rank() >= r.tp_size()) {
+    return Invalid(absl::StrFormat("tp_rank: %d is not in [0, %d)", r.tp_rank(), r.tp_size()));
+  }
+  if (r.tp_size() > 1) {
+    return Err(grpc::StatusCode::UNIMPLEMENTED,
+               "tp_size: tensor parallelism across worker processes is not built yet (use 1)");
+  }
+  if (r.backend() == v1::BACKEND_CPU) {
+    if (r.device() != 0) return Invalid(absl::StrFormat("device: must be 0 for BACKEND_CPU, got %d", r.device()));
+  } else if (r.backend() == v1::BACKEND_CUDA) {
+#if !ADORE_WITH_CUDA
+    return Invalid("backend: this worker is built without CUDA");
+#endif
+    if (r.device() < 0) return Invalid(absl::StrFormat("device: %d is negative", r.device()));
+  } else {
+    return Invalid("backend: must be BACKEND_CPU or BACKEND_CUDA");
+  }
+  if (r.memory_budget_bytes() < 0) return Invalid("memory_budget_bytes: must be >= 0");
+  if (r.cpu_threads() < 0 || r.cpu_threads() > 4096) {
+    return Invalid(absl::StrFormat("cpu_threads: %d is not in [0, 4096]", r.cpu_threads()));
+  }
+  if (!r.expected_sha256().empty()) {
+    bool hex = r.expected_sha256().size() == 64;
+    for (char ch : r.expected_sha256()) hex = hex && ((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f'));
+    if (!hex) return Invalid("expected_sha256: must be 64 lower-case hex digits");
+    return Err(grpc::StatusCode::UNIMPLEMENTED, "expected_sha256: model hashing is not built yet (leave it empty)");
+  }
+  if (!std::filesystem::exists(r.model_path())) {
+    return Err(grpc::StatusCode::NOT_FOUND, absl::StrFormat("model_path: %s does not exist", r.model_path()));
+  }
+  if (!r.controller_path().empty() && !std::filesystem::exists(r.controller_path())) {
+    return Err(grpc::StatusCode::NOT_FOUND,
+               absl::StrFormat("controller_path: %s does not exist", r.controller_path()));
+  }
+  {
+    std::lock_guard<std::mutex> lock(health_mu_);
+    health_.set_state(v1::WORKER_STATE_LOADING);
+  }
+  auto fail_load = [&](const grpc::Status& st) {
+    std::lock_guard<std::mutex> lock(health_mu_);
+    health_.set_state(v1::WORKER_STATE_EMPTY);
+    health_.set_error(st.error_message());
+    return st;
+  };
+  std::unique_ptr<AdoreController> controller;
+  if (!r.controller_path().empty()) {
+    auto c = AdoreController::Load(r.controller_path());
+    if (!c.ok()) return fail_load(FromAbsl(c.status(), "controller_path: "));
+    controller = *std::move(c);
+  }
+  auto weights = LoadModelWeights(r.model_path());
+  if (!weights.ok()) return fail_load(FromAbsl(weights.status(), "model_path: "));
+  const ModelConfig config = weights->config;
+  // default_release: the request's defaults must be fully resolved and in range.
+  {
+    auto kind = FromProto(r.default_release().policy());
+    if (!kind.ok()) return fail_load(Invalid("default_release.policy: must be set to a known policy"));
+    ReleaseConfig rc{.kind = *kind, .kv_budget = r.default_release().kv_budget(),
+                     .rebuild = r.default_release().rebuild()};
+    if (rc.kind == PolicyKind::kFull) rc.kv_budget = 0;
+    if (rc.kind == PolicyKind::kAdore && controller == nullptr) {
+      return fail_load(Err(grpc::StatusCode::FAILED_PRECONDITION,
+                           "default_release.policy: POLICY_ADORE needs controller_path"));
+    }
+    rc.controller = controller.get();
+    if (absl::Status st = rc.Validate(config.max_context); !st.ok()) {
+      return fail_load(FromAbsl(st, "default_release."));
+    }
+  }
+  if (r.cpu_threads() > 0) omp_set_num_threads(r.cpu_threads());  // this thread runs every forward
+
+  const int64_t weights_bytes = WeightsBytes(*weights);
+  int64_t slot_bytes = 0, capacity = 0;
+  std::unique_ptr<Engine> engine;
+  v1::Backend backend = r.backend();
+  if (backend == v1::BACKEND_CPU) {
+    slot_bytes = 2 * config.num_layers * config.num_kv_heads * config.head_dim * static_cast<int64_t>(sizeof(float));
+    if (r.memory_budget_bytes() > 0) {
+      // The KV pool gets what the weights leave (workspaces are small next to them on the CPU).
+      capacity = (r.memory_budget_bytes() - weights_bytes) / std::max<int64_t>(slot_bytes, 1);
+      if (capacity < 16) {
+        return fail_load(Err(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                             absl::StrFormat("memory_budget_bytes: %d bytes do not hold the weights (%d bytes) "
+                                             "and the smallest KV pool (16 slots of %d bytes)",
+                                             r.memory_budget_bytes(), weights_bytes, slot_bytes)));
+      }
+    } else {
+      capacity = 8 * config.max_context;  // the CPU default of adore-server (not all free RAM)
+    }
+    auto e = CpuEngine::Create(*std::move(weights), {.kv_rows = capacity});
+    if (!e.ok()) return fail_load(FromAbsl(e.status()));
+    engine = *std::move(e);
+  } else {
+#if ADORE_WITH_CUDA
+    CudaEngineOptions co;
+    co.max_batch = 128;
+    co.max_logit_rows = 256;
+    co.max_tokens = std::max<int64_t>(4096, co.max_batch * (1 + kMaxRebuild));
+    co.device = r.device();
+    if (r.memory_budget_bytes() > 0) {
+      // bf16 weights; the KV pool gets the rest but a 10% margin for workspaces.
+      co.kv_bytes = static_cast<int64_t>(0.9 * static_cast<double>(r.memory_budget_bytes() - weights_bytes / 2));
+      if (co.kv_bytes <= 0) {
+        return fail_load(Err(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                             absl::StrFormat("memory_budget_bytes: %d bytes do not hold the weights",
+                                             r.memory_budget_bytes())));
+      }
+    }
+    auto e = CudaEngine::Create(*weights, co);
+    if (!e.ok()) return fail_load(FromAbsl(e.status()));
+    capacity = (*e)->pool().num_rows();
+    slot_bytes = 2 * config.num_layers * config.num_kv_heads * config.head_dim * 2;
+    engine = *std::move(e);
+#endif
+  }
+
+  controller_ = std::move(controller);
+  engine_ = std::move(engine);
+  executor_ = std::make_unique<StepExecutor>(*engine_);
+  kv_capacity_ = capacity;
+  loaded_ = true;
+  load_request_bytes_ = r.SerializeAsString();
+  v1::ModelInfo* m = load_response_.mutable_model();
+  m->set_name(config.name);
+  m->set_architecture(config.architecture);
+  m->set_vocab_size(static_cast<int32_t>(config.vocab_size));
+  m->set_context_length(static_cast<int32_t>(config.max_context));
+  m->set_hidden_size(static_cast<int32_t>(config.hidden_size));
+  m->set_num_layers(static_cast<int32_t>(config.num_layers));
+  m->set_num_heads(static_cast<int32_t>(config.num_heads));
+  m->set_num_kv_heads(static_cast<int32_t>(config.num_kv_heads));
+  m->set_tensor_parallel_size(r.tp_size());
+  m->set_backend(backend);
+  *m->mutable_default_release() = r.default_release();
+  for (v1::Policy p : {v1::POLICY_FULL, v1::POLICY_WINDOW, v1::POLICY_HEAVY_HITTER}) m->add_available_policies(p);
+  if (controller_ != nullptr) m->add_available_policies(v1::POLICY_ADORE);
+  m->set_min_kv_budget(16);
+  m->set_max_rebuild(kMaxRebuild);
+  load_response_.set_kv_capacity_slots(capacity);
+  load_response_.set_kv_slot_bytes(slot_bytes);
+  load_response_.set_weights_bytes(backend == v1::BACKEND_CPU ? weights_bytes : weights_bytes / 2);
+  load_response_.set_load_ms(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  *response = load_response_;
+  {
+    std::lock_guard<std::mutex> lock(health_mu_);
+    health_.set_rank(r.tp_rank());
+    health_.set_world_size(r.tp_size());
+    health_.clear_error();
+  }
+  PublishHealth();
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::DoBootstrap(const v1::BootstrapRequest& r, v1::BootstrapResponse* response) {
+  if (!loaded_) return Err(grpc::StatusCode::FAILED_PRECONDITION, "bootstrap: the worker is not loaded (call Load first)");
+  if (r.world_size() > 1) {
+    return Err(grpc::StatusCode::UNIMPLEMENTED, "tensor parallelism across worker processes is not built yet");
+  }
+  if (r.world_size() != 1) return Invalid(absl::StrFormat("world_size: %d is not Load's tp_size 1", r.world_size()));
+  if (r.rank() != 0) return Invalid(absl::StrFormat("rank: %d is not Load's tp_rank 0", r.rank()));
+  if (r.epoch() < 1) return Invalid("epoch: must be >= 1");
+  if (r.timeout_ms() < 0 || r.timeout_ms() > 600000) {
+    return Invalid(absl::StrFormat("timeout_ms: %d is not in [0, 600000]", r.timeout_ms()));
+  }
+  if (r.epoch() < epoch_) {
+    return Err(grpc::StatusCode::FAILED_PRECONDITION,
+               absl::StrFormat("epoch: %d is older than the current epoch %d", r.epoch(), epoch_));
+  }
+  if (r.epoch() > epoch_) {  // a new generation: every sequence ends, steps count from 1 again
+    executor_ = std::make_unique<StepExecutor>(*engine_);
+    totals_.clear();
+    slots_.clear();
+    slots_used_ = 0;
+    last_step_id_ = 0;
+    last_result_.Clear();
+    epoch_ = r.epoch();
+  }
+  response->set_communicator("none");
+  response->set_rendezvous_ms(0.0);
+  PublishHealth();
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::DoStep(const v1::StepRequest& r, v1::StepResult* response) {
+  const auto t0 = std::chrono::steady_clock::now();
+  if (!loaded_) return Err(grpc::StatusCode::FAILED_PRECONDITION, "step: the worker is not loaded (call Load first)");
+  if (r.epoch() != epoch_) {
+    return Err(grpc::StatusCode::FAILED_PRECONDITION, absl::StrFormat("epoch: expected %d, got %d", epoch_, r.epoch()));
+  }
+  if (last_step_id_ != 0 && r.step_id() == last_step_id_) {  // a retry after a lost reply
+    *response = last_result_;
+    return grpc::Status::OK;
+  }
+  if (r.step_id() != last_step_id_ + 1) {
+    return Invalid(absl::StrFormat("step_id: expected %d, got %d", last_step_id_ + 1, r.step_id()));
+  }
+  const ModelConfig& c = engine_->config();
+  // Convert and validate (errors name the field); nothing changes before this passes.
+  WorkerStep step;
+  step.end.assign(r.end().begin(), r.end().end());
+  std::unordered_set<uint64_t> ids;
+  for (int i = 0; i < r.start_size(); ++i) {
+    const v1::SequenceStart& s = r.start(i);
+    if (totals_.count(s.seq_id()) || !ids.insert(s.seq_id()).second) {
+      return Invalid(absl::StrFormat("start[%d].seq_id: sequence %d is already live or repeated", i, s.seq_id()));
+    }
+    if (s.prompt_tokens_size() < 1 || s.prompt_tokens_size() > c.max_context - 1) {
+      return Invalid(absl::StrFormat("start[%d].prompt_tokens: %d tokens is not in [1, %d]", i,
+                                     s.prompt_tokens_size(), c.max_context - 1));
+    }
+    SequenceStart out;
+    out.id = s.seq_id();
+    for (int32_t t : s.prompt_tokens()) {
+      if (t < 0 || t >= c.vocab_size) {
+        return Invalid(absl::StrFormat("start[%d].prompt_tokens: id %d is outside [0, %d)", i, t, c.vocab_size));
+      }
+      out.prompt.push_back(t);
+    }
+    auto kind = FromProto(s.release().policy());
+    if (!kind.ok()) return Invalid(absl::StrFormat("start[%d].release.policy: must be a known policy", i));
+    out.release.kind = *kind;
+    out.release.kv_budget = s.release().kv_budget();
+    out.release.rebuild = s.release().rebuild();
+    if (*kind == PolicyKind::kAdore) {
+      if (controller_ == nullptr) {
+        return Err(grpc::StatusCode::FAILED_PRECONDITION,
+                   absl::StrFormat("start[%d].release.policy: POLICY_ADORE needs a controller; this worker has none", i));
+      }
+      out.release.controller = controller_.get();
+    }
+    if (absl::Status st = out.release.Validate(c.max_context); !st.ok()) {
+      return FromAbsl(st, absl::StrFormat("start[%d].release.", i));
+    }
+    const v1::SamplerConfig& sc = s.sampler();
+    if (!std::isfinite(sc.temperature()) || sc.temperature() < 0.0f || sc.temperature() > 100.0f) {
+      return Invalid(absl::StrFormat("start[%d].sampler.temperature: %g is not in [0, 100]", i, sc.temperature()));
+    }
+    if (sc.top_k() < 0 || sc.top_k() > c.vocab_size) {
+      return Invalid(absl::StrFormat("start[%d].sampler.top_k: %d is not in [0, %d]", i, sc.top_k(), c.vocab_size));
+    }
+    if (!(sc.top_p() > 0.0f && sc.top_p() <= 1.0f)) {
+      return Invalid(absl::StrFormat("start[%d].sampler.top_p: %g is not in (0, 1]", i, sc.top_p()));
+    }
+    out.sampling = {.temperature = sc.temperature(), .top_k = sc.top_k(), .top_p = sc.top_p(), .seed = sc.seed()};
+    step.start.push_back(std::move(out));
+  }
+  for (int i = 0; i < r.decode_size(); ++i) {
+    const v1::SequenceDecode& d = r.decode(i);
+    if (!totals_.count(d.seq_id()) || !ids.insert(d.seq_id()).second) {
+      return Invalid(absl::StrFormat("decode[%d].seq_id: unknown sequence %d, or listed twice", i, d.seq_id()));
+    }
+    if (d.last_token() < 0 || d.last_token() >= c.vocab_size) {
+      return Invalid(absl::StrFormat("decode[%d].last_token: %d is outside [0, %d)", i, d.last_token(), c.vocab_size));
+    }
+    step.decode.push_back({d.seq_id(), d.last_token()});
+  }
+  for (int i = 0; i < r.end_size(); ++i) {
+    for (const SequenceDecode& d : step.decode) {
+      if (d.id == r.end(i)) return Invalid(absl::StrFormat("end[%d]: sequence %d also decodes in this step", i, d.id));
+    }
+  }
+
+  absl::StatusOr<WorkerStepResult> result = executor_->Step(step);
+  if (!result.ok()) return FromAbsl(result.status(), "step: ");
+
+  auto forget = [&](uint64_t id) {
+    totals_.erase(id);
+    if (auto it = slots_.find(id); it != slots_.end()) {
+      slots_used_ -= it->second;
+      slots_.erase(it);
+    }
+  };
+  for (uint64_t id : step.end) forget(id);
+  v1::StepResult out;
+  out.set_step_id(r.step_id());
+  for (const SequenceStepResult& s : result->sequences) {
+    v1::SequenceOutput* o = out.add_outputs();
+    o->set_seq_id(s.id);
+    const ReleaseStats before = totals_.count(s.id) ? totals_[s.id] : ReleaseStats{};
+    if (!s.status.ok()) {
+      o->set_error_code(static_cast<int32_t>(s.status.code()));
+      o->set_error_message(std::string(s.status.message()));
+      forget(s.id);
+      continue;
+    }
+    o->set_token(s.token);
+    v1::SequenceStepStats* st = o->mutable_stats();
+    st->set_tokens_released(s.release_stats.released - before.released);
+    st->set_tokens_rebuilt(s.release_stats.rebuilt - before.rebuilt);
+    st->set_tokens_released_total(s.release_stats.released);
+    st->set_tokens_rebuilt_total(s.release_stats.rebuilt);
+    st->set_kv_slots_in_use(s.kv_slots);
+    o->set_slot_map_hash(executor_->SlotMapHash(s.id));
+    totals_[s.id] = s.release_stats;
+    slots_used_ += s.kv_slots - slots_[s.id];
+    slots_[s.id] = s.kv_slots;
+  }
+  out.set_kv_slots_used(slots_used_);
+  out.set_kv_slots_free(kv_capacity_ - slots_used_);
+  v1::StepTiming* timing = out.mutable_timing();
+  timing->set_forward_ms(result->step_ms);  // the executor's whole step: forward, policy and sampling
+  timing->set_total_ms(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  last_step_id_ = r.step_id();
+  last_result_ = out;
+  *response = std::move(out);
+  PublishHealth();
+  return grpc::Status::OK;
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(const WorkerServerOptions& o) {
+  if (o.port < 0 || o.port > 65535) return absl::InvalidArgumentError(absl::StrFormat("port: %d is not in [0, 65535]", o.port));
+  std::unique_ptr<WorkerServer> s(new WorkerServer());
+  s->options_ = o;
+  s->service_ = std::make_unique<WorkerService>(WorkerServiceOptions{.secret = o.secret});
+  grpc::ServerBuilder builder;
+  const std::string addr = absl::StrFormat("%s:%d", o.listen, o.port);
+  builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &s->port_);
+  builder.RegisterService(s->service_.get());
+  builder.SetMaxReceiveMessageSize(256 << 20);
+  builder.SetMaxSendMessageSize(256 << 20);
+  s->server_ = builder.BuildAndStart();
+  if (s->server_ == nullptr || s->port_ == 0) return absl::UnavailableError(absl::StrFormat("cannot listen on %s", addr));
+  return s;
+}
+
+std::string WorkerServer::address() const { return absl::StrFormat("%s:%d", options_.listen, port_); }
+
+void WorkerServer::Shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (server_) server_->Shutdown(std::chrono::system_clock::now());
+  service_.reset();
+}
+
+WorkerServer::~WorkerServer() { Shutdown(); }
+
+}  // namespace adore

@@ -1,0 +1,123 @@
+// The worker side of the distributed runtime: the adore.v1.Worker service (proto/adore/v1/worker.proto)
+// over one StepExecutor. Actor style: one thread owns the engine, the executor and every per-sequence
+// figure; the gRPC handlers only post a message to its mailbox and wait for the reply (Health reads a
+// snapshot instead and never waits on a running step). Tensor-parallel size 1 for now: Bootstrap accepts
+// world size 1 and answers UNIMPLEMENTED for more.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "adore/v1/worker.grpc.pb.h"
+#include "worker/adore_controller.h"
+#include "worker/engine.h"
+#include "worker/step_executor.h"
+
+namespace adore {
+
+// The metadata key every Worker call carries when the worker has a secret.
+inline constexpr char kWorkerSecretKey[] = "adore-worker-secret";
+
+struct WorkerServiceOptions {
+  std::string secret;  // empty: no authentication (tests, a private single-host setup)
+};
+
+class WorkerService final : public adore::v1::Worker::Service {
+ public:
+  explicit WorkerService(WorkerServiceOptions options = {});
+  // Stops the actor thread (after the message it is working on) and frees the engine.
+  ~WorkerService() override;
+  WorkerService(const WorkerService&) = delete;
+  WorkerService& operator=(const WorkerService&) = delete;
+
+  grpc::Status Load(grpc::ServerContext* context, const adore::v1::LoadRequest* request,
+                    adore::v1::LoadResponse* response) override;
+  grpc::Status Bootstrap(grpc::ServerContext* context, const adore::v1::BootstrapRequest* request,
+                         adore::v1::BootstrapResponse* response) override;
+  grpc::Status Step(grpc::ServerContext* context, const adore::v1::StepRequest* request,
+                    adore::v1::StepResult* response) override;
+  grpc::Status Health(grpc::ServerContext* context, const adore::v1::WorkerHealthRequest* request,
+                      adore::v1::WorkerHealthResponse* response) override;
+
+ private:
+  grpc::Status Authenticate(const grpc::ServerContext& context) const;
+  // Runs `job` on the actor thread and returns its status once it ran (UNAVAILABLE when stopping).
+  grpc::Status Post(std::function<grpc::Status()> job);
+  void Loop();
+
+  // Actor-only (called on the actor thread).
+  grpc::Status DoLoad(const adore::v1::LoadRequest& request, adore::v1::LoadResponse* response);
+  grpc::Status DoBootstrap(const adore::v1::BootstrapRequest& request, adore::v1::BootstrapResponse* response);
+  grpc::Status DoStep(const adore::v1::StepRequest& request, adore::v1::StepResult* response);
+  void PublishHealth();
+
+  WorkerServiceOptions options_;
+  const std::chrono::steady_clock::time_point started_;
+
+  // Owned by the actor thread.
+  std::unique_ptr<AdoreController> controller_;
+  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<StepExecutor> executor_;
+  bool loaded_ = false;
+  std::string load_request_bytes_;  // the Load request that loaded this worker (for idempotent retries)
+  adore::v1::LoadResponse load_response_;
+  int64_t kv_capacity_ = 0;
+  uint64_t epoch_ = 0;
+  uint64_t last_step_id_ = 0;
+  adore::v1::StepResult last_result_;                     // of last_step_id_, for a retried step
+  std::unordered_map<uint64_t, ReleaseStats> totals_;     // live sequences: release totals so far
+  std::unordered_map<uint64_t, int64_t> slots_;           // live sequences: KV slots held
+  int64_t slots_used_ = 0;
+
+  // The mailbox.
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  bool stop_ = false;
+
+  // What Health answers (written by the actor).
+  mutable std::mutex health_mu_;
+  adore::v1::WorkerHealthResponse health_;
+
+  std::thread thread_;  // last: starts after everything above exists
+};
+
+// adore-worker's core, usable in-process (tests): the Worker service on a gRPC server.
+struct WorkerServerOptions {
+  std::string listen = "127.0.0.1";
+  int port = 0;  // 0 = pick a free port
+  std::string secret;
+};
+
+class WorkerServer {
+ public:
+  // UNAVAILABLE when the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<WorkerServer>> Start(const WorkerServerOptions& options);
+  ~WorkerServer();
+  int port() const { return port_; }
+  std::string address() const;
+  void Wait() { server_->Wait(); }
+  // Stops accepting calls, cancels running ones and stops the actor. Idempotent.
+  void Shutdown();
+
+ private:
+  WorkerServer() = default;
+  WorkerServerOptions options_;
+  std::unique_ptr<WorkerService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace adore
