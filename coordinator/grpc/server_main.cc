@@ -36,6 +36,7 @@ void OnSignal(int) { g_stop = true; }
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("adore-server --model M [--port P] [--backend cpu|cuda] ...");
   absl::ParseCommandLine(argc, argv);
+  std::signal(SIGPIPE, SIG_IGN);  // a client or peer that disconnects must not kill the process
   adore::ServerOptions o;
   o.model = absl::GetFlag(FLAGS_model);
   o.listen = absl::GetFlag(FLAGS_listen);

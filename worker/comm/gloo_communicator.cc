@@ -2,6 +2,7 @@
 // collectives. Gloo reports failures by throwing; every entry point here catches and returns a Status.
 #include "worker/comm/gloo_communicator.h"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -70,6 +71,9 @@ std::string LocalHostName() {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Create(const GlooCommunicatorOptions& options) {
+  // Gloo writes to peer sockets without MSG_NOSIGNAL on some paths: a peer that dies must surface as an
+  // UNAVAILABLE error from the next collective, not as a SIGPIPE that kills this process.
+  signal(SIGPIPE, SIG_IGN);
   const int rank = options.rank;
   const int world = options.world_size;
   if (world < 1 || rank < 0 || rank >= world) {

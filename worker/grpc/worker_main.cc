@@ -29,6 +29,7 @@ void OnSignal(int) { g_stop = true; }
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("adore-worker [--listen A] [--port P] [--secret_file F] [--backend cpu|cuda] [--device D]");
   absl::ParseCommandLine(argc, argv);
+  std::signal(SIGPIPE, SIG_IGN);  // a client or peer that disconnects must not kill the process
   adore::WorkerServerOptions o;
   o.listen = absl::GetFlag(FLAGS_listen);
   o.port = absl::GetFlag(FLAGS_port);
