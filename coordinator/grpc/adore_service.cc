@@ -18,9 +18,7 @@ grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-namespace {
-
-v1::Policy ToProto(PolicyKind kind) {
+v1::Policy PolicyToProto(PolicyKind kind) {
   switch (kind) {
     case PolicyKind::kFull: return v1::POLICY_FULL;
     case PolicyKind::kWindow: return v1::POLICY_WINDOW;
@@ -29,6 +27,8 @@ v1::Policy ToProto(PolicyKind kind) {
   }
   return v1::POLICY_UNSPECIFIED;
 }
+
+namespace {
 
 absl::Status Field(const absl::Status& st, const char* prefix) {
   return st.ok() ? st : absl::Status(st.code(), absl::StrFormat("%s%s", prefix, st.message()));
@@ -214,7 +214,7 @@ grpc::Status AdoreService::Generate(grpc::ServerContext* context, const v1::Gene
     done->mutable_timing()->set_ttft_ms(e.ttft_ms);
     done->mutable_timing()->set_total_ms(e.total_ms);
     v1::AdoreStats* a = done->mutable_adore();
-    a->set_policy(ToProto(release.kind));
+    a->set_policy(PolicyToProto(release.kind));
     a->set_kv_budget(release.kind == PolicyKind::kFull ? 0 : release.kv_budget);
     a->set_rebuild(release.rebuild);
     a->set_tokens_released(e.release_stats.released);
@@ -241,7 +241,7 @@ grpc::Status AdoreService::GetModelInfo(grpc::ServerContext*, const v1::GetModel
   m->set_backend(info_.backend);
   m->set_model_sha256(info_.model_sha256);
   v1::ReleaseParams* d = m->mutable_default_release();
-  d->set_policy(ToProto(defaults_.release.kind));
+  d->set_policy(PolicyToProto(defaults_.release.kind));
   d->set_kv_budget(defaults_.release.kv_budget);
   d->set_rebuild(defaults_.release.rebuild);
   for (v1::Policy p : {v1::POLICY_FULL, v1::POLICY_WINDOW, v1::POLICY_HEAVY_HITTER}) m->add_available_policies(p);

@@ -62,5 +62,6 @@ class AdoreService final : public adore::v1::Adore::Service {
 };
 
 grpc::Status ToGrpc(const absl::Status& status);
+adore::v1::Policy PolicyToProto(PolicyKind kind);
 
 }  // namespace adore

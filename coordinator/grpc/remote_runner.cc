@@ -1,6 +1,8 @@
 // RemoteStepRunner: scheduler steps executed by worker processes over the worker API.
 #include "coordinator/grpc/remote_runner.h"
 
+#include "coordinator/grpc/adore_service.h"
+
 #include <chrono>
 
 #include "absl/strings/str_format.h"
@@ -11,16 +13,6 @@ namespace adore {
 namespace v1 = ::adore::v1;
 
 namespace {
-
-v1::Policy ToProto(PolicyKind kind) {
-  switch (kind) {
-    case PolicyKind::kFull: return v1::POLICY_FULL;
-    case PolicyKind::kWindow: return v1::POLICY_WINDOW;
-    case PolicyKind::kHeavyHitter: return v1::POLICY_HEAVY_HITTER;
-    case PolicyKind::kAdore: return v1::POLICY_ADORE;
-  }
-  return v1::POLICY_UNSPECIFIED;
-}
 
 // Failures of the connection (or of the worker as a whole) rather than answers about the request.
 bool IsTransportFailure(grpc::StatusCode code) {
@@ -127,7 +119,7 @@ absl::StatusOr<WorkerStepResult> RemoteStepRunner::Step(const WorkerStep& step) 
     v1::SequenceStart* out = req.add_start();
     out->set_seq_id(s.id);
     out->mutable_prompt_tokens()->Add(s.prompt.begin(), s.prompt.end());
-    out->mutable_release()->set_policy(ToProto(s.release.kind));
+    out->mutable_release()->set_policy(PolicyToProto(s.release.kind));
     out->mutable_release()->set_kv_budget(s.release.kind == PolicyKind::kFull ? 0 : s.release.kv_budget);
     out->mutable_release()->set_rebuild(s.release.rebuild);
     v1::SamplerConfig* sc = out->mutable_sampler();
