@@ -3,7 +3,9 @@
 
 #include "coordinator/grpc/adore_service.h"
 
+#include <algorithm>
 #include <chrono>
+#include <thread>
 
 #include "absl/strings/str_format.h"
 #include "common/status.h"
@@ -25,24 +27,23 @@ bool IsTransportFailure(grpc::StatusCode code) {
 
 absl::StatusOr<std::unique_ptr<RemoteStepRunner>> RemoteStepRunner::Connect(const RemoteRunnerOptions& o) {
   if (o.workers.empty()) return absl::InvalidArgumentError("workers: no worker address given");
-  if (o.workers.size() > 1) {
-    return absl::UnimplementedError(absl::StrFormat(
-        "workers: %d workers given; tensor parallelism across worker processes is not built yet (give 1)",
-        o.workers.size()));
-  }
-  const std::string& addr = o.workers[0];
-  const size_t colon = addr.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == addr.size()) {
-    return absl::InvalidArgumentError(absl::StrFormat("workers: '%s' is not host:port", addr));
-  }
   std::unique_ptr<RemoteStepRunner> r(new RemoteStepRunner());
   r->options_ = o;
-  r->address_ = addr;
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(256 << 20);
   args.SetMaxSendMessageSize(256 << 20);
-  r->channel_ = grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args);
-  r->stub_ = v1::Worker::NewStub(r->channel_);
+  for (const std::string& addr : o.workers) {
+    const size_t colon = addr.rfind(':');
+    if (colon == std::string::npos || colon == 0 || colon + 1 == addr.size()) {
+      return absl::InvalidArgumentError(absl::StrFormat("workers: '%s' is not host:port", addr));
+    }
+    Rank rank;
+    rank.address = addr;
+    rank.channel = grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args);
+    rank.stub = v1::Worker::NewStub(rank.channel);
+    r->ranks_.push_back(std::move(rank));
+  }
+  if (r->ranks_.size() > 1) ADORE_RETURN_IF_ERROR(r->Bootstrap());
   ADORE_RETURN_IF_ERROR(r->Load());
   return r;
 }
@@ -52,22 +53,73 @@ void RemoteStepRunner::Prepare(grpc::ClientContext* context, int64_t timeout_ms)
   if (!options_.secret.empty()) context->AddMetadata("adore-worker-secret", options_.secret);
 }
 
-absl::Status RemoteStepRunner::RpcError(const grpc::Status& st, const char* what) const {
+absl::Status RemoteStepRunner::RpcError(const grpc::Status& st, int rank, const std::string& what) const {
   const auto code = IsTransportFailure(st.error_code()) ? absl::StatusCode::kUnavailable
                                                         : static_cast<absl::StatusCode>(st.error_code());
-  return absl::Status(code, absl::StrFormat("worker %s (rank 0): %s: %s", address_, what, st.error_message()));
+  return absl::Status(code, absl::StrFormat("worker %s (rank %d): %s: %s", ranks_[rank].address, rank, what,
+                                            st.error_message()));
+}
+
+absl::Status RemoteStepRunner::ForAllRanks(const std::function<absl::Status(int)>& fn) const {
+  const int n = static_cast<int>(ranks_.size());
+  if (n == 1) return fn(0);
+  std::vector<absl::Status> results(n);
+  std::vector<std::thread> threads;
+  threads.reserve(n);
+  for (int i = 0; i < n; ++i) threads.emplace_back([&, i] { results[i] = fn(i); });
+  for (std::thread& t : threads) t.join();
+  for (const absl::Status& st : results) {
+    if (!st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RemoteStepRunner::Bootstrap() {
+  if (options_.load.backend() != v1::BACKEND_CPU) {
+    return absl::UnimplementedError(absl::StrFormat(
+        "workers: %d workers given; tensor parallelism across worker processes is built for the cpu backend only",
+        ranks_.size()));
+  }
+  if (store_ == nullptr) {
+    ADORE_ASSIGN_OR_RETURN(store_, comm::TcpStoreServer::Start(options_.rendezvous_host, 0));
+  }
+  ++epoch_;  // a fresh key namespace in the store
+  const int n = static_cast<int>(ranks_.size());
+  const std::string rendezvous = absl::StrFormat("%s:%d", options_.rendezvous_host, store_->port());
+  return ForAllRanks([&](int rank) -> absl::Status {
+    v1::BootstrapRequest req;
+    req.set_gloo_rendezvous(rendezvous);
+    req.set_rank(rank);
+    req.set_world_size(n);
+    req.set_epoch(epoch_);
+    req.set_timeout_ms(options_.bootstrap_timeout_ms);
+    grpc::ClientContext ctx;
+    Prepare(&ctx, options_.bootstrap_timeout_ms + 10000);
+    v1::BootstrapResponse resp;
+    const grpc::Status st = ranks_[rank].stub->Bootstrap(&ctx, req, &resp);
+    if (!st.ok()) return RpcError(st, rank, "Bootstrap");
+    return absl::OkStatus();
+  });
 }
 
 absl::Status RemoteStepRunner::Load() {
-  v1::LoadRequest req = options_.load;
-  req.set_tp_rank(0);
-  req.set_tp_size(1);
-  grpc::ClientContext ctx;
-  Prepare(&ctx, options_.load_timeout_ms);
-  v1::LoadResponse resp;
-  const grpc::Status st = stub_->Load(&ctx, req, &resp);
-  if (!st.ok()) return RpcError(st, "Load");
-  load_response_ = resp;
+  const int n = static_cast<int>(ranks_.size());
+  std::vector<v1::LoadResponse> responses(n);
+  ADORE_RETURN_IF_ERROR(ForAllRanks([&](int rank) -> absl::Status {
+    v1::LoadRequest req = options_.load;
+    req.set_tp_rank(rank);
+    req.set_tp_size(n);
+    grpc::ClientContext ctx;
+    Prepare(&ctx, options_.load_timeout_ms);
+    const grpc::Status st = ranks_[rank].stub->Load(&ctx, req, &responses[rank]);
+    if (!st.ok()) return RpcError(st, rank, "Load");
+    return absl::OkStatus();
+  }));
+  load_response_ = responses[0];
+  for (int rank = 1; rank < n; ++rank) {  // the pool that bounds the scheduler: the smallest of the ranks
+    load_response_.set_kv_capacity_slots(
+        std::min(load_response_.kv_capacity_slots(), responses[rank].kv_capacity_slots()));
+  }
   next_step_id_ = 1;
   live_.clear();
   orphans_.clear();
@@ -75,23 +127,35 @@ absl::Status RemoteStepRunner::Load() {
 }
 
 absl::Status RemoteStepRunner::Resync() {
-  grpc::ClientContext ctx;
-  Prepare(&ctx, options_.health_timeout_ms);
-  v1::WorkerHealthResponse h;
-  const grpc::Status st = stub_->Health(&ctx, v1::WorkerHealthRequest(), &h);
-  if (!st.ok()) return RpcError(st, "Health");
-  switch (h.state()) {
-    case v1::WORKER_STATE_EMPTY:  // restarted: load it again, nothing of ours lives there
+  const int n = static_cast<int>(ranks_.size());
+  std::vector<v1::WorkerHealthResponse> health(n);
+  ADORE_RETURN_IF_ERROR(ForAllRanks([&](int rank) -> absl::Status {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, options_.health_timeout_ms);
+    const grpc::Status st = ranks_[rank].stub->Health(&ctx, v1::WorkerHealthRequest(), &health[rank]);
+    if (!st.ok()) return RpcError(st, rank, "Health");
+    return absl::OkStatus();
+  }));
+  for (int rank = 0; rank < n; ++rank) {
+    const v1::WorkerHealthResponse& h = health[rank];
+    if (h.state() == v1::WORKER_STATE_EMPTY && n == 1) {  // restarted: load it again, nothing of ours lives there
       ADORE_RETURN_IF_ERROR(Load());
-      break;
-    case v1::WORKER_STATE_READY:
-      next_step_id_ = h.last_step_id() + 1;
-      break;
-    default:
-      return absl::UnavailableError(absl::StrFormat("worker %s (rank 0): not ready (state %s%s%s)", address_,
-                                                    v1::WorkerState_Name(h.state()), h.error().empty() ? "" : ": ",
-                                                    h.error()));
+      broken_ = false;
+      return absl::OkStatus();
+    }
+    if (h.state() != v1::WORKER_STATE_READY) {
+      return absl::UnavailableError(absl::StrFormat("worker %s (rank %d): not ready (state %s%s%s)",
+                                                    ranks_[rank].address, rank, v1::WorkerState_Name(h.state()),
+                                                    h.error().empty() ? "" : ": ", h.error()));
+    }
+    if (n > 1 && (h.last_step_id() != health[0].last_step_id() || h.epoch() != epoch_)) {
+      return absl::UnavailableError(absl::StrFormat(
+          "worker %s (rank %d): out of step with the group (step %d epoch %d; rank 0: step %d, group epoch %d); "
+          "rebuilding a tensor-parallel group is not built yet: restart the workers",
+          ranks_[rank].address, rank, h.last_step_id(), h.epoch(), health[0].last_step_id(), epoch_));
+    }
   }
+  next_step_id_ = health[0].last_step_id() + 1;
   broken_ = false;
   return absl::OkStatus();
 }
@@ -112,7 +176,7 @@ absl::StatusOr<WorkerStepResult> RemoteStepRunner::Step(const WorkerStep& step) 
   }
   v1::StepRequest req;
   req.set_step_id(next_step_id_);
-  req.set_epoch(0);
+  req.set_epoch(epoch_);
   for (uint64_t id : orphans_) req.add_end(id);
   for (uint64_t id : step.end) req.add_end(id);
   for (const SequenceStart& s : step.start) {
@@ -133,24 +197,51 @@ absl::StatusOr<WorkerStepResult> RemoteStepRunner::Step(const WorkerStep& step) 
     out->set_seq_id(d.id);
     out->set_last_token(d.token);
   }
-  grpc::ClientContext ctx;
-  Prepare(&ctx, options_.step_timeout_ms);
-  v1::StepResult resp;
-  const grpc::Status st = stub_->Step(&ctx, req, &resp);
+  const int n = static_cast<int>(ranks_.size());
+  std::vector<v1::StepResult> responses(n);
+  const size_t expected = step.start.size() + step.decode.size();
+  absl::Status st = ForAllRanks([&](int rank) -> absl::Status {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, options_.step_timeout_ms);
+    const grpc::Status s = ranks_[rank].stub->Step(&ctx, req, &responses[rank]);
+    if (!s.ok()) {
+      absl::Status e = RpcError(s, rank, absl::StrFormat("step %d", req.step_id()));
+      // A rank that failed leaves the group out of step: every failure of a group is UNAVAILABLE.
+      if (n > 1 && e.code() != absl::StatusCode::kUnavailable) e = absl::UnavailableError(e.message());
+      return e;
+    }
+    if (responses[rank].outputs_size() != static_cast<int>(expected)) {
+      return absl::InternalError(absl::StrFormat("worker %s (rank %d): step %d returned %d outputs for %d sequences",
+                                                 ranks_[rank].address, rank, req.step_id(),
+                                                 responses[rank].outputs_size(), expected));
+    }
+    return absl::OkStatus();
+  });
   if (!st.ok()) {
-    if (IsTransportFailure(st.error_code())) broken_ = true;  // it may or may not have run: ask first
+    // It may or may not have run (on some ranks): ask first.
+    if (n > 1 || st.code() == absl::StatusCode::kUnavailable || st.code() == absl::StatusCode::kInternal) {
+      broken_ = true;
+    }
     abandon();
-    return RpcError(st, absl::StrFormat("step %d", req.step_id()).c_str());
+    return st;
   }
   ++next_step_id_;
   orphans_.clear();
   for (uint64_t id : step.end) live_.erase(id);
-  if (resp.outputs_size() != static_cast<int>(step.start.size() + step.decode.size())) {
-    broken_ = true;
-    abandon();
-    return absl::InternalError(absl::StrFormat("worker %s (rank 0): step %d returned %d outputs for %d sequences",
-                                               address_, req.step_id(), resp.outputs_size(),
-                                               step.start.size() + step.decode.size()));
+  const v1::StepResult& resp = responses[0];
+  for (int rank = 1; rank < n; ++rank) {  // every rank must have taken the same release decisions
+    for (int i = 0; i < resp.outputs_size(); ++i) {
+      const v1::SequenceOutput& a = resp.outputs(i);
+      const v1::SequenceOutput& b = responses[rank].outputs(i);
+      if (a.seq_id() != b.seq_id() || a.slot_map_hash() != b.slot_map_hash() || a.error_code() != b.error_code()) {
+        broken_ = true;
+        abandon();
+        return absl::InternalError(absl::StrFormat(
+            "step %d: sequence %d: rank %d (%s) diverged from rank 0 (%s): slot map hash %x vs %x, error %d vs %d",
+            req.step_id(), a.seq_id(), rank, ranks_[rank].address, ranks_[0].address, b.slot_map_hash(),
+            a.slot_map_hash(), b.error_code(), a.error_code()));
+      }
+    }
   }
   WorkerStepResult out;
   for (const v1::SequenceOutput& o : resp.outputs()) {
@@ -160,7 +251,8 @@ absl::StatusOr<WorkerStepResult> RemoteStepRunner::Step(const WorkerStep& step) 
       r.status = absl::Status(static_cast<absl::StatusCode>(o.error_code()), o.error_message());
       live_.erase(r.id);
     } else if (!o.has_token()) {
-      r.status = absl::InternalError(absl::StrFormat("worker %s (rank 0): no token for sequence %d", address_, r.id));
+      r.status = absl::InternalError(
+          absl::StrFormat("worker %s (rank 0): no token for sequence %d", ranks_[0].address, r.id));
       orphans_.push_back(r.id);
       live_.erase(r.id);
     } else {

@@ -27,7 +27,8 @@ struct ServerOptions {
   std::string controller;                // ADORE controller file; empty or missing = no adore policy
   // External workers (adore-worker), host:port each, rank order: when set, steps run on them
   // (RemoteStepRunner) instead of an embedded engine; the model file is read here only for its config
-  // and tokenizer, and the workers load it from the same path. Only 1 is supported so far.
+  // and tokenizer, and the workers load it from the same path. More than one: tensor parallelism over
+  // them (cpu backend; the coordinator hosts their Gloo rendezvous on 127.0.0.1).
   std::vector<std::string> workers;
   std::string worker_secret;             // sent to the workers as metadata adore-worker-secret
   ServiceDefaults defaults;

@@ -8,8 +8,10 @@
 #include <future>
 #include <unordered_set>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "common/model_weights.h"
+#include "worker/comm/gloo_communicator.h"
 #include "worker/cpu_engine.h"
 #include "worker/release_policy.h"
 #if ADORE_WITH_CUDA
@@ -170,8 +172,15 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
     return Invalid(absl::StrFormat("tp_rank: %d is not in [0, %d)", r.tp_rank(), r.tp_size()));
   }
   if (r.tp_size() > 1) {
-    return Err(grpc::StatusCode::UNIMPLEMENTED,
-               "tp_size: tensor parallelism across worker processes is not built yet (use 1)");
+    if (r.backend() != v1::BACKEND_CPU) {
+      return Err(grpc::StatusCode::UNIMPLEMENTED,
+                 "tp_size: tensor parallelism across worker processes is built for BACKEND_CPU only");
+    }
+    if (comm_ == nullptr || comm_->world_size() != r.tp_size() || comm_->rank() != r.tp_rank()) {
+      return Err(grpc::StatusCode::FAILED_PRECONDITION,
+                 absl::StrFormat("tp_size: %d needs a Bootstrap with rank %d and world_size %d first", r.tp_size(),
+                                 r.tp_rank(), r.tp_size()));
+    }
   }
   if (r.backend() == v1::BACKEND_CPU) {
     if (r.device() != 0) return Invalid(absl::StrFormat("device: must be 0 for BACKEND_CPU, got %d", r.device()));
@@ -242,7 +251,8 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
   std::unique_ptr<Engine> engine;
   v1::Backend backend = r.backend();
   if (backend == v1::BACKEND_CPU) {
-    slot_bytes = 2 * config.num_layers * config.num_kv_heads * config.head_dim * static_cast<int64_t>(sizeof(float));
+    slot_bytes = 2 * config.num_layers * std::max<int64_t>(config.num_kv_heads / r.tp_size(), 1) * config.head_dim *
+                 static_cast<int64_t>(sizeof(float));
     if (r.memory_budget_bytes() > 0) {
       // The KV pool gets what the weights leave (workspaces are small next to them on the CPU).
       capacity = (r.memory_budget_bytes() - weights_bytes) / std::max<int64_t>(slot_bytes, 1);
@@ -255,7 +265,13 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
     } else {
       capacity = 8 * config.max_context;  // the CPU default of adore-server (not all free RAM)
     }
-    auto e = CpuEngine::Create(*std::move(weights), {.kv_rows = capacity});
+    CpuEngineOptions eo{.kv_rows = capacity};
+    if (r.tp_size() > 1) {
+      eo.tp_rank = r.tp_rank();
+      eo.tp_size = r.tp_size();
+      eo.comm = comm_.get();
+    }
+    auto e = CpuEngine::Create(*std::move(weights), eo);
     if (!e.ok()) return fail_load(FromAbsl(e.status()));
     engine = *std::move(e);
   } else {
@@ -320,10 +336,8 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
 }
 
 grpc::Status WorkerService::DoBootstrap(const v1::BootstrapRequest& r, v1::BootstrapResponse* response) {
+  if (r.world_size() > 1) return DoBootstrapGroup(r, response);
   if (!loaded_) return Err(grpc::StatusCode::FAILED_PRECONDITION, "bootstrap: the worker is not loaded (call Load first)");
-  if (r.world_size() > 1) {
-    return Err(grpc::StatusCode::UNIMPLEMENTED, "tensor parallelism across worker processes is not built yet");
-  }
   if (r.world_size() != 1) return Invalid(absl::StrFormat("world_size: %d is not Load's tp_size 1", r.world_size()));
   if (r.rank() != 0) return Invalid(absl::StrFormat("rank: %d is not Load's tp_rank 0", r.rank()));
   if (r.epoch() < 1) return Invalid("epoch: must be >= 1");
@@ -345,6 +359,66 @@ grpc::Status WorkerService::DoBootstrap(const v1::BootstrapRequest& r, v1::Boots
   }
   response->set_communicator("none");
   response->set_rendezvous_ms(0.0);
+  PublishHealth();
+  return grpc::Status::OK;
+}
+
+// Tensor parallelism: joins the Gloo group before Load (the engine is built over the communicator).
+grpc::Status WorkerService::DoBootstrapGroup(const v1::BootstrapRequest& r, v1::BootstrapResponse* response) {
+  const auto t0 = std::chrono::steady_clock::now();
+  if (r.rank() < 0 || r.rank() >= r.world_size()) {
+    return Invalid(absl::StrFormat("rank: %d is not in [0, %d)", r.rank(), r.world_size()));
+  }
+  if (r.rendezvous_case() != v1::BootstrapRequest::kGlooRendezvous) {
+    return Invalid("rendezvous: a CPU tensor-parallel group needs gloo_rendezvous");
+  }
+  const std::string& addr = r.gloo_rendezvous();
+  const size_t colon = addr.rfind(':');
+  int store_port = 0;
+  if (colon == std::string::npos || colon == 0 || colon + 1 == addr.size() ||
+      !absl::SimpleAtoi(addr.substr(colon + 1), &store_port) || store_port < 1 || store_port > 65535) {
+    return Invalid(absl::StrFormat("gloo_rendezvous: '%s' is not host:port", addr));
+  }
+  if (r.epoch() < 1) return Invalid("epoch: must be >= 1");
+  if (r.timeout_ms() < 0 || r.timeout_ms() > 600000) {
+    return Invalid(absl::StrFormat("timeout_ms: %d is not in [0, 600000]", r.timeout_ms()));
+  }
+  if (comm_ != nullptr) {
+    if (r.epoch() == epoch_ && comm_->rank() == r.rank() && comm_->world_size() == r.world_size()) {
+      response->set_communicator(comm_->backend());  // the same Bootstrap again: nothing to do
+      return grpc::Status::OK;
+    }
+    return Err(grpc::StatusCode::FAILED_PRECONDITION,
+               absl::StrFormat("epoch: this worker is in group epoch %d (rank %d of %d); rebuilding a tensor-parallel "
+                               "group is not built yet: restart the worker",
+                               epoch_, comm_->rank(), comm_->world_size()));
+  }
+  if (loaded_) {
+    return Err(grpc::StatusCode::FAILED_PRECONDITION,
+               "bootstrap: this worker was loaded without tensor parallelism; restart it to join a group");
+  }
+  comm::GlooCommunicatorOptions go;
+  go.rank = r.rank();
+  go.world_size = r.world_size();
+  go.store_host = addr.substr(0, colon);
+  go.store_port = store_port;
+  go.listen_host = options_.comm_listen_host;
+  if (go.listen_host.empty() && (go.store_host == "127.0.0.1" || go.store_host == "localhost")) {
+    go.listen_host = "127.0.0.1";
+  }
+  go.group = absl::StrFormat("adore-tp-epoch%d", r.epoch());
+  go.connect_timeout = absl::Milliseconds(r.timeout_ms() == 0 ? 60000 : r.timeout_ms());
+  auto c = comm::GlooCommunicator::Create(go);
+  if (!c.ok()) return FromAbsl(c.status(), absl::StrFormat("bootstrap (rank %d of %d): ", r.rank(), r.world_size()));
+  comm_ = *std::move(c);
+  epoch_ = r.epoch();
+  response->set_communicator(comm_->backend());
+  response->set_rendezvous_ms(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  {
+    std::lock_guard<std::mutex> lock(health_mu_);
+    health_.set_rank(r.rank());
+    health_.set_world_size(r.world_size());
+  }
   PublishHealth();
   return grpc::Status::OK;
 }
@@ -481,7 +555,8 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(const WorkerSe
   if (o.port < 0 || o.port > 65535) return absl::InvalidArgumentError(absl::StrFormat("port: %d is not in [0, 65535]", o.port));
   std::unique_ptr<WorkerServer> s(new WorkerServer());
   s->options_ = o;
-  s->service_ = std::make_unique<WorkerService>(WorkerServiceOptions{.secret = o.secret});
+  s->service_ = std::make_unique<WorkerService>(
+      WorkerServiceOptions{.secret = o.secret, .comm_listen_host = o.comm_listen_host});
   grpc::ServerBuilder builder;
   const std::string addr = absl::StrFormat("%s:%d", o.listen, o.port);
   builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &s->port_);

@@ -1,8 +1,9 @@
 // The worker side of the distributed runtime: the adore.v1.Worker service (proto/adore/v1/worker.proto)
 // over one StepExecutor. Actor style: one thread owns the engine, the executor and every per-sequence
 // figure; the gRPC handlers only post a message to its mailbox and wait for the reply (Health reads a
-// snapshot instead and never waits on a running step). Tensor-parallel size 1 for now: Bootstrap accepts
-// world size 1 and answers UNIMPLEMENTED for more.
+// snapshot instead and never waits on a running step). Tensor parallelism (CPU backend, Gloo): Bootstrap with
+// world_size > 1 comes before Load and joins the group (the actor thread runs the rendezvous and owns the
+// communicator); Load then builds this rank's shard of the engine over it.
 #pragma once
 
 #include <chrono>
@@ -21,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "adore/v1/worker.grpc.pb.h"
 #include "worker/adore_controller.h"
+#include "worker/comm/communicator.h"
 #include "worker/engine.h"
 #include "worker/step_executor.h"
 
@@ -31,6 +33,9 @@ inline constexpr char kWorkerSecretKey[] = "adore-worker-secret";
 
 struct WorkerServiceOptions {
   std::string secret;  // empty: no authentication (tests, a private single-host setup)
+  // Address this worker's Gloo device listens on and advertises to its peers (tensor parallelism). Empty:
+  // 127.0.0.1 when the rendezvous store is on a loopback address, otherwise this machine's host name.
+  std::string comm_listen_host;
 };
 
 class WorkerService final : public adore::v1::Worker::Service {
@@ -59,13 +64,15 @@ class WorkerService final : public adore::v1::Worker::Service {
   // Actor-only (called on the actor thread).
   grpc::Status DoLoad(const adore::v1::LoadRequest& request, adore::v1::LoadResponse* response);
   grpc::Status DoBootstrap(const adore::v1::BootstrapRequest& request, adore::v1::BootstrapResponse* response);
+  grpc::Status DoBootstrapGroup(const adore::v1::BootstrapRequest& request, adore::v1::BootstrapResponse* response);
   grpc::Status DoStep(const adore::v1::StepRequest& request, adore::v1::StepResult* response);
   void PublishHealth();
 
   WorkerServiceOptions options_;
   const std::chrono::steady_clock::time_point started_;
 
-  // Owned by the actor thread.
+  // Owned by the actor thread. comm_ is declared before engine_ so it outlives it.
+  std::unique_ptr<comm::Communicator> comm_;  // the tensor-parallel group (world_size > 1), from Bootstrap
   std::unique_ptr<AdoreController> controller_;
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<StepExecutor> executor_;
@@ -98,6 +105,7 @@ struct WorkerServerOptions {
   std::string listen = "127.0.0.1";
   int port = 0;  // 0 = pick a free port
   std::string secret;
+  std::string comm_listen_host;  // see WorkerServiceOptions
 };
 
 class WorkerServer {

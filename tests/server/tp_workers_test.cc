@@ -1,0 +1,162 @@
+// Tensor parallelism across worker processes (CPU backend, Gloo): three Worker services in-process on
+// ephemeral ports, the coordinator (EmbeddedServer) over them as ranks 0..2 of SmolLM2 (9 heads, 3 KV heads).
+// Greedy generation, requests under heavy_hitter and adore (rebuild 4) with a budget below their prompt, equals the single-process
+// engine's own; two ranks (which do not divide 9 heads) are refused with INVALID_ARGUMENT naming num_heads.
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "adore/v1/adore.grpc.pb.h"
+#include "adore/v1/worker.grpc.pb.h"
+#include "common/model_weights.h"
+#include "coordinator/grpc/server.h"
+#include "gtest/gtest.h"
+#include "tests/test_util.h"
+#include "worker/adore_controller.h"
+#include "worker/cpu_engine.h"
+#include "worker/generator.h"
+#include "worker/grpc/worker_service.h"
+
+namespace adore {
+namespace {
+
+constexpr char kSecret[] = "tp-secret-91c2";
+
+std::vector<std::unique_ptr<WorkerServer>> StartWorkers(int n) {
+  std::vector<std::unique_ptr<WorkerServer>> workers;
+  for (int i = 0; i < n; ++i) {
+    WorkerServerOptions wo;
+    wo.port = 0;
+    wo.secret = kSecret;
+    auto w = WorkerServer::Start(wo);
+    EXPECT_TRUE(w.ok()) << w.status();
+    if (!w.ok()) return {};
+    workers.push_back(*std::move(w));
+  }
+  return workers;
+}
+
+ServerOptions Options(const std::vector<std::unique_ptr<WorkerServer>>& workers) {
+  ServerOptions o;
+  o.model = testing::ModelPath();
+  o.port = 0;
+  o.kv_rows = 2048;
+  o.max_batch = 8;
+  for (const auto& w : workers) o.workers.push_back(w->address());
+  o.controller = std::string(ADORE_SOURCE_DIR) + "/tools/adore/controller.bin";
+  o.worker_secret = kSecret;
+  return o;
+}
+
+struct Case {
+  std::string text;
+  int max_tokens;
+  PolicyKind policy = PolicyKind::kFull;  // releasing policies run at kv_budget 32 (adore with rebuild 4)
+};
+
+TEST(TpWorkersTest, ThreeRanksGenerateWhatOneEngineDoes) {
+  if (!testing::ModelAvailable()) GTEST_SKIP() << "model not fetched: run tools/fetch-model.sh";
+  auto workers = StartWorkers(3);
+  ASSERT_EQ(workers.size(), 3u);
+  auto server = EmbeddedServer::Start(Options(workers));
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::Adore::NewStub(grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
+
+  std::string long_text;
+  for (int i = 0; i < 3; ++i) long_text += "It was a bright cold day in April, and the clocks were striking thirteen. ";
+  const std::vector<Case> cases = {
+      {"The quick brown fox", 12},
+      {"1, 2, 3, 4, 5,", 10},
+      {long_text, 10, PolicyKind::kHeavyHitter},
+      {long_text, 10, PolicyKind::kAdore},
+  };
+  auto controller = AdoreController::Load(std::string(ADORE_SOURCE_DIR) + "/tools/adore/controller.bin");
+  ASSERT_TRUE(controller.ok()) << controller.status();
+
+  auto weights = LoadModelWeights(testing::ModelPath());
+  ASSERT_TRUE(weights.ok());
+  auto tok = Tokenizer::Create(weights->tokenizer);
+  ASSERT_TRUE(tok.ok());
+  auto engine = CpuEngine::Create(*std::move(weights), {.kv_rows = 2048});
+  ASSERT_TRUE(engine.ok());
+  std::vector<GenerationRequest> refs;
+  for (const Case& c : cases) {
+    GenerationRequest g;
+    g.prompt = *(*tok)->Encode(c.text, false, true);
+    g.max_tokens = c.max_tokens;
+    g.stop_ids = {(*tok)->eos_id()};
+    if (auto im_end = (*tok)->TokenToId("<|im_end|>"); im_end.ok()) g.stop_ids.push_back(*im_end);
+    if (c.policy != PolicyKind::kFull) {
+      ASSERT_GT(g.prompt.size(), 32u);
+      g.release = {.kind = c.policy, .kv_budget = 32, .rebuild = c.policy == PolicyKind::kAdore ? 4 : 0,
+                   .controller = controller->get()};
+    }
+    refs.push_back(std::move(g));
+  }
+  std::vector<std::vector<int32_t>> expected;
+  for (const GenerationRequest& g : refs) {  // one at a time, as the server runs them below
+    auto ref = GenerateBatch(**engine, std::span<const GenerationRequest>(&g, 1));
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    expected.push_back((*ref)[0].tokens);
+  }
+
+  for (size_t i = 0; i < cases.size(); ++i) {
+    v1::GenerateRequest req;
+    req.set_text(cases[i].text);
+    req.mutable_sampling()->set_max_tokens(cases[i].max_tokens);
+    req.mutable_sampling()->set_temperature(0.0f);
+    if (cases[i].policy != PolicyKind::kFull) {
+      req.mutable_release()->set_policy(PolicyToProto(cases[i].policy));
+      req.mutable_release()->set_kv_budget(32);
+      if (cases[i].policy == PolicyKind::kAdore) req.mutable_release()->set_rebuild(4);
+    }
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    auto reader = stub->Generate(&ctx, req);
+    std::vector<int32_t> tokens;
+    v1::GenerateDone done;
+    v1::GenerateResponse r;
+    while (reader->Read(&r)) {
+      if (r.has_delta()) tokens.insert(tokens.end(), r.delta().token_ids().begin(), r.delta().token_ids().end());
+      if (r.has_done()) done = r.done();
+    }
+    const grpc::Status st = reader->Finish();
+    ASSERT_TRUE(st.ok()) << "case " << i << ": " << st.error_message();
+    EXPECT_EQ(tokens, expected[i]) << "case " << i;
+    if (cases[i].policy != PolicyKind::kFull) {
+      EXPECT_GT(done.adore().tokens_released(), 0);
+      EXPECT_LE(done.adore().kv_slots_in_use(), 32);
+    }
+  }
+
+  // Every rank ran the steps, in the group of three.
+  for (int rank = 0; rank < 3; ++rank) {
+    auto wstub = v1::Worker::NewStub(grpc::CreateChannel(workers[rank]->address(), grpc::InsecureChannelCredentials()));
+    v1::WorkerHealthResponse h;
+    grpc::ClientContext hctx;
+    hctx.AddMetadata(kWorkerSecretKey, kSecret);
+    ASSERT_TRUE(wstub->Health(&hctx, v1::WorkerHealthRequest(), &h).ok());
+    EXPECT_EQ(h.state(), v1::WORKER_STATE_READY);
+    EXPECT_EQ(h.rank(), rank);
+    EXPECT_EQ(h.world_size(), 3);
+    EXPECT_GE(h.last_step_id(), 20u);
+  }
+  server->reset();
+  workers.clear();
+}
+
+TEST(TpWorkersTest, TwoRanksAreRefusedNamingNumHeads) {
+  if (!testing::ModelAvailable()) GTEST_SKIP() << "model not fetched: run tools/fetch-model.sh";
+  auto workers = StartWorkers(2);
+  ASSERT_EQ(workers.size(), 2u);
+  auto server = EmbeddedServer::Start(Options(workers));
+  ASSERT_FALSE(server.ok());
+  EXPECT_EQ(server.status().code(), absl::StatusCode::kInvalidArgument) << server.status();
+  EXPECT_NE(server.status().message().find("num_heads"), std::string::npos) << server.status();
+}
+
+}  // namespace
+}  // namespace adore
