@@ -98,6 +98,55 @@ TEST_F(GrpcServerTest, StreamingGenerationMatchesTheEngine) {
   EXPECT_GT(done.timing().total_ms(), 0.0);
 }
 
+// 32 concurrent streaming clients with different prompts and lengths (the server runs 8 at a time, so
+// requests join the batch as others end): each stream delivers exactly its one-at-a-time greedy output.
+TEST_F(GrpcServerTest, ConcurrentStreamsMatchOneAtATimeRuns) {
+  auto weights = LoadModelWeights(testing::ModelPath());
+  ASSERT_TRUE(weights.ok());
+  auto tok = Tokenizer::Create(weights->tokenizer);
+  ASSERT_TRUE(tok.ok());
+  auto engine = CpuEngine::Create(*std::move(weights), {.kv_rows = 1024});
+  ASSERT_TRUE(engine.ok());
+  const char* kTexts[] = {"The capital of France is", "Once upon a time,", "def add(a, b):", "Water boils at",
+                          "The three primary colors are", "In 1492, Columbus", "My favourite fruit is",
+                          "A haiku about autumn:"};
+  constexpr int kClients = 32;
+  std::vector<std::string> prompts(kClients);
+  std::vector<int> lengths(kClients);
+  std::vector<std::vector<int32_t>> expected(kClients);
+  for (int i = 0; i < kClients; ++i) {
+    prompts[i] = std::string(kTexts[i % 8]) + (i / 8 ? std::string(" (") + std::to_string(i / 8) + ")" : "");
+    lengths[i] = 3 + (i * 5) % 14;
+    GenerationRequest g;
+    g.prompt = *(*tok)->Encode(prompts[i], false, true);
+    g.max_tokens = lengths[i];
+    g.stop_ids = {(*tok)->eos_id()};
+    if (auto im_end = (*tok)->TokenToId("<|im_end|>"); im_end.ok()) g.stop_ids.push_back(*im_end);
+    auto ref = GenerateBatch(**engine, std::span<const GenerationRequest>(&g, 1));
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    expected[i] = (*ref)[0].tokens;
+  }
+  std::vector<std::vector<int32_t>> got(kClients);
+  std::vector<grpc::Status> status(kClients);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&, i] {
+      v1::GenerateRequest req;
+      req.set_text(prompts[i]);
+      req.mutable_sampling()->set_max_tokens(lengths[i]);
+      req.mutable_sampling()->set_temperature(0.0f);
+      std::string text;
+      v1::GenerateDone done;
+      status[i] = Generate(req, &got[i], &text, &done, /*deadline_ms=*/240000);
+    });
+  }
+  for (auto& t : clients) t.join();
+  for (int i = 0; i < kClients; ++i) {
+    EXPECT_TRUE(status[i].ok()) << "client " << i << ": " << status[i].error_message();
+    EXPECT_EQ(got[i], expected[i]) << "client " << i;
+  }
+}
+
 TEST_F(GrpcServerTest, ReleasePolicyRequestReportsItsStats) {
   v1::GenerateRequest req;
   std::string long_text;
