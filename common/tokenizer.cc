@@ -314,4 +314,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Create(const TokenizerSpec
   return BpeTokenizer::Build(spec);
 }
 
+std::vector<int32_t> EndOfGenerationIds(const Tokenizer& tokenizer) {
+  std::vector<int32_t> ids = {tokenizer.eos_id()};
+  if (auto im_end = tokenizer.TokenToId("<|im_end|>"); im_end.ok() && *im_end != tokenizer.eos_id()) {
+    ids.push_back(*im_end);
+  }
+  return ids;
+}
+
 }  // namespace adore

@@ -52,4 +52,8 @@ class Tokenizer {
   virtual bool IsSpecial(int32_t id) const = 0;  // control tokens (EOS, <|im_end|>, ...)
 };
 
+// The tokens that end a generation: EOS, and the ChatML end of turn `<|im_end|>` when the vocabulary has
+// it and it differs from EOS.
+std::vector<int32_t> EndOfGenerationIds(const Tokenizer& tokenizer);
+
 }  // namespace adore

@@ -62,10 +62,7 @@ int main(int argc, char** argv) {
   request.sampling.top_k = absl::GetFlag(FLAGS_top_k);
   request.sampling.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
   request.sampling.seed = absl::GetFlag(FLAGS_seed);
-  request.stop_ids = {(*tokenizer)->eos_id()};
-  if (auto im_end = (*tokenizer)->Encode("<|im_end|>"); im_end.ok() && im_end->size() == 1) {
-    request.stop_ids.push_back((*im_end)[0]);
-  }
+  request.stop_ids = adore::EndOfGenerationIds(**tokenizer);
 
   adore::StreamDecoder decoder(**tokenizer);
   absl::Status stream_status;

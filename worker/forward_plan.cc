@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_format.h"
 #include "common/status.h"
 
@@ -11,15 +12,15 @@ namespace adore {
 absl::StatusOr<ForwardShape> CheckForwardItems(std::span<const ForwardItem> items, const ModelConfig& c) {
   if (items.empty()) return absl::InvalidArgumentError("forward call with no items");
   ForwardShape shape;
+  absl::flat_hash_map<const SequenceKv*, size_t> seen;  // sequence -> first item (every step: linear)
+  seen.reserve(items.size());
   for (size_t i = 0; i < items.size(); ++i) {
     const ForwardItem& it = items[i];
     if (it.seq == nullptr || it.tokens.empty()) {
       return absl::InvalidArgumentError(absl::StrFormat("forward item %d has no sequence or no tokens", i));
     }
-    for (size_t j = 0; j < i; ++j) {
-      if (items[j].seq == it.seq) {
-        return absl::InvalidArgumentError(absl::StrFormat("forward items %d and %d share one sequence", j, i));
-      }
+    if (auto [at, fresh] = seen.emplace(it.seq, i); !fresh) {
+      return absl::InvalidArgumentError(absl::StrFormat("forward items %d and %d share one sequence", at->second, i));
     }
     for (int32_t t : it.tokens) {
       if (t < 0 || t >= c.vocab_size) {

@@ -40,10 +40,7 @@ AdoreService::AdoreService(Scheduler& scheduler, const Tokenizer& tokenizer, Ser
                            ServiceDefaults defaults)
     : scheduler_(scheduler), tokenizer_(tokenizer), info_(std::move(info)), defaults_(defaults),
       started_(std::chrono::steady_clock::now()) {
-  stop_ids_.push_back(tokenizer_.eos_id());
-  if (auto im_end = tokenizer_.TokenToId("<|im_end|>"); im_end.ok() && *im_end != tokenizer_.eos_id()) {
-    stop_ids_.push_back(*im_end);
-  }
+  stop_ids_ = EndOfGenerationIds(tokenizer_);
 }
 
 absl::StatusOr<GenerateOptions> AdoreService::Convert(const v1::GenerateRequest& r) const {

@@ -11,6 +11,7 @@
 #include "adore/v1/adore.grpc.pb.h"
 #include "common/model_weights.h"
 #include "gtest/gtest.h"
+#include "tests/server/server_test_util.h"
 #include "tests/test_util.h"
 #include "worker/cpu_engine.h"
 #include "worker/generator.h"
@@ -44,19 +45,11 @@ class GrpcServerTest : public ::testing::Test {
   // Runs one Generate call; returns the status and fills the concatenated deltas and the done message.
   grpc::Status Generate(const v1::GenerateRequest& req, std::vector<int32_t>* tokens, std::string* text,
                         v1::GenerateDone* done, int deadline_ms = 0) {
-    grpc::ClientContext ctx;
-    if (deadline_ms > 0) ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(deadline_ms));
-    auto reader = stub_->Generate(&ctx, req);
-    v1::GenerateResponse r;
-    while (reader->Read(&r)) {
-      if (r.has_delta()) {
-        tokens->insert(tokens->end(), r.delta().token_ids().begin(), r.delta().token_ids().end());
-        *text += r.delta().text();
-      } else if (r.has_done()) {
-        *done = r.done();
-      }
-    }
-    return reader->Finish();
+    testing::StreamResult r = testing::ReadGenerate(*stub_, req, deadline_ms);
+    tokens->insert(tokens->end(), r.tokens.begin(), r.tokens.end());
+    *text += r.text;
+    *done = r.done;
+    return r.status;
   }
   static EmbeddedServer* server_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -72,13 +65,8 @@ TEST_F(GrpcServerTest, StreamingGenerationMatchesTheEngine) {
   auto engine = CpuEngine::Create(*std::move(weights), {.kv_rows = 1024});
   ASSERT_TRUE(engine.ok());
   const std::string prompt = "The quick brown fox";
-  GenerationRequest g;
-  g.prompt = *(*tok)->Encode(prompt, false, true);
-  g.max_tokens = 20;
-  g.stop_ids = {(*tok)->eos_id()};
-  if (auto im_end = (*tok)->TokenToId("<|im_end|>"); im_end.ok()) g.stop_ids.push_back(*im_end);
-  auto ref = GenerateBatch(**engine, std::span<const GenerationRequest>(&g, 1));
-  ASSERT_TRUE(ref.ok()) << ref.status();
+  const std::vector<int32_t> expected = testing::ReferenceGreedy(**engine, **tok, prompt, 20);
+  const std::vector<int32_t> prompt_ids = *(*tok)->Encode(prompt, false, true);
 
   v1::GenerateRequest req;
   req.set_text(prompt);
@@ -90,10 +78,10 @@ TEST_F(GrpcServerTest, StreamingGenerationMatchesTheEngine) {
   v1::GenerateDone done;
   const grpc::Status st = Generate(req, &tokens, &text, &done);
   ASSERT_TRUE(st.ok()) << st.error_message();
-  EXPECT_EQ(tokens, (*ref)[0].tokens);
-  EXPECT_EQ(text, *(*tok)->Decode((*ref)[0].tokens, true));
+  EXPECT_EQ(tokens, expected);
+  EXPECT_EQ(text, *(*tok)->Decode(expected, true));
   EXPECT_EQ(done.usage().completion_tokens(), static_cast<int64_t>(tokens.size()));
-  EXPECT_EQ(done.usage().prompt_tokens(), static_cast<int64_t>(g.prompt.size()));
+  EXPECT_EQ(done.usage().prompt_tokens(), static_cast<int64_t>(prompt_ids.size()));
   EXPECT_EQ(done.adore().policy(), v1::POLICY_FULL);
   EXPECT_GT(done.timing().total_ms(), 0.0);
 }
@@ -117,14 +105,7 @@ TEST_F(GrpcServerTest, ConcurrentStreamsMatchOneAtATimeRuns) {
   for (int i = 0; i < kClients; ++i) {
     prompts[i] = std::string(kTexts[i % 8]) + (i / 8 ? std::string(" (") + std::to_string(i / 8) + ")" : "");
     lengths[i] = 3 + (i * 5) % 14;
-    GenerationRequest g;
-    g.prompt = *(*tok)->Encode(prompts[i], false, true);
-    g.max_tokens = lengths[i];
-    g.stop_ids = {(*tok)->eos_id()};
-    if (auto im_end = (*tok)->TokenToId("<|im_end|>"); im_end.ok()) g.stop_ids.push_back(*im_end);
-    auto ref = GenerateBatch(**engine, std::span<const GenerationRequest>(&g, 1));
-    ASSERT_TRUE(ref.ok()) << ref.status();
-    expected[i] = (*ref)[0].tokens;
+    expected[i] = testing::ReferenceGreedy(**engine, **tok, prompts[i], lengths[i]);
   }
   std::vector<std::vector<int32_t>> got(kClients);
   std::vector<grpc::Status> status(kClients);

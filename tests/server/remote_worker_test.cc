@@ -12,6 +12,7 @@
 #include "common/model_weights.h"
 #include "coordinator/grpc/server.h"
 #include "gtest/gtest.h"
+#include "tests/server/server_test_util.h"
 #include "tests/test_util.h"
 #include "worker/cpu_engine.h"
 #include "worker/generator.h"
@@ -63,37 +64,17 @@ TEST_F(RemoteWorkerTest, GreedyGenerationThroughTheWorkerMatchesTheEngine) {
   auto engine = CpuEngine::Create(*std::move(weights), {.kv_rows = 1024});
   ASSERT_TRUE(engine.ok());
   const std::string prompt = "The quick brown fox";
-  GenerationRequest g;
-  g.prompt = *(*tok)->Encode(prompt, false, true);
-  g.max_tokens = 20;
-  g.stop_ids = {(*tok)->eos_id()};
-  if (auto im_end = (*tok)->TokenToId("<|im_end|>"); im_end.ok()) g.stop_ids.push_back(*im_end);
-  auto ref = GenerateBatch(**engine, std::span<const GenerationRequest>(&g, 1));
-  ASSERT_TRUE(ref.ok()) << ref.status();
+  const std::vector<int32_t> expected = testing::ReferenceGreedy(**engine, **tok, prompt, 20);
 
   v1::GenerateRequest req;
   req.set_text(prompt);
   req.mutable_sampling()->set_max_tokens(20);
   req.mutable_sampling()->set_temperature(0.0f);
-  grpc::ClientContext ctx;
-  auto reader = stub_->Generate(&ctx, req);
-  std::vector<int32_t> tokens;
-  std::string text;
-  v1::GenerateDone done;
-  v1::GenerateResponse r;
-  while (reader->Read(&r)) {
-    if (r.has_delta()) {
-      tokens.insert(tokens.end(), r.delta().token_ids().begin(), r.delta().token_ids().end());
-      text += r.delta().text();
-    } else if (r.has_done()) {
-      done = r.done();
-    }
-  }
-  const grpc::Status st = reader->Finish();
-  ASSERT_TRUE(st.ok()) << st.error_message();
-  EXPECT_EQ(tokens, (*ref)[0].tokens);
-  EXPECT_EQ(text, *(*tok)->Decode((*ref)[0].tokens, true));
-  EXPECT_EQ(done.usage().completion_tokens(), static_cast<int64_t>(tokens.size()));
+  const testing::StreamResult got = testing::ReadGenerate(*stub_, req);
+  ASSERT_TRUE(got.status.ok()) << got.status.error_message();
+  EXPECT_EQ(got.tokens, expected);
+  EXPECT_EQ(got.text, *(*tok)->Decode(expected, true));
+  EXPECT_EQ(got.done.usage().completion_tokens(), static_cast<int64_t>(got.tokens.size()));
 
   // A releasing policy runs on the worker (its controller, its stats come back through the steps).
   {
@@ -106,14 +87,9 @@ TEST_F(RemoteWorkerTest, GreedyGenerationThroughTheWorkerMatchesTheEngine) {
     areq.mutable_release()->set_policy(v1::POLICY_ADORE);
     areq.mutable_release()->set_kv_budget(32);
     areq.mutable_release()->set_rebuild(2);
-    grpc::ClientContext actx;
-    auto areader = stub_->Generate(&actx, areq);
-    v1::GenerateDone adone;
-    while (areader->Read(&r)) {
-      if (r.has_done()) adone = r.done();
-    }
-    const grpc::Status ast = areader->Finish();
-    ASSERT_TRUE(ast.ok()) << ast.error_message();
+    const testing::StreamResult a = testing::ReadGenerate(*stub_, areq);
+    ASSERT_TRUE(a.status.ok()) << a.status.error_message();
+    const v1::GenerateDone& adone = a.done;
     EXPECT_EQ(adone.adore().policy(), v1::POLICY_ADORE);
     EXPECT_GT(adone.adore().tokens_released(), 0);
     EXPECT_LE(adone.adore().kv_slots_in_use(), 32);

@@ -14,6 +14,7 @@
 #include "common/model_weights.h"
 #include "coordinator/grpc/server.h"
 #include "gtest/gtest.h"
+#include "tests/server/server_test_util.h"
 #include "tests/test_util.h"
 #include "worker/adore_controller.h"
 #include "worker/cpu_engine.h"
@@ -82,25 +83,15 @@ TEST(TpWorkersTest, ThreeRanksGenerateWhatOneEngineDoes) {
   ASSERT_TRUE(tok.ok());
   auto engine = CpuEngine::Create(*std::move(weights), {.kv_rows = 2048});
   ASSERT_TRUE(engine.ok());
-  std::vector<GenerationRequest> refs;
+  std::vector<std::vector<int32_t>> expected;  // one at a time, as the server runs them below
   for (const Case& c : cases) {
-    GenerationRequest g;
-    g.prompt = *(*tok)->Encode(c.text, false, true);
-    g.max_tokens = c.max_tokens;
-    g.stop_ids = {(*tok)->eos_id()};
-    if (auto im_end = (*tok)->TokenToId("<|im_end|>"); im_end.ok()) g.stop_ids.push_back(*im_end);
+    ReleaseConfig release;
     if (c.policy != PolicyKind::kFull) {
-      ASSERT_GT(g.prompt.size(), 32u);
-      g.release = {.kind = c.policy, .kv_budget = 32, .rebuild = c.policy == PolicyKind::kAdore ? 4 : 0,
-                   .controller = controller->get()};
+      ASSERT_GT((*tok)->Encode(c.text, false, true)->size(), 32u);
+      release = {.kind = c.policy, .kv_budget = 32, .rebuild = c.policy == PolicyKind::kAdore ? 4 : 0,
+                 .controller = controller->get()};
     }
-    refs.push_back(std::move(g));
-  }
-  std::vector<std::vector<int32_t>> expected;
-  for (const GenerationRequest& g : refs) {  // one at a time, as the server runs them below
-    auto ref = GenerateBatch(**engine, std::span<const GenerationRequest>(&g, 1));
-    ASSERT_TRUE(ref.ok()) << ref.status();
-    expected.push_back((*ref)[0].tokens);
+    expected.push_back(testing::ReferenceGreedy(**engine, **tok, c.text, c.max_tokens, release));
   }
 
   for (size_t i = 0; i < cases.size(); ++i) {
@@ -113,18 +104,10 @@ TEST(TpWorkersTest, ThreeRanksGenerateWhatOneEngineDoes) {
       req.mutable_release()->set_kv_budget(32);
       if (cases[i].policy == PolicyKind::kAdore) req.mutable_release()->set_rebuild(4);
     }
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-    auto reader = stub->Generate(&ctx, req);
-    std::vector<int32_t> tokens;
-    v1::GenerateDone done;
-    v1::GenerateResponse r;
-    while (reader->Read(&r)) {
-      if (r.has_delta()) tokens.insert(tokens.end(), r.delta().token_ids().begin(), r.delta().token_ids().end());
-      if (r.has_done()) done = r.done();
-    }
-    const grpc::Status st = reader->Finish();
-    ASSERT_TRUE(st.ok()) << "case " << i << ": " << st.error_message();
+    const testing::StreamResult got = testing::ReadGenerate(*stub, req, /*deadline_ms=*/60000);
+    ASSERT_TRUE(got.status.ok()) << "case " << i << ": " << got.status.error_message();
+    const std::vector<int32_t>& tokens = got.tokens;
+    const v1::GenerateDone& done = got.done;
     EXPECT_EQ(tokens, expected[i]) << "case " << i;
     if (cases[i].policy != PolicyKind::kFull) {
       EXPECT_GT(done.adore().tokens_released(), 0);
