@@ -9,6 +9,9 @@
 
 #include "absl/strings/str_format.h"
 #include "common/status.h"
+#if ADORE_HAVE_NCCL
+#include "worker/comm/nccl_communicator.h"
+#endif
 
 namespace adore {
 
@@ -75,20 +78,31 @@ absl::Status RemoteStepRunner::ForAllRanks(const std::function<absl::Status(int)
 }
 
 absl::Status RemoteStepRunner::Bootstrap() {
-  if (options_.load.backend() != v1::BACKEND_CPU) {
+  // CPU ranks meet through a Gloo TCP store served here; CUDA ranks join an NCCL group whose unique id is
+  // made here (its bootstrap root runs in this process, which outlives the group's formation).
+  std::string rendezvous, nccl_id;
+  if (options_.load.backend() == v1::BACKEND_CPU) {
+    if (store_ == nullptr) {
+      ADORE_ASSIGN_OR_RETURN(store_, comm::TcpStoreServer::Start(options_.rendezvous_host, 0));
+    }
+    rendezvous = absl::StrFormat("%s:%d", options_.rendezvous_host, store_->port());
+  } else {
+#if ADORE_HAVE_NCCL
+    ADORE_ASSIGN_OR_RETURN(nccl_id, comm::NcclCommunicator::CreateUniqueId());
+#else
     return absl::UnimplementedError(absl::StrFormat(
-        "workers: %d workers given; tensor parallelism across worker processes is built for the cpu backend only",
-        ranks_.size()));
-  }
-  if (store_ == nullptr) {
-    ADORE_ASSIGN_OR_RETURN(store_, comm::TcpStoreServer::Start(options_.rendezvous_host, 0));
+        "workers: %d CUDA workers need an NCCL group, and this coordinator is built without NCCL", ranks_.size()));
+#endif
   }
   ++epoch_;  // a fresh key namespace in the store
   const int n = static_cast<int>(ranks_.size());
-  const std::string rendezvous = absl::StrFormat("%s:%d", options_.rendezvous_host, store_->port());
   return ForAllRanks([&](int rank) -> absl::Status {
     v1::BootstrapRequest req;
-    req.set_gloo_rendezvous(rendezvous);
+    if (nccl_id.empty()) {
+      req.set_gloo_rendezvous(rendezvous);
+    } else {
+      req.set_nccl_unique_id(nccl_id);
+    }
     req.set_rank(rank);
     req.set_world_size(n);
     req.set_epoch(epoch_);

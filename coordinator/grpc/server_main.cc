@@ -13,7 +13,8 @@
 #include "absl/strings/str_split.h"
 #include "coordinator/grpc/server.h"
 
-ABSL_FLAG(std::string, model, "models/SmolLM2-135M-Instruct.Q4_1.gguf", "GGUF file or HF checkpoint directory");
+ABSL_FLAG(std::string, model, "models/SmolLM2-135M-Instruct.Q4_1.gguf", "GGUF file or HF checkpoint directory, or synthetic:<shape>[:<max_context>] (random weights of "
+          "smollm2-135m, llama2-7b or llama3-8b on the cuda backend; prompts as token ids)");
 ABSL_FLAG(std::string, listen, "127.0.0.1", "address to listen on (0.0.0.0 to accept remote clients)");
 ABSL_FLAG(int32_t, port, 50051, "port; 0 = any free port (printed at start)");
 ABSL_FLAG(std::string, backend, "cpu", "engine: cpu or cuda");

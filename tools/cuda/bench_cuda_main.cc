@@ -4,12 +4,14 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <barrier>
 #include <cstdio>
 #include <fstream>
 #include <memory>
 #include <random>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
@@ -27,13 +29,18 @@
 #include "nlohmann/json.hpp"
 #include "tools/bench_util.h"
 #include "worker/cuda/cuda_engine.h"
+#if ADORE_HAVE_NCCL
+#include "worker/comm/nccl_communicator.h"
+#endif
 
 ABSL_FLAG(std::string, model, "", "GGUF file or HF checkpoint directory (or use --synthetic)");
 ABSL_FLAG(std::string, synthetic, "", "random bf16 weights of a known shape: smollm2-135m, llama2-7b, llama3-8b");
 ABSL_FLAG(int32_t, max_context, 0,
           "override the model's max_context (RoPE runs at any position; for timing only); 0 = keep it");
 ABSL_FLAG(std::vector<std::string>, batch, std::vector<std::string>({"1", "4", "16", "64", "256"}),
-          "batch sizes, comma-separated (empty: no decode grid, e.g. with --prefill_only)");
+          "batch sizes, comma-separated; 'max' = the largest batch whose KV fits the pool at each prompt length "
+          "(at most --max_fit_batch); empty: no decode grid, e.g. with --prefill_only");
+ABSL_FLAG(int32_t, max_fit_batch, 512, "upper bound of --batch max");
 ABSL_FLAG(std::vector<std::string>, prompt, std::vector<std::string>({"2048", "8192", "32768"}),
           "prompt lengths in tokens, comma-separated");
 ABSL_FLAG(int32_t, gen, 32, "timed decode steps per configuration (greedy; every step has the full batch)");
@@ -44,7 +51,10 @@ ABSL_FLAG(std::vector<std::string>, prefill_only, {},
 ABSL_FLAG(double, kv_memory_fraction, 0.9, "share of the device memory left after weights given to the KV pool");
 ABSL_FLAG(int64_t, copy_mib, 2048, "buffer size (MiB) of the device-to-device copy bandwidth measurement");
 ABSL_FLAG(int32_t, gemm_size, 8192, "M = N = K of the bf16 cuBLAS matmul rate measurement");
-ABSL_FLAG(int32_t, device, 0, "CUDA device ordinal");
+ABSL_FLAG(int32_t, device, 0, "CUDA device ordinal (with --tp N: devices 0..N-1)");
+ABSL_FLAG(int32_t, tp, 1,
+          "tensor-parallel ranks, one per GPU, as threads of this process over NCCL (every rank runs the same "
+          "calls; rank 0 reports, with the time its collectives took)");
 ABSL_FLAG(std::string, commit, "", "commit to record in the JSON (default: git rev-parse in the working directory)");
 ABSL_FLAG(bool, cuda_graphs, true, "replay decode steps from captured CUDA graphs");
 ABSL_FLAG(uint64_t, seed, 1, "seed of the random prompt tokens and synthetic weights");
@@ -63,14 +73,6 @@ int Fail(const absl::Status& s) {
 
 // ---------------------------------------------------------------------------------------------------------
 // Model shapes and the byte / FLOP counts of the floors.
-
-absl::StatusOr<adore::ModelConfig> SyntheticConfig(const std::string& name) {
-  if (name == "llama2-7b") return adore::Llama2_7BConfig();
-  if (name == "llama3-8b") return adore::Llama3_8BConfig();
-  if (name == "smollm2-135m") return adore::SmolLM2_135MConfig();
-  return absl::InvalidArgumentError(
-      absl::StrFormat("--synthetic: unknown shape '%s' (smollm2-135m, llama2-7b, llama3-8b)", name));
-}
 
 // Elements of one layer's matrices (QKV, output, gate+up, down): what each token multiplies.
 int64_t LayerMatrixParams(const adore::ModelConfig& c) {
@@ -246,12 +248,16 @@ struct Grid {
   size_t max_items = 0;
   uint64_t seed = 0;
   double bandwidth = 0.0, matmul = 0.0;  // bytes/s, FLOP/s
+  int tp = 1;
+  int64_t pool_rows = 0;  // the smallest KV pool of the ranks, so every rank skips the same rows
+  adore::comm::Communicator* comm = nullptr;  // rank 0's, for the time its collectives take (tp > 1)
 };
 
 nlohmann::json NullRow(const std::string& model, int32_t batch, int32_t prompt, int32_t gen, const char* kind) {
   nlohmann::json row = {{"engine", "adore"}, {"kind", kind}, {"model", model}, {"batch", batch},
                         {"prompt", prompt},  {"gen", gen},   {"note", ""},
-                        {"cuda_graphs", absl::GetFlag(FLAGS_cuda_graphs)}};
+                        {"cuda_graphs", absl::GetFlag(FLAGS_cuda_graphs)}, {"tp", absl::GetFlag(FLAGS_tp)},
+                        {"policy", "full"}};
   for (const char* key :
        {"decode_tok_s", "step_ms", "floor_step_ms", "step_over_floor", "prefill_tok_s", "prefill_ms"}) {
     row[key] = nullptr;
@@ -271,10 +277,10 @@ nlohmann::json RunDecodeRow(adore::CudaEngine& engine, const std::string& model,
                                   ctx_end, c.max_context);
     return row;
   }
-  if (rows_needed > engine.pool().num_free()) {
-    row["note"] = absl::StrFormat("does not fit: needs %d KV rows (%.1f GiB), the pool has %d free", rows_needed,
-                                  static_cast<double>(rows_needed) * KvBytesPerToken(c) / (1 << 30),
-                                  engine.pool().num_free());
+  if (rows_needed > g.pool_rows) {
+    row["note"] = absl::StrFormat("does not fit: needs %d KV rows (%.1f GiB per rank), the pool has %d", rows_needed,
+                                  static_cast<double>(rows_needed) * KvBytesPerToken(c) / g.tp / (1 << 30),
+                                  g.pool_rows);
     return row;
   }
   const auto prompts = RandomPrompts(batch, prompt, c.vocab_size, g.seed);
@@ -288,7 +294,14 @@ nlohmann::json RunDecodeRow(adore::CudaEngine& engine, const std::string& model,
   const double prefill_s = SecondsSince(t0);
   absl::StatusOr<std::vector<double>> steps;
   if (st.ok()) steps = Decode(engine, std::span<adore::SequenceKv>(seqs), &last, g.warmup);
+  if (g.comm != nullptr) g.comm->TakeStats();
   if (st.ok() && steps.ok()) steps = Decode(engine, std::span<adore::SequenceKv>(seqs), &last, g.gen);
+  if (g.comm != nullptr) {
+    // Device time of the collectives, recorded for eager steps only (a graph replays them unobserved).
+    const adore::comm::CommStats cs = g.comm->TakeStats();
+    row["comm_ms_per_step"] = cs.TotalCalls() > 0 ? nlohmann::json(1e3 * cs.TotalSeconds() / g.gen) : nlohmann::json();
+    row["comm_calls_per_step"] = static_cast<double>(cs.TotalCalls()) / g.gen;
+  }
   if (st.ok()) st = steps.status();
   if (!st.ok()) {
     row["note"] = "error: " + std::string(st.ToString());
@@ -299,10 +312,14 @@ nlohmann::json RunDecodeRow(adore::CudaEngine& engine, const std::string& model,
   const double step_ms = 1e3 * decode_s / g.gen;
   // Bytes at mid-generation of the timed steps: all weights plus every sequence's cached K/V.
   const double ctx_mid = prompt + g.warmup + g.gen / 2.0;
-  const double kv_bytes = static_cast<double>(batch) * ctx_mid * KvBytesPerToken(c);
-  const double floor_ms = 1e3 * (DecodeWeightBytes(c) + kv_bytes) / g.bandwidth;
+  // Per rank with tensor parallelism: its share of the layers' matrices and the KV heads, the LM head whole.
+  const double kv_bytes = static_cast<double>(batch) * ctx_mid * KvBytesPerToken(c) / g.tp;
+  const double weight_bytes = static_cast<double>(DecodeWeightBytes(c)) -
+                              (1.0 - 1.0 / g.tp) * 2.0 * c.num_layers * LayerMatrixParams(c);
+  const double floor_ms = 1e3 * (weight_bytes + kv_bytes) / g.bandwidth;
   row["decode_tok_s"] = static_cast<double>(batch) * g.gen / decode_s;
   row["step_ms"] = step_ms;
+  row["ms_per_token"] = step_ms;  // each sequence gets one token per step
   row["step_ms_min"] = 1e3 * *std::min_element(steps->begin(), steps->end());
   row["floor_step_ms"] = floor_ms;
   row["step_over_floor"] = step_ms / floor_ms;
@@ -321,8 +338,8 @@ nlohmann::json RunPrefillRow(adore::CudaEngine& engine, const std::string& model
     row["note"] = absl::StrFormat("skipped: %d tokens exceed max_context %d (see --max_context)", n, c.max_context);
     return row;
   }
-  if (n > engine.pool().num_free()) {
-    row["note"] = absl::StrFormat("does not fit: needs %d KV rows, the pool has %d free", n, engine.pool().num_free());
+  if (n > g.pool_rows) {
+    row["note"] = absl::StrFormat("does not fit: needs %d KV rows, the pool has %d", n, g.pool_rows);
     return row;
   }
   const auto prompts = RandomPrompts(1, n, c.vocab_size, g.seed);
@@ -336,7 +353,7 @@ nlohmann::json RunPrefillRow(adore::CudaEngine& engine, const std::string& model
     row["note"] = "error: " + std::string(st.ToString());
     return row;
   }
-  const double floor_ms = 1e3 * PrefillFlops(c, n) / g.matmul;
+  const double floor_ms = 1e3 * PrefillFlops(c, n) / g.tp / g.matmul;
   row["prefill_ms"] = 1e3 * sec;
   row["prefill_tok_s"] = n / sec;
   row["compute_floor_ms"] = floor_ms;
@@ -368,7 +385,19 @@ absl::Status Run(int argc, char** argv) {
   }
   std::vector<int32_t> batches, prompts, prefill_only;
   if (!absl::GetFlag(FLAGS_batch).empty()) {
-    ADORE_ASSIGN_OR_RETURN(batches, adore::bench::ParsePositiveList("batch", absl::GetFlag(FLAGS_batch)));
+    std::vector<std::string> listed;
+    for (const std::string& b : absl::GetFlag(FLAGS_batch)) {
+      if (b == "max") {
+        batches.push_back(0);  // resolved per prompt length once the pool size is known
+      } else {
+        listed.push_back(b);
+      }
+    }
+    if (!listed.empty()) {
+      ADORE_ASSIGN_OR_RETURN(const std::vector<int32_t> fixed, adore::bench::ParsePositiveList("batch", listed));
+      batches.insert(batches.end(), fixed.begin(), fixed.end());
+    }
+    if (absl::GetFlag(FLAGS_max_fit_batch) <= 0) return absl::InvalidArgumentError("--max_fit_batch must be > 0");
     ADORE_ASSIGN_OR_RETURN(prompts, adore::bench::ParsePositiveList("prompt", absl::GetFlag(FLAGS_prompt)));
   }
   if (!absl::GetFlag(FLAGS_prefill_only).empty()) {
@@ -378,11 +407,14 @@ absl::Status Run(int argc, char** argv) {
   if (batches.empty() && prefill_only.empty()) {
     return absl::InvalidArgumentError("--batch and --prefill_only are empty");
   }
-  Grid g;
+  Grid grid;
+  Grid& g = grid;
   g.gen = absl::GetFlag(FLAGS_gen);
   g.warmup = absl::GetFlag(FLAGS_warmup);
   g.prefill_tokens = absl::GetFlag(FLAGS_prefill_tokens);
   g.seed = absl::GetFlag(FLAGS_seed);
+  g.tp = absl::GetFlag(FLAGS_tp);
+  if (g.tp < 1) return absl::InvalidArgumentError("--tp must be >= 1");
   const int32_t max_context = absl::GetFlag(FLAGS_max_context), gemm_size = absl::GetFlag(FLAGS_gemm_size);
   const int64_t copy_mib = absl::GetFlag(FLAGS_copy_mib);
   if (g.gen <= 0) return absl::InvalidArgumentError("--gen must be > 0");
@@ -392,7 +424,7 @@ absl::Status Run(int argc, char** argv) {
   if (copy_mib <= 0 || gemm_size <= 0) return absl::InvalidArgumentError("--copy_mib and --gemm_size must be > 0");
   adore::ModelConfig synthetic_config;
   if (!synthetic.empty()) {
-    ADORE_ASSIGN_OR_RETURN(synthetic_config, SyntheticConfig(synthetic));
+    ADORE_ASSIGN_OR_RETURN(synthetic_config, adore::SyntheticShape(synthetic));
   }
 
   const int device = absl::GetFlag(FLAGS_device);
@@ -404,97 +436,159 @@ absl::Status Run(int argc, char** argv) {
   std::fprintf(stderr, "%s: copy %.2f TB/s (read + write), bf16 matmul %.0f TFLOP/s\n", ceilings.gpu.c_str(),
                g.bandwidth / 1e12, g.matmul / 1e12);
 
-  const int32_t max_batch = batches.empty() ? 1 : *std::max_element(batches.begin(), batches.end());
-  adore::CudaEngineOptions options;
-  options.max_tokens = std::max(g.prefill_tokens, max_batch);
-  options.max_batch = std::max(max_batch, 16);  // the warmup round below runs up to 16 sequences
-  options.max_logit_rows = options.max_batch;
-  options.kv_memory_fraction = absl::GetFlag(FLAGS_kv_memory_fraction);
-  options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
-  options.device = device;
-  g.max_items = static_cast<size_t>(options.max_batch);
-  std::unique_ptr<adore::CudaEngine> engine;
-  std::string model;
-  const auto t_load = Clock::now();
-  if (!synthetic.empty()) {
-    if (max_context > 0) synthetic_config.max_context = max_context;
-    model = synthetic_config.name;
-    ADORE_ASSIGN_OR_RETURN(engine, adore::CudaEngine::CreateSynthetic(synthetic_config, g.seed, options));
-  } else {
-    std::fprintf(stderr, "loading %s ...\n", model_path.c_str());
-    ADORE_ASSIGN_OR_RETURN(adore::ModelWeights weights, adore::LoadModelWeights(model_path));
-    if (max_context > 0) weights.config.max_context = max_context;
-    model = adore::bench::ModelLabel(model_path);
-    ADORE_ASSIGN_OR_RETURN(engine, adore::CudaEngine::Create(weights, options));
-  }
-  const adore::ModelConfig& c = engine->config();
-  std::fprintf(stderr, "%s ready in %.1f s: %.2f GB of bf16 weights read per step, KV pool %lld rows (%.1f GiB)\n",
-               model.c_str(), SecondsSince(t_load), DecodeWeightBytes(c) / 1e9,
-               static_cast<long long>(engine->pool().num_rows()),
-               static_cast<double>(engine->pool().num_rows()) * KvBytesPerToken(c) / (1 << 30));
-
-  {  // Warm up cuBLAS and every kernel once: a full prefill call, then a few batched decode steps.
-    const int32_t seqs_n = std::min(16, std::max(1, g.prefill_tokens / 512));
-    const int32_t len = static_cast<int32_t>(std::min<int64_t>(512, c.max_context - 8));
-    const auto warm_prompts = RandomPrompts(seqs_n, len, c.vocab_size, g.seed + 1);
-    std::vector<adore::SequenceKv> seqs(seqs_n);
-    absl::Cleanup release = [&] {
-      for (adore::SequenceKv& s : seqs) engine->Release(s);
-    };
-    std::vector<int32_t> last;
-    ADORE_RETURN_IF_ERROR(Prefill(*engine, std::span<adore::SequenceKv>(seqs), warm_prompts, g.prefill_tokens,
-                                  g.max_items, &last));
-    ADORE_RETURN_IF_ERROR(Decode(*engine, std::span<adore::SequenceKv>(seqs), &last, 4).status());
-  }
-
-  nlohmann::json result = {
-      {"command", absl::StrJoin(std::vector<std::string>(argv, argv + argc), " ")},
-      {"machine", absl::StrFormat("%s; host %s", ceilings.gpu, adore::bench::CpuDescription())},
-      {"commit", absl::GetFlag(FLAGS_commit).empty() ? adore::bench::GitCommit() : absl::GetFlag(FLAGS_commit)},
-      {"measured",
-       {{"gpu", ceilings.gpu},
-        {"copy_bandwidth_bytes_per_s", g.bandwidth},
-        {"copy_bandwidth_note", "cudaMemcpyAsync device to device, bytes read + written"},
-        {"copy_buffer_bytes", copy_mib << 20},
-        {"matmul_tflops", g.matmul / 1e12},
-        {"matmul_note", absl::StrFormat("cuBLAS bf16 %d^3, float32 accumulate, uniform random operands", gemm_size)}}},
-      {"model",
-       {{"name", model},
-        {"source", synthetic.empty() ? model_path : "synthetic " + synthetic},
-        {"weight_bytes_per_step", DecodeWeightBytes(c)},
-        {"kv_bytes_per_token", KvBytesPerToken(c)},
-        {"layer_matrix_params", LayerMatrixParams(c) * c.num_layers},
-        {"max_context", c.max_context},
-        {"max_context_overridden", max_context > 0},
-        {"kv_pool_rows", engine->pool().num_rows()}}},
-      {"settings",
-       {{"gen", g.gen}, {"warmup", g.warmup}, {"prefill_tokens", g.prefill_tokens}, {"sampling", "greedy, on GPU"}}},
-      {"rows", nlohmann::json::array()}};
-  // Rewritten after every row, so a run stopped midway keeps what it measured.
-  const std::string json_path = absl::GetFlag(FLAGS_json);
-  auto add_row = [&](nlohmann::json row) -> absl::Status {
-    PrintRow(row);
-    result["rows"].push_back(std::move(row));
-    if (json_path.empty()) return absl::OkStatus();
-    std::ofstream out(json_path);
-    out << result.dump(2) << "\n";
-    return out ? absl::OkStatus() : absl::PermissionDeniedError(absl::StrFormat("cannot write %s", json_path));
-  };
-
-  std::printf("%-7s %-7s %5s %6s %4s %10s %12s %12s %9s %9s %7s  %s\n", "engine", "kind", "batch", "prompt", "gen",
-              "prefill_ms", "prefill_t/s", "decode_t/s", "step_ms", "floor_ms", "/floor", "note");
-  for (int32_t n : prefill_only) {
-    std::fprintf(stderr, "[prefill %d tokens]\n", n);
-    ADORE_RETURN_IF_ERROR(add_row(RunPrefillRow(*engine, model, n, g)));
-  }
-  for (int32_t batch : batches) {
-    for (int32_t prompt : prompts) {
-      std::fprintf(stderr, "[batch %d, prompt %d, gen %d]\n", batch, prompt, g.gen);
-      ADORE_RETURN_IF_ERROR(add_row(RunDecodeRow(*engine, model, batch, prompt, g)));
+  // One engine per rank; with --tp N each runs in its own thread on its own GPU and all issue the same calls.
+  const int tp = absl::GetFlag(FLAGS_tp);
+  struct Shared {
+    std::barrier<> sync;
+    std::vector<int64_t> rows;
+  } shared{std::barrier<>(tp), std::vector<int64_t>(tp, -1)};
+  auto run_rank = [&](int rank, adore::comm::Communicator* comm) -> absl::Status {
+    Grid g = grid;
+    adore::ModelConfig config = synthetic_config;  // a copy per rank (threads)
+    int32_t max_batch = batches.empty() ? 1 : *std::max_element(batches.begin(), batches.end());
+    if (std::find(batches.begin(), batches.end(), 0) != batches.end()) {
+      max_batch = std::max(max_batch, absl::GetFlag(FLAGS_max_fit_batch));
     }
+    adore::CudaEngineOptions options;
+    options.max_tokens = std::max(g.prefill_tokens, max_batch);
+    options.max_batch = std::max(max_batch, 16);  // the warmup round below runs up to 16 sequences
+    options.max_logit_rows = options.max_batch;
+    options.kv_memory_fraction = absl::GetFlag(FLAGS_kv_memory_fraction);
+    options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
+    options.device = tp > 1 ? rank : device;
+    options.tp_rank = rank;
+    options.tp_size = tp;
+    options.comm = comm;
+    g.max_items = static_cast<size_t>(options.max_batch);
+    std::unique_ptr<adore::CudaEngine> engine;
+    std::string model;
+    const auto t_load = Clock::now();
+    absl::StatusOr<std::unique_ptr<adore::CudaEngine>> created;
+    if (!synthetic.empty()) {
+      if (max_context > 0) config.max_context = max_context;
+      model = config.name;
+      created = adore::CudaEngine::CreateSynthetic(config, g.seed, options);
+    } else {
+      if (rank == 0) std::fprintf(stderr, "loading %s ...\n", model_path.c_str());
+      absl::StatusOr<adore::ModelWeights> weights = adore::LoadModelWeights(model_path);
+      if (weights.ok() && max_context > 0) weights->config.max_context = max_context;
+      model = adore::bench::ModelLabel(model_path);
+      created = weights.ok() ? adore::CudaEngine::Create(*weights, options) : weights.status();
+    }
+    // Every rank learns the smallest pool (and whether all engines exist) before any collective runs.
+    shared.rows[rank] = created.ok() ? (*created)->pool().num_rows() : -1;
+    shared.sync.arrive_and_wait();
+    g.pool_rows = *std::min_element(shared.rows.begin(), shared.rows.end());
+    if (!created.ok()) return created.status();
+    if (g.pool_rows < 0) return absl::AbortedError("another rank failed to create its engine");
+    engine = *std::move(created);
+    const adore::ModelConfig& c = engine->config();
+    if (rank == 0) std::fprintf(stderr, "%s ready in %.1f s: %.2f GB of bf16 weights read per step, KV pool %lld rows (%.1f GiB)\n",
+                 model.c_str(), SecondsSince(t_load), DecodeWeightBytes(c) / 1e9,
+                 static_cast<long long>(engine->pool().num_rows()),
+                 static_cast<double>(engine->pool().num_rows()) * KvBytesPerToken(c) / (1 << 30));
+
+    {  // Warm up cuBLAS and every kernel once: a full prefill call, then a few batched decode steps.
+      const int32_t seqs_n = std::min(16, std::max(1, g.prefill_tokens / 512));
+      const int32_t len = static_cast<int32_t>(std::min<int64_t>(512, c.max_context - 8));
+      const auto warm_prompts = RandomPrompts(seqs_n, len, c.vocab_size, g.seed + 1);
+      std::vector<adore::SequenceKv> seqs(seqs_n);
+      absl::Cleanup release = [&] {
+        for (adore::SequenceKv& s : seqs) engine->Release(s);
+      };
+      std::vector<int32_t> last;
+      ADORE_RETURN_IF_ERROR(Prefill(*engine, std::span<adore::SequenceKv>(seqs), warm_prompts, g.prefill_tokens,
+                                    g.max_items, &last));
+      ADORE_RETURN_IF_ERROR(Decode(*engine, std::span<adore::SequenceKv>(seqs), &last, 4).status());
+    }
+
+    nlohmann::json result = {
+        {"command", absl::StrJoin(std::vector<std::string>(argv, argv + argc), " ")},
+        {"machine", absl::StrFormat("%s; host %s", ceilings.gpu, adore::bench::CpuDescription())},
+        {"commit", absl::GetFlag(FLAGS_commit).empty() ? adore::bench::GitCommit() : absl::GetFlag(FLAGS_commit)},
+        {"measured",
+         {{"gpu", ceilings.gpu},
+          {"copy_bandwidth_bytes_per_s", g.bandwidth},
+          {"copy_bandwidth_note", "cudaMemcpyAsync device to device, bytes read + written"},
+          {"copy_buffer_bytes", copy_mib << 20},
+          {"matmul_tflops", g.matmul / 1e12},
+          {"matmul_note", absl::StrFormat("cuBLAS bf16 %d^3, float32 accumulate, uniform random operands", gemm_size)}}},
+        {"model",
+         {{"name", model},
+          {"source", synthetic.empty() ? model_path : "synthetic " + synthetic},
+          {"weight_bytes_per_step", DecodeWeightBytes(c)},
+          {"kv_bytes_per_token", KvBytesPerToken(c)},
+          {"layer_matrix_params", LayerMatrixParams(c) * c.num_layers},
+          {"max_context", c.max_context},
+          {"max_context_overridden", max_context > 0},
+          {"kv_pool_rows", engine->pool().num_rows()}}},
+        {"settings",
+         {{"gen", g.gen}, {"warmup", g.warmup}, {"prefill_tokens", g.prefill_tokens}, {"sampling", "greedy, on GPU"},
+          {"tp", tp},
+          {"tp_note", tp > 1 ? "one rank per GPU, threads of one process, NCCL all-reduces; floors per rank" : ""}}},
+        {"rows", nlohmann::json::array()}};
+    // Rewritten after every row, so a run stopped midway keeps what it measured.
+    const std::string json_path = absl::GetFlag(FLAGS_json);
+    g.comm = rank == 0 ? comm : nullptr;
+    auto add_row = [&](nlohmann::json row) -> absl::Status {
+      if (rank != 0) return absl::OkStatus();  // the other ranks ran the same calls; rank 0 reports
+      PrintRow(row);
+      result["rows"].push_back(std::move(row));
+      if (json_path.empty()) return absl::OkStatus();
+      std::ofstream out(json_path);
+      out << result.dump(2) << "\n";
+      return out ? absl::OkStatus() : absl::PermissionDeniedError(absl::StrFormat("cannot write %s", json_path));
+    };
+
+    if (rank == 0) std::printf("%-7s %-7s %5s %6s %4s %10s %12s %12s %9s %9s %7s  %s\n", "engine", "kind", "batch", "prompt", "gen",
+                "prefill_ms", "prefill_t/s", "decode_t/s", "step_ms", "floor_ms", "/floor", "note");
+    for (int32_t n : prefill_only) {
+      if (rank == 0) std::fprintf(stderr, "[prefill %d tokens]\n", n);
+      ADORE_RETURN_IF_ERROR(add_row(RunPrefillRow(*engine, model, n, g)));
+    }
+    for (int32_t listed : batches) {
+      for (int32_t prompt : prompts) {
+        int32_t batch = listed;
+        if (batch == 0) {  // 'max': what the smallest pool of the ranks holds at this length
+          const int64_t ctx_end = static_cast<int64_t>(prompt) + g.warmup + g.gen;
+          batch = static_cast<int32_t>(std::clamp<int64_t>(g.pool_rows / ctx_end, 1, options.max_batch));
+        }
+        if (rank == 0) std::fprintf(stderr, "[batch %d, prompt %d, gen %d]\n", batch, prompt, g.gen);
+        nlohmann::json row = RunDecodeRow(*engine, model, batch, prompt, g);
+        row["max_fit"] = listed == 0;
+        ADORE_RETURN_IF_ERROR(add_row(std::move(row)));
+      }
+    }
+    if (rank == 0 && !json_path.empty()) std::fprintf(stderr, "wrote %s\n", json_path.c_str());
+    return absl::OkStatus();
+  };
+  
+  if (tp == 1) return run_rank(0, nullptr);
+#if ADORE_HAVE_NCCL
+  ADORE_ASSIGN_OR_RETURN(const std::string id, adore::comm::NcclCommunicator::CreateUniqueId());
+  std::vector<absl::Status> results(tp);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < tp; ++r) {
+    threads.emplace_back([&, r] {
+      absl::StatusOr<std::unique_ptr<adore::comm::NcclCommunicator>> comm =
+          adore::comm::NcclCommunicator::Create(id, r, tp, r);
+      if (!comm.ok()) {
+        results[r] = comm.status();
+        shared.rows[r] = -1;
+        shared.sync.arrive_and_wait();  // the others learn it before their first collective
+        return;
+      }
+      results[r] = run_rank(r, comm->get());
+    });
   }
-  if (!json_path.empty()) std::fprintf(stderr, "wrote %s\n", json_path.c_str());
+  for (std::thread& t : threads) t.join();
+  for (int r = 0; r < tp; ++r) {
+    if (!results[r].ok()) return absl::Status(results[r].code(), absl::StrFormat("rank %d: %s", r, results[r].message()));
+  }
   return absl::OkStatus();
+#else
+  return absl::UnimplementedError("--tp > 1 needs NCCL, and this build has none");
+#endif
 }
 
 }  // namespace

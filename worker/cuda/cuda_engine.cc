@@ -32,6 +32,19 @@ uint64_t SplitMix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
+absl::Status CheckTensorParallel(const CudaEngineOptions& o) {
+  if (o.tp_size < 1 || o.tp_rank < 0 || o.tp_rank >= o.tp_size) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("CUDA engine options: tp_rank %d is not in [0, tp_size %d)", o.tp_rank, o.tp_size));
+  }
+  if (o.tp_size > 1 && (o.comm == nullptr || o.comm->world_size() != o.tp_size || o.comm->rank() != o.tp_rank)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "CUDA engine options: tp_size %d needs a communicator of that world size with rank %d", o.tp_size,
+        o.tp_rank));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckConfig(const ModelConfig& c) {
   ADORE_RETURN_IF_ERROR(c.Validate());
   if (c.head_dim != 64 && c.head_dim != 128) {
@@ -42,55 +55,6 @@ absl::Status CheckConfig(const ModelConfig& c) {
 }
 
 }  // namespace
-
-ModelConfig Llama2_7BConfig() {
-  ModelConfig c;
-  c.name = "Llama-2-7B shape (synthetic)";
-  c.vocab_size = 32000;
-  c.hidden_size = 4096;
-  c.num_layers = 32;
-  c.num_heads = 32;
-  c.num_kv_heads = 32;
-  c.head_dim = 128;
-  c.intermediate_size = 11008;
-  c.max_context = 4096;
-  c.rope_theta = 10000.0f;
-  c.rms_norm_eps = 1e-5f;
-  return c;
-}
-
-ModelConfig Llama3_8BConfig() {
-  ModelConfig c;
-  c.name = "Llama-3-8B shape (synthetic)";
-  c.vocab_size = 128256;
-  c.hidden_size = 4096;
-  c.num_layers = 32;
-  c.num_heads = 32;
-  c.num_kv_heads = 8;
-  c.head_dim = 128;
-  c.intermediate_size = 14336;
-  c.max_context = 8192;
-  c.rope_theta = 500000.0f;
-  c.rms_norm_eps = 1e-5f;
-  return c;
-}
-
-ModelConfig SmolLM2_135MConfig() {
-  ModelConfig c;
-  c.name = "SmolLM2-135M shape (synthetic)";
-  c.vocab_size = 49152;
-  c.hidden_size = 576;
-  c.num_layers = 30;
-  c.num_heads = 9;
-  c.num_kv_heads = 3;
-  c.head_dim = 64;
-  c.intermediate_size = 1536;
-  c.max_context = 8192;
-  c.rope_theta = 100000.0f;
-  c.rms_norm_eps = 1e-5f;
-  c.tie_embeddings = true;
-  return c;
-}
 
 // Where one call's index arrays live in indices_ (device) / host_indices_ (pinned), and the counts the
 // launchers need. Tokens are laid out as: the new token of each decode item with a policy (attention mass
@@ -130,18 +94,20 @@ CudaEngine::~CudaEngine() {
 absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Create(const ModelWeights& weights,
                                                                const CudaEngineOptions& options) {
   ADORE_RETURN_IF_ERROR(CheckConfig(weights.config));
+  ADORE_RETURN_IF_ERROR(CheckTensorParallel(options));
   ADORE_CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device));
   std::unique_ptr<CudaEngine> engine(new CudaEngine());
-  ADORE_ASSIGN_OR_RETURN(engine->weights_, CudaWeights::Upload(weights));
+  ADORE_ASSIGN_OR_RETURN(engine->weights_, CudaWeights::Upload(weights, options.tp_rank, options.tp_size));
   return Finish(std::move(engine), options);
 }
 
 absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::CreateSynthetic(const ModelConfig& config, uint64_t seed,
                                                                         const CudaEngineOptions& options) {
   ADORE_RETURN_IF_ERROR(CheckConfig(config));
+  ADORE_RETURN_IF_ERROR(CheckTensorParallel(options));
   ADORE_CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device));
   std::unique_ptr<CudaEngine> engine(new CudaEngine());
-  ADORE_ASSIGN_OR_RETURN(engine->weights_, CudaWeights::Synthetic(config, seed));
+  ADORE_ASSIGN_OR_RETURN(engine->weights_, CudaWeights::Synthetic(config, seed, options.tp_rank, options.tp_size));
   return Finish(std::move(engine), options);
 }
 
@@ -162,7 +128,7 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Finish(std::unique_ptr<C
   ADORE_RETURN_IF_ERROR(engine->AllocateWorkspaces());
 
   const ModelConfig& c = engine->config();
-  const int64_t kv_dim = c.num_kv_heads * c.head_dim;
+  const int64_t kv_dim = engine->weights_->local_kv_heads() * c.head_dim;  // this rank's KV heads
   // A row of the pool, plus its share of the slot-table staging when max_slots follows kv_rows.
   const int64_t row_bytes = CudaKvPool::BytesPerRow(c.num_layers, kv_dim);
   const int64_t index_bytes_per_row = o.max_slots == 0 ? 2 * 2 * 4 : 0;
@@ -201,11 +167,12 @@ absl::Status CudaEngine::AllocateWorkspaces() {
   const ModelConfig& c = config();
   const CudaEngineOptions& o = options_;
   const int64_t T = o.max_tokens, L = o.max_logit_rows, B = o.max_batch;
-  const int64_t d = c.hidden_size, q_dim = c.num_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
-  const int64_t ff = c.intermediate_size;
+  // This rank's shard of the heads and the MLP (all of them without tensor parallelism).
+  const int64_t nh = weights_->local_heads(), d = c.hidden_size, q_dim = nh * c.head_dim;
+  const int64_t kv_dim = weights_->local_kv_heads() * c.head_dim, ff = weights_->local_ff();
   attn_workspace_bytes_ =
-      std::max(k::DecodeAttentionWorkspaceBytes(B, c.num_heads, c.head_dim, kDecodeSplitsPerItem, o.max_mass_slots),
-               k::DecodeAttentionWorkspaceBytes(1, c.num_heads, c.head_dim, 64, 0));
+      std::max(k::DecodeAttentionWorkspaceBytes(B, nh, c.head_dim, kDecodeSplitsPerItem, o.max_mass_slots),
+               k::DecodeAttentionWorkspaceBytes(1, nh, c.head_dim, 64, 0));
   const size_t sizes[] = {
       Align256(sizeof(float) * T * d),                 // residual
       Align256(sizeof(k::bf16) * T * d),               // hidden
@@ -501,10 +468,22 @@ absl::Status CudaEngine::ObservePolicies(std::span<ForwardItem> items, const Pla
 
 absl::Status CudaEngine::RunLayers(const Plan& p) {
   const ModelConfig& c = config();
-  const int64_t n = p.n, d = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
-  const int64_t q_dim = nh * hd, kv_dim = nkv * hd, qkv_dim = q_dim + 2 * kv_dim, ff = c.intermediate_size;
+  // This rank's heads and MLP columns (the whole model when tp_size is 1).
+  const int64_t n = p.n, d = c.hidden_size, hd = c.head_dim, nh = weights_->local_heads();
+  const int64_t nkv = weights_->local_kv_heads(), ff = weights_->local_ff();
+  const int64_t q_dim = nh * hd, kv_dim = nkv * hd, qkv_dim = q_dim + 2 * kv_dim;
   const float eps = c.rms_norm_eps, scale = 1.0f / std::sqrt(static_cast<float>(hd));
   cudaStream_t s = stream_;
+  // Tensor parallelism: a rank's attention-output and down products are partial sums over its heads / MLP
+  // columns. Rank 0 adds its partial to the residual, the others overwrite the residual with theirs, and one
+  // float32 all-reduce of the residual then leaves residual + the sum of all partials on every rank (in the
+  // same bytes everywhere, so every rank samples the same token).
+  const bool tp = options_.tp_size > 1;
+  const bool accumulate = options_.tp_rank == 0;
+  auto all_reduce_residual = [&]() -> absl::Status {
+    if (!tp) return absl::OkStatus();
+    return options_.comm->AllReduceSum(residual_, static_cast<size_t>(n * d), comm::CommDataType::kFloat32, s);
+  };
   if (p.num_mass_decode > 0) {
     ADORE_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(mass_, 0, p.mass_slots * sizeof(float), s));
   }
@@ -586,7 +565,8 @@ absl::Status CudaEngine::RunLayers(const Plan& p) {
     }
     // The residual stream is float32: the output projections add straight into it.
     ADORE_RETURN_IF_ERROR(blas_->Linear(
-        {.x = attn_, .w = w.wo, .n = n, .in = q_dim, .out = d, .y_f32 = residual_, .accumulate = true}, s));
+        {.x = attn_, .w = w.wo, .n = n, .in = q_dim, .out = d, .y_f32 = residual_, .accumulate = accumulate}, s));
+    ADORE_RETURN_IF_ERROR(all_reduce_residual());
     ADORE_RETURN_IF_ERROR(k::AddRmsNorm(
         {.residual = residual_, .weight = w.ffn_norm, .n = n, .dim = d, .eps = eps, .out = hidden_}, s));
     ADORE_RETURN_IF_ERROR(
@@ -595,7 +575,12 @@ absl::Status CudaEngine::RunLayers(const Plan& p) {
                                      .gate_stride = 2 * ff, .up_stride = 2 * ff, .out_stride = ff},
                                     s));
     ADORE_RETURN_IF_ERROR(blas_->Linear(
-        {.x = act_, .w = w.w_down, .n = n, .in = ff, .out = d, .y_f32 = residual_, .accumulate = true}, s));
+        {.x = act_, .w = w.w_down, .n = n, .in = ff, .out = d, .y_f32 = residual_, .accumulate = accumulate}, s));
+    ADORE_RETURN_IF_ERROR(all_reduce_residual());
+  }
+  if (tp && p.num_mass_decode > 0) {  // each rank summed its own heads' attention: the policies want all heads
+    ADORE_RETURN_IF_ERROR(options_.comm->AllReduceSum(mass_, static_cast<size_t>(p.mass_slots),
+                                                      comm::CommDataType::kFloat32, s));
   }
   // Final norm over every token (cheap), then gather the rows whose logits are wanted.
   ADORE_RETURN_IF_ERROR(k::AddRmsNorm(

@@ -16,11 +16,13 @@
 #include "absl/status/statusor.h"
 #include "common/model_config.h"
 #include "common/model_weights.h"
+#include "common/synthetic_model.h"  // the shapes benchmarked with synthetic weights
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/ops.h"
 #include "worker/engine.h"
 #include "worker/forward_plan.h"
 #include "worker/cuda/cuda_kv_pool.h"
+#include "worker/comm/communicator.h"
 #include "worker/cuda/cuda_weights.h"
 #include "worker/sampler.h"
 
@@ -43,12 +45,15 @@ struct CudaEngineOptions {
   int64_t kv_bytes = 0;
   double kv_memory_fraction = 0.9;
   int device = 0;  // CUDA device ordinal
+  // Tensor parallelism (Megatron, see CudaWeights): this engine is rank tp_rank of tp_size and `comm` (not
+  // owned; NCCL on this engine's device, world size tp_size) carries the two all-reduces per layer (float32
+  // residual updates) and the all-reduce of the policies' attention masses. Every rank must be handed the
+  // same Forward calls in the same order; each computes the full logits (the LM head is replicated).
+  int tp_rank = 0;
+  int tp_size = 1;
+  comm::Communicator* comm = nullptr;
 };
 
-// Shapes of the models benchmarked with synthetic weights.
-ModelConfig Llama2_7BConfig();  // 4096 hidden, 32 layers, 32 heads (MHA), 11008 MLP, 32000 vocab
-ModelConfig Llama3_8BConfig();  // 4096 hidden, 32 layers, 32 heads / 8 KV heads, 14336 MLP, 128256 vocab
-ModelConfig SmolLM2_135MConfig();  // 576 hidden, 30 layers, 9 heads / 3 KV heads, 1536 MLP, 49152 vocab, tied
 
 class CudaEngine final : public Engine {
  public:
@@ -92,6 +97,8 @@ class CudaEngine final : public Engine {
 
   const ModelConfig& config() const override { return weights_->config(); }
   const char* backend() const override { return "cuda"; }
+  int tp_rank() const { return options_.tp_rank; }
+  int tp_size() const { return options_.tp_size; }
   CudaKvPool& pool() { return *pool_; }
   cudaStream_t stream() const { return stream_; }
 

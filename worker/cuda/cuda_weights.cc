@@ -38,17 +38,30 @@ CudaWeights::~CudaWeights() {
   if (arena_ != nullptr) cudaFree(arena_);
 }
 
-absl::Status CudaWeights::Allocate(const ModelConfig& c) {
+absl::Status CudaWeights::Allocate(const ModelConfig& c, int tp_rank, int tp_size) {
   ADORE_RETURN_IF_ERROR(c.Validate());
+  if (tp_size < 1 || tp_rank < 0 || tp_rank >= tp_size) {
+    return absl::InvalidArgumentError(absl::StrFormat("tensor parallel rank %d of %d", tp_rank, tp_size));
+  }
+  if (c.num_heads % tp_size != 0 || c.num_kv_heads % tp_size != 0 || c.intermediate_size % tp_size != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "tensor parallel size %d must divide the heads (%d), KV heads (%d) and MLP width (%d) of %s", tp_size,
+        c.num_heads, c.num_kv_heads, c.intermediate_size, c.name));
+  }
   config_ = c;
-  const int64_t d = c.hidden_size, q_dim = c.num_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
-  const int64_t ff = c.intermediate_size;
+  tp_rank_ = tp_rank;
+  tp_size_ = tp_size;
+  const int64_t d = c.hidden_size, hd = c.head_dim;
+  const int64_t q_dim = c.num_heads * hd, kv_dim = c.num_kv_heads * hd, ff = c.intermediate_size;
+  const int64_t lq = q_dim / tp_size, lkv = kv_dim / tp_size, lff = ff / tp_size;
   int64_t cursor = 0;
   // `aligned` starts a new matrix on a 256-byte boundary; the pieces of a stacked matrix (Q/K/V, gate/up)
-  // follow each other with no gap.
-  auto add = [&](const std::string& name, int64_t rows, int64_t cols, bool aligned) {
+  // follow each other with no gap. A shard takes rows [row0, row0 + rows) and columns [col0, col0 + cols).
+  auto add = [&](const std::string& name, int64_t rows, int64_t cols, bool aligned, int64_t row0 = 0,
+                 int64_t col0 = 0, int64_t full_rows = -1, int64_t full_cols = -1) {
     if (aligned) cursor = (cursor + 127) / 128 * 128;
-    slices_.push_back({name, cursor, rows, cols});
+    slices_.push_back({name, cursor, rows, cols, row0, col0, full_rows < 0 ? rows : full_rows,
+                       full_cols < 0 ? cols : full_cols});
     cursor += rows * cols;
     return slices_.size() - 1;
   };
@@ -60,14 +73,14 @@ absl::Status CudaWeights::Allocate(const ModelConfig& c) {
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const std::string p = absl::StrFormat("blk.%d.", i);
     ls[i].attn_norm = add(p + "attn_norm.weight", 1, d, true);
-    ls[i].wq = add(p + "attn_q.weight", q_dim, d, true);
-    add(p + "attn_k.weight", kv_dim, d, false);
-    add(p + "attn_v.weight", kv_dim, d, false);
-    ls[i].wo = add(p + "attn_output.weight", d, q_dim, true);
+    ls[i].wq = add(p + "attn_q.weight", lq, d, true, tp_rank * lq, 0, q_dim);
+    add(p + "attn_k.weight", lkv, d, false, tp_rank * lkv, 0, kv_dim);
+    add(p + "attn_v.weight", lkv, d, false, tp_rank * lkv, 0, kv_dim);
+    ls[i].wo = add(p + "attn_output.weight", d, lq, true, 0, tp_rank * lq, d, q_dim);
     ls[i].ffn_norm = add(p + "ffn_norm.weight", 1, d, true);
-    ls[i].gate = add(p + "ffn_gate.weight", ff, d, true);
-    add(p + "ffn_up.weight", ff, d, false);
-    ls[i].down = add(p + "ffn_down.weight", d, ff, true);
+    ls[i].gate = add(p + "ffn_gate.weight", lff, d, true, tp_rank * lff, 0, ff);
+    add(p + "ffn_up.weight", lff, d, false, tp_rank * lff, 0, ff);
+    ls[i].down = add(p + "ffn_down.weight", d, lff, true, 0, tp_rank * lff, d, ff);
   }
   bytes_ = static_cast<size_t>(cursor) * sizeof(__nv_bfloat16);
   const absl::Status st =
@@ -89,30 +102,35 @@ absl::Status CudaWeights::Allocate(const ModelConfig& c) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Upload(const ModelWeights& weights) {
+absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Upload(const ModelWeights& weights, int tp_rank,
+                                                                 int tp_size) {
   std::unique_ptr<CudaWeights> w(new CudaWeights());
-  ADORE_RETURN_IF_ERROR(w->Allocate(weights.config));
+  ADORE_RETURN_IF_ERROR(w->Allocate(weights.config, tp_rank, tp_size));
   std::vector<uint16_t> staging;
   for (const Slice& s : w->slices_) {
     ADORE_ASSIGN_OR_RETURN(const Tensor* t, weights.Get(s.name));
-    if (t->numel() != s.rows * s.cols || static_cast<int64_t>(t->data.size()) != s.rows * s.cols) {
+    if (t->numel() != s.full_rows * s.full_cols || static_cast<int64_t>(t->data.size()) != t->numel()) {
       return absl::InvalidArgumentError(absl::StrFormat("tensor %s has %d elements, the config implies %d x %d",
-                                                        s.name, t->numel(), s.rows, s.cols));
+                                                        s.name, t->numel(), s.full_rows, s.full_cols));
     }
-    staging.resize(t->data.size());
-    for (size_t i = 0; i < staging.size(); ++i) staging[i] = FloatToBf16Bits(t->data[i]);
+    staging.resize(s.rows * s.cols);
+    for (int64_t r = 0; r < s.rows; ++r) {
+      const float* src = t->data.data() + (s.row0 + r) * s.full_cols + s.col0;
+      for (int64_t x = 0; x < s.cols; ++x) staging[r * s.cols + x] = FloatToBf16Bits(src[x]);
+    }
     ADORE_CUDA_RETURN_IF_ERROR(cudaMemcpy(w->arena_ + s.offset, staging.data(), staging.size() * 2,
                                           cudaMemcpyHostToDevice));
   }
   return w;
 }
 
-absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Synthetic(const ModelConfig& config, uint64_t seed) {
+absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Synthetic(const ModelConfig& config, uint64_t seed,
+                                                                    int tp_rank, int tp_size) {
   std::unique_ptr<CudaWeights> w(new CudaWeights());
-  ADORE_RETURN_IF_ERROR(w->Allocate(config));
+  ADORE_RETURN_IF_ERROR(w->Allocate(config, tp_rank, tp_size));
   for (size_t i = 0; i < w->slices_.size(); ++i) {
     const Slice& s = w->slices_[i];
-    float bound = 1.0f / std::sqrt(static_cast<float>(s.cols));
+    float bound = 1.0f / std::sqrt(static_cast<float>(s.full_cols));  // the whole layer's fan-in
     float low = -bound, high = bound;
     if (EndsWith(s.name, "norm.weight")) {
       low = high = 1.0f;
@@ -125,7 +143,7 @@ absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Synthetic(const ModelC
     a.n = s.rows * s.cols;
     a.low = low;
     a.high = high;
-    a.seed = seed * 0x9E3779B97F4A7C15ull + i;
+    a.seed = seed * 0x9E3779B97F4A7C15ull + i + 0x100000ull * static_cast<uint64_t>(tp_rank);
     ADORE_RETURN_IF_ERROR(kernels::FillUniform(a, nullptr));
   }
   ADORE_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
@@ -133,6 +151,11 @@ absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Synthetic(const ModelC
 }
 
 absl::StatusOr<ModelWeights> CudaWeights::Download() const {
+  if (tp_size_ > 1) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("weights: rank %d of %d holds a shard; download the whole model from a tp_size 1 copy",
+                        tp_rank_, tp_size_));
+  }
   ModelWeights out;
   out.config = config_;
   std::vector<uint16_t> staging;

@@ -1,6 +1,8 @@
 // adore-worker: one worker process of the distributed runtime, serving adore.v1.Worker (Load, Bootstrap,
 // Step, Health) to the coordinator (adore-server --workers host:port,...). The model, backend and device
-// are given by the coordinator's Load; --backend / --device here are only checked at start.
+// are given by the coordinator's Load; --backend here is only checked at start. --device is the GPU a CUDA
+// tensor-parallel group's NCCL communicator is created on at Bootstrap, so Load must name the same device
+// (the coordinator names device 0: give each worker process its own GPU with CUDA_VISIBLE_DEVICES).
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -34,6 +36,7 @@ int main(int argc, char** argv) {
   o.listen = absl::GetFlag(FLAGS_listen);
   o.port = absl::GetFlag(FLAGS_port);
   o.secret = absl::GetFlag(FLAGS_secret);
+  o.device = absl::GetFlag(FLAGS_device);
   const std::string secret_file = absl::GetFlag(FLAGS_secret_file);
   if (!secret_file.empty()) {
     if (!o.secret.empty()) {

@@ -11,11 +11,15 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "common/model_weights.h"
+#include "common/synthetic_model.h"
 #include "worker/comm/gloo_communicator.h"
 #include "worker/cpu_engine.h"
 #include "worker/release_policy.h"
 #if ADORE_WITH_CUDA
 #include "worker/cuda/cuda_engine.h"
+#endif
+#if ADORE_HAVE_NCCL
+#include "worker/comm/nccl_communicator.h"
 #endif
 
 namespace adore {
@@ -53,10 +57,17 @@ absl::StatusOr<PolicyKind> FromProto(v1::Policy p) {
   }
 }
 
+// float32 bytes of the model's weights (a synthetic model's from its shape: it has no tensors here).
 int64_t WeightsBytes(const ModelWeights& w) {
   int64_t n = 0;
-  for (const auto& [name, t] : w.tensors) n += t.numel() * static_cast<int64_t>(sizeof(float));
-  return n;
+  for (const auto& [name, t] : w.tensors) n += t.numel();
+  if (w.tensors.empty()) {
+    const ModelConfig& c = w.config;
+    const int64_t d = c.hidden_size, q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
+    n = c.vocab_size * d * (c.tie_embeddings ? 1 : 2) + d +
+        c.num_layers * (d * (q + 2 * kv) + q * d + 3 * c.intermediate_size * d + 2 * d);
+  }
+  return n * static_cast<int64_t>(sizeof(float));
 }
 
 }  // namespace
@@ -172,9 +183,10 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
     return Invalid(absl::StrFormat("tp_rank: %d is not in [0, %d)", r.tp_rank(), r.tp_size()));
   }
   if (r.tp_size() > 1) {
-    if (r.backend() != v1::BACKEND_CPU) {
-      return Err(grpc::StatusCode::UNIMPLEMENTED,
-                 "tp_size: tensor parallelism across worker processes is built for BACKEND_CPU only");
+    const std::string want = r.backend() == v1::BACKEND_CPU ? "gloo" : "nccl";
+    if (comm_ != nullptr && comm_->backend() != want) {
+      return Invalid(absl::StrFormat("backend: this worker's group communicates over %s, %s needs %s",
+                                     comm_->backend(), v1::Backend_Name(r.backend()), want));
     }
     if (comm_ == nullptr || comm_->world_size() != r.tp_size() || comm_->rank() != r.tp_rank()) {
       return Err(grpc::StatusCode::FAILED_PRECONDITION,
@@ -189,7 +201,10 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
     return Invalid("backend: this worker is built without CUDA");
 #endif
     if (r.device() < 0) return Invalid(absl::StrFormat("device: %d is negative", r.device()));
-  } else {
+    if (r.tp_size() > 1 && r.device() != options_.device) {
+      return Invalid(absl::StrFormat("device: %d is not the device this worker's NCCL group runs on (%d, its "
+                                     "--device)", r.device(), options_.device));
+    }
     return Invalid("backend: must be BACKEND_CPU or BACKEND_CUDA");
   }
   if (r.memory_budget_bytes() < 0) return Invalid("memory_budget_bytes: must be >= 0");
@@ -202,7 +217,16 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
     if (!hex) return Invalid("expected_sha256: must be 64 lower-case hex digits");
     return Err(grpc::StatusCode::UNIMPLEMENTED, "expected_sha256: model hashing is not built yet (leave it empty)");
   }
-  if (!std::filesystem::exists(r.model_path())) {
+  const bool synthetic = IsSyntheticModel(r.model_path());
+  if (synthetic) {
+    if (r.backend() != v1::BACKEND_CUDA) {
+      return Invalid(absl::StrFormat("model_path: %s (random weights generated on the GPU) needs BACKEND_CUDA",
+                                     r.model_path()));
+    }
+    if (absl::StatusOr<ModelConfig> c = SyntheticModelConfig(r.model_path()); !c.ok()) {
+      return FromAbsl(c.status(), "model_path: ");
+    }
+  } else if (!std::filesystem::exists(r.model_path())) {
     return Err(grpc::StatusCode::NOT_FOUND, absl::StrFormat("model_path: %s does not exist", r.model_path()));
   }
   if (!r.controller_path().empty() && !std::filesystem::exists(r.controller_path())) {
@@ -225,7 +249,7 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
     if (!c.ok()) return fail_load(FromAbsl(c.status(), "controller_path: "));
     controller = *std::move(c);
   }
-  auto weights = LoadModelWeights(r.model_path());
+  auto weights = synthetic ? SyntheticModelInfo(r.model_path()) : LoadModelWeights(r.model_path());
   if (!weights.ok()) return fail_load(FromAbsl(weights.status(), "model_path: "));
   const ModelConfig config = weights->config;
   // default_release: the request's defaults must be fully resolved and in range.
@@ -290,10 +314,15 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
                                              r.memory_budget_bytes())));
       }
     }
-    auto e = CudaEngine::Create(*weights, co);
+    if (r.tp_size() > 1) {
+      co.tp_rank = r.tp_rank();
+      co.tp_size = r.tp_size();
+      co.comm = comm_.get();
+    }
+    auto e = synthetic ? CudaEngine::CreateSynthetic(config, /*seed=*/1, co) : CudaEngine::Create(*weights, co);
     if (!e.ok()) return fail_load(FromAbsl(e.status()));
     capacity = (*e)->pool().num_rows();
-    slot_bytes = 2 * config.num_layers * config.num_kv_heads * config.head_dim * 2;
+    slot_bytes = 2 * config.num_layers * (config.num_kv_heads / r.tp_size()) * config.head_dim * 2;
     engine = *std::move(e);
 #endif
   }
@@ -369,8 +398,9 @@ grpc::Status WorkerService::DoBootstrapGroup(const v1::BootstrapRequest& r, v1::
   if (r.rank() < 0 || r.rank() >= r.world_size()) {
     return Invalid(absl::StrFormat("rank: %d is not in [0, %d)", r.rank(), r.world_size()));
   }
+  if (r.rendezvous_case() == v1::BootstrapRequest::kNcclUniqueId) return DoBootstrapNccl(r, response, t0);
   if (r.rendezvous_case() != v1::BootstrapRequest::kGlooRendezvous) {
-    return Invalid("rendezvous: a CPU tensor-parallel group needs gloo_rendezvous");
+    return Invalid("rendezvous: must be nccl_unique_id (CUDA) or gloo_rendezvous (CPU)");
   }
   const std::string& addr = r.gloo_rendezvous();
   const size_t colon = addr.rfind(':');
@@ -421,6 +451,55 @@ grpc::Status WorkerService::DoBootstrapGroup(const v1::BootstrapRequest& r, v1::
   }
   PublishHealth();
   return grpc::Status::OK;
+}
+
+// A CUDA tensor-parallel group: joins the NCCL communicator on this worker's --device with the unique id the
+// coordinator made (ncclGetUniqueId runs there, so its bootstrap root lives as long as the coordinator).
+grpc::Status WorkerService::DoBootstrapNccl(const v1::BootstrapRequest& r, v1::BootstrapResponse* response,
+                                            std::chrono::steady_clock::time_point t0) {
+#if ADORE_HAVE_NCCL
+  if (r.nccl_unique_id().size() != comm::NcclCommunicator::kUniqueIdBytes) {
+    return Invalid(absl::StrFormat("nccl_unique_id: %d bytes, must be %d", r.nccl_unique_id().size(),
+                                   comm::NcclCommunicator::kUniqueIdBytes));
+  }
+  if (r.epoch() < 1) return Invalid("epoch: must be >= 1");
+  if (r.timeout_ms() < 0 || r.timeout_ms() > 600000) {
+    return Invalid(absl::StrFormat("timeout_ms: %d is not in [0, 600000]", r.timeout_ms()));
+  }
+  if (comm_ != nullptr) {
+    if (r.epoch() == epoch_ && comm_->rank() == r.rank() && comm_->world_size() == r.world_size()) {
+      response->set_communicator(comm_->backend());
+      return grpc::Status::OK;
+    }
+    return Err(grpc::StatusCode::FAILED_PRECONDITION,
+               absl::StrFormat("epoch: this worker is in group epoch %d (rank %d of %d); rebuilding a tensor-parallel "
+                               "group is not built yet: restart the worker",
+                               epoch_, comm_->rank(), comm_->world_size()));
+  }
+  if (loaded_) {
+    return Err(grpc::StatusCode::FAILED_PRECONDITION,
+               "bootstrap: this worker was loaded without tensor parallelism; restart it to join a group");
+  }
+  comm::NcclCommunicatorOptions no;
+  no.init_timeout = absl::Milliseconds(r.timeout_ms() == 0 ? 60000 : r.timeout_ms());
+  auto c = comm::NcclCommunicator::Create(r.nccl_unique_id(), r.rank(), r.world_size(), options_.device, no);
+  if (!c.ok()) return FromAbsl(c.status(), absl::StrFormat("bootstrap (rank %d of %d): ", r.rank(), r.world_size()));
+  comm_ = *std::move(c);
+  epoch_ = r.epoch();
+  response->set_communicator(comm_->backend());
+  response->set_rendezvous_ms(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  {
+    std::lock_guard<std::mutex> lock(health_mu_);
+    health_.set_rank(r.rank());
+    health_.set_world_size(r.world_size());
+  }
+  PublishHealth();
+  return grpc::Status::OK;
+#else
+  (void)response;
+  (void)t0;
+  return Invalid("nccl_unique_id: this worker is built without NCCL (a CUDA tensor-parallel group needs it)");
+#endif
 }
 
 grpc::Status WorkerService::DoStep(const v1::StepRequest& r, v1::StepResult* response) {
@@ -541,6 +620,7 @@ grpc::Status WorkerService::DoStep(const v1::StepRequest& r, v1::StepResult* res
   out.set_kv_slots_free(kv_capacity_ - slots_used_);
   v1::StepTiming* timing = out.mutable_timing();
   timing->set_forward_ms(result->step_ms);  // the executor's whole step: forward, policy and sampling
+  if (comm_ != nullptr) timing->set_comm_ms(1e3 * comm_->TakeStats().TotalSeconds());
   timing->set_total_ms(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   last_step_id_ = r.step_id();
   last_result_ = out;
@@ -556,7 +636,7 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(const WorkerSe
   std::unique_ptr<WorkerServer> s(new WorkerServer());
   s->options_ = o;
   s->service_ = std::make_unique<WorkerService>(
-      WorkerServiceOptions{.secret = o.secret, .comm_listen_host = o.comm_listen_host});
+      WorkerServiceOptions{.secret = o.secret, .comm_listen_host = o.comm_listen_host, .device = o.device});
   grpc::ServerBuilder builder;
   const std::string addr = absl::StrFormat("%s:%d", o.listen, o.port);
   builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &s->port_);

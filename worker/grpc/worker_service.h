@@ -36,6 +36,9 @@ struct WorkerServiceOptions {
   // Address this worker's Gloo device listens on and advertises to its peers (tensor parallelism). Empty:
   // 127.0.0.1 when the rendezvous store is on a loopback address, otherwise this machine's host name.
   std::string comm_listen_host;
+  // CUDA device this worker runs on (its --device): a CUDA tensor-parallel group's NCCL communicator is
+  // created on it at Bootstrap, before Load names a device.
+  int device = 0;
 };
 
 class WorkerService final : public adore::v1::Worker::Service {
@@ -65,6 +68,8 @@ class WorkerService final : public adore::v1::Worker::Service {
   grpc::Status DoLoad(const adore::v1::LoadRequest& request, adore::v1::LoadResponse* response);
   grpc::Status DoBootstrap(const adore::v1::BootstrapRequest& request, adore::v1::BootstrapResponse* response);
   grpc::Status DoBootstrapGroup(const adore::v1::BootstrapRequest& request, adore::v1::BootstrapResponse* response);
+  grpc::Status DoBootstrapNccl(const adore::v1::BootstrapRequest& request, adore::v1::BootstrapResponse* response,
+                               std::chrono::steady_clock::time_point t0);
   grpc::Status DoStep(const adore::v1::StepRequest& request, adore::v1::StepResult* response);
   void PublishHealth();
 
@@ -106,6 +111,7 @@ struct WorkerServerOptions {
   int port = 0;  // 0 = pick a free port
   std::string secret;
   std::string comm_listen_host;  // see WorkerServiceOptions
+  int device = 0;                // see WorkerServiceOptions
 };
 
 class WorkerServer {

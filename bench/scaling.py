@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Tensor-parallel scaling of the CUDA engine: decode throughput and per-token latency at tp = 1, 2, 4, 8
+(as many GPUs as the machine has) on the Llama-2-7B and Llama-3-8B synthetic shapes, prompts 2k / 8k / 32k,
+at batch 1 and at the largest batch whose KV fits each configuration, plus the time spent in collectives per
+step (from eager runs, where each NCCL all-reduce is timed with CUDA events).
+
+One run per machine, e.g. on a 2-GPU host:
+
+    python3 bench/scaling.py --bin BIN_DIR --out OUT_DIR --commit REV
+
+writes OUT_DIR/scaling.json (rows: tp, policy, model, batch, prompt, decode_tok_s, ms_per_token,
+comm_ms_per_step, ...) and the raw adore-bench-cuda files next to it. NVLink multicast stays off
+(NCCL_NVLS_ENABLE=0). Ranks are threads of one adore-bench-cuda process, one GPU each (--tp).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def gpu_count():
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return len([l for l in out.stdout.splitlines() if l.startswith("GPU ")])
+
+
+def run_bench(args, model, tp, batches, prompts, graphs, out_json, log):
+    cmd = [os.path.join(args.bin, "adore-bench-cuda"), "--synthetic", model, "--tp", str(tp),
+           "--max_context", str(args.max_context), "--batch", batches, "--prompt", prompts,
+           "--gen", str(args.gen), "--warmup", "4", "--commit", args.commit,
+           "--cuda_graphs=" + ("true" if graphs else "false"), "--json", out_json]
+    print("+", " ".join(cmd), flush=True)
+    t0 = time.time()
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+    print(f"  rc {rc} in {time.time() - t0:.0f} s", flush=True)
+    if rc != 0:
+        with open(log) as f:
+            print("".join(f.readlines()[-15:]), flush=True)
+    if not os.path.exists(out_json):
+        return None
+    with open(out_json) as f:
+        return json.load(f)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bin", required=True, help="folder with adore-bench-cuda (and lib/)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--commit", required=True)
+    p.add_argument("--models", default="llama2-7b,llama3-8b")
+    p.add_argument("--prompts", default="2048,8192,32768")
+    p.add_argument("--tp", default="", help="tp sizes; default 1, 2, 4, 8 up to the GPU count")
+    p.add_argument("--gen", type=int, default=32)
+    p.add_argument("--max_context", type=int, default=32768 + 64)
+    p.add_argument("--time-budget", type=float, default=540, help="seconds; later runs are skipped past it")
+    args = p.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    os.environ["NCCL_NVLS_ENABLE"] = "0"
+    n = gpu_count()
+    tps = [int(x) for x in args.tp.split(",")] if args.tp else [k for k in (1, 2, 4, 8) if k <= n]
+    start = time.time()
+    rows, raw, machine = [], [], None
+    for model in args.models.split(","):
+        for tp in tps:
+            if time.time() - start > args.time_budget:
+                print(f"time budget spent: skipping {model} tp={tp}", flush=True)
+                continue
+            tag = f"{model}_tp{tp}"
+            res = run_bench(args, model, tp, "1,max", args.prompts, True, os.path.join(args.out, tag + ".json"),
+                            os.path.join(args.out, tag + ".log"))
+            comm = None
+            if tp > 1 and time.time() - start <= args.time_budget:
+                comm = run_bench(args, model, tp, "1,max", "2048", False,
+                                 os.path.join(args.out, tag + "_eager.json"), os.path.join(args.out, tag + "_eager.log"))
+            if res is None:
+                continue
+            machine = machine or res["machine"]
+            raw.append(tag)
+            comm_by = {}
+            if comm is not None:
+                for r in comm["rows"]:
+                    comm_by[(r["max_fit"], r["prompt"])] = r
+            for r in res["rows"]:
+                if r.get("kind") != "decode":
+                    continue
+                e = comm_by.get((r["max_fit"], r["prompt"]))
+                rows.append({
+                    "tp": tp, "policy": "full", "model": r["model"], "batch": r["batch"], "prompt": r["prompt"],
+                    "max_fit": r["max_fit"], "decode_tok_s": r["decode_tok_s"], "ms_per_token": r["ms_per_token"]
+                    if "ms_per_token" in r else r["step_ms"],
+                    "comm_ms_per_step": (e or {}).get("comm_ms_per_step") if tp > 1 else 0.0,
+                    "comm_note": "" if tp == 1 else (
+                        "from an eager run of the same shape" if e else "not measured (eager runs at prompt 2048 only)"),
+                    "eager_decode_tok_s": (e or {}).get("decode_tok_s"),
+                    "step_over_floor": r["step_over_floor"], "floor_step_ms": r["floor_step_ms"],
+                    "note": r["note"]})
+    doc = {"command": "python3 bench/scaling.py " + " ".join(sys.argv[1:]), "machine": machine or "unknown",
+           "commit": args.commit, "settings": {"gen": args.gen, "tp_sizes": tps, "gpus": n,
+                                               "ranks": "threads of one process, one GPU each, NCCL (NVLS off)",
+                                               "raw": raw}, "rows": rows}
+    with open(os.path.join(args.out, "scaling.json"), "w") as f:
+        json.dump(doc, f, indent=2)
+    print(f"wrote {len(rows)} rows in {time.time() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
