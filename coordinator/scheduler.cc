@@ -270,7 +270,10 @@ void Scheduler::Loop() {
     ++stats_.steps;
     stats_.prompt_tokens += new_prompt_tokens;
     stats_.completion_tokens += new_tokens;
-    if (result.ok()) stats_.last_step_ms = result->step_ms;
+    if (result.ok()) {
+      stats_.last_step_ms = result->step_ms;
+      stats_.slot_map_checks += result->slot_map_checks;
+    }
     stats_.active = static_cast<int64_t>(active_.size());
   }
   // Shutdown: every request still queued or running ends with UNAVAILABLE.

@@ -78,6 +78,7 @@ struct SchedulerStats {
   int64_t submitted = 0, completed = 0, failed = 0, cancelled = 0;
   int64_t prompt_tokens = 0, completion_tokens = 0, steps = 0;
   int64_t active = 0, queued = 0, kv_rows_reserved = 0;
+  int64_t slot_map_checks = 0;  // tensor parallelism: WorkerStepResult::slot_map_checks summed over steps
   double last_step_ms = 0.0;
 };
 

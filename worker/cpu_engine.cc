@@ -141,8 +141,9 @@ absl::Status CpuEngine::BindWeights() {
 
 absl::Status CpuEngine::Forward(std::span<ForwardItem> items, std::vector<float>* logits) {
   const ModelConfig& c = weights_.config;
-  // Validate and plan everything before touching any state, so a failed call changes nothing.
-  ADORE_ASSIGN_OR_RETURN(const PlannedForward plan, PlanForward(items, c, pool_.rows()));
+  // Validate and plan everything before touching any state, so a failed call changes nothing. With tensor
+  // parallelism rank 0's policies plan and the other ranks apply its plans (one release schedule).
+  ADORE_ASSIGN_OR_RETURN(const PlannedForward plan, PlanForward(items, c, pool_.rows(), comm_));
   const int64_t n = plan.num_tokens, num_logit_rows = plan.num_logit_rows;
   // This rank's share of the heads and MLP columns (everything with tp_size 1).
   const int64_t d = c.hidden_size, hd = c.head_dim, nh = c.num_heads / tp_size_, nkv = c.num_kv_heads / tp_size_;
@@ -260,7 +261,8 @@ absl::Status CpuEngine::Forward(std::span<ForwardItem> items, std::vector<float>
   k::MatMulRef(sel.data(), lm_head_, num_logit_rows, d, c.vocab_size, logits->data());
 
   // Each rank's mass covers its own heads: sum them (one all-reduce over every observed token's vector, in
-  // the same order on every rank), so every rank's policies see the mass of all heads and agree.
+  // the same order on every rank), so rank 0's policies, which plan for the group, see the mass of all
+  // heads, and every rank's policies observe the same numbers (see ObserveForward).
   if (tp_size_ > 1) {
     size_t total = 0;
     for (const std::vector<float>& m : token_mass) total += m.size();

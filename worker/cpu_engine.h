@@ -6,7 +6,7 @@
 // the residual stream, norms, embedding and LM head are replicated. Each layer sums the ranks' partial
 // attention-output and MLP-down products with one all-reduce each (float32), so every rank ends each layer
 // with the same residual and computes the same logits. Every rank must issue the same Forward calls with
-// the same items in the same order.
+// the same items in the same order (a policy on the same items; only rank 0's policies plan the steps).
 #pragma once
 
 #include <cstdint>
@@ -54,9 +54,10 @@ class CpuEngine final : public Engine {
   // cannot free enough slots; in every error case nothing is changed. With a policy the step follows its
   // plan (worker/forward_plan.h: released slots reused in place, rebuilt tokens recomputed at their
   // positions before the new ones) and ObserveStep() receives what the new tokens saw. With tensor
-  // parallelism the attention mass is summed over all ranks' heads before the policies see it, so every
-  // rank's policies take the same decisions. A communicator error is returned as is; the step's slots are
-  // then taken already (the group is unusable anyway: end the sequences).
+  // parallelism rank 0's policies plan every step and the other ranks apply rank 0's plans (broadcast,
+  // PlanForward), so all ranks keep the same slot maps; the attention mass is summed over all ranks' heads
+  // before any policy sees it. A communicator error is returned as is; one after planning leaves the
+  // step's slots taken (the group is unusable anyway: end the sequences).
   absl::Status Forward(std::span<ForwardItem> items, std::vector<float>* logits) override;
 
   // Frees a sequence's rows.

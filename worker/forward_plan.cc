@@ -1,11 +1,16 @@
-// Validation and slot planning of a forward call, shared by the CPU and CUDA engines.
+// Validation and slot planning of a forward call, shared by the CPU and CUDA engines; under tensor
+// parallelism rank 0 plans and broadcasts its plans to the other ranks.
 #include "worker/forward_plan.h"
 
 #include <algorithm>
+#include <cstring>
+#include <string>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/string_view.h"
 #include "common/status.h"
+#include "worker/comm/communicator.h"
 
 namespace adore {
 
@@ -72,36 +77,52 @@ absl::Status CheckPlan(size_t item, const SequenceKv& seq, const StepPlan& plan,
   return absl::OkStatus();
 }
 
-}  // namespace
+// What a call will do, decided before any state changes: every item's plan, in item order (empty for
+// items without a policy), and the pool rows it takes.
+struct Decision {
+  ForwardShape shape;
+  std::vector<StepPlan> plans;
+  std::vector<int32_t> fresh_rows;
+};
 
-absl::StatusOr<PlannedForward> PlanForward(std::span<ForwardItem> items, const ModelConfig& c, RowAllocator& rows) {
-  ADORE_ASSIGN_OR_RETURN(const ForwardShape shape, CheckForwardItems(items, c));
-  PlannedForward out;
-  out.items.resize(items.size());
-  out.num_logit_rows = shape.num_logit_rows;
-
-  // Decide every item's plan and count the fresh rows before changing anything.
-  std::vector<StepPlan> plans(items.size());
-  std::vector<int64_t> fresh(items.size(), 0);
+// Pool rows the plans need beyond the released slots they reuse (rows of empty slots are taken as well).
+int64_t FreshRows(std::span<const ForwardItem> items, const std::vector<StepPlan>& plans) {
   int64_t num_fresh = 0;
   for (size_t i = 0; i < items.size(); ++i) {
-    const ForwardItem& it = items[i];
-    const SequenceKv& seq = *it.seq;
-    const int64_t len = it.tokens.size();
-    if (it.policy != nullptr) {
-      if (len > it.kv_budget) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "forward item %d: %d tokens in one step exceed its kv_budget of %d slots", i, len, it.kv_budget));
-      }
-      ADORE_ASSIGN_OR_RETURN(plans[i], it.policy->PlanStep(seq, len, it.kv_budget));
-      ADORE_RETURN_IF_ERROR(CheckPlan(i, seq, plans[i], len, it.kv_budget));
-    }
-    const int64_t entries = len + static_cast<int64_t>(plans[i].rebuild_positions.size());
-    fresh[i] = std::max<int64_t>(0, entries - static_cast<int64_t>(plans[i].release.size()));
-    num_fresh += fresh[i];
+    const int64_t entries =
+        static_cast<int64_t>(items[i].tokens.size()) + static_cast<int64_t>(plans[i].rebuild_positions.size());
+    num_fresh += std::max<int64_t>(0, entries - static_cast<int64_t>(plans[i].release.size()));
   }
-  ADORE_ASSIGN_OR_RETURN(std::vector<int32_t> fresh_rows, rows.Allocate(num_fresh));
+  return num_fresh;
+}
 
+// Checks the call, asks each item's policy for its plan, checks it and takes the pool rows (the
+// single-rank path and rank 0).
+absl::StatusOr<Decision> Decide(std::span<ForwardItem> items, const ModelConfig& c, RowAllocator& rows) {
+  Decision d;
+  ADORE_ASSIGN_OR_RETURN(d.shape, CheckForwardItems(items, c));
+  d.plans.resize(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    const ForwardItem& it = items[i];
+    if (it.policy == nullptr) continue;
+    const int64_t len = it.tokens.size();
+    if (len > it.kv_budget) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "forward item %d: %d tokens in one step exceed its kv_budget of %d slots", i, len, it.kv_budget));
+    }
+    ADORE_ASSIGN_OR_RETURN(d.plans[i], it.policy->PlanStep(*it.seq, len, it.kv_budget));
+    ADORE_RETURN_IF_ERROR(CheckPlan(i, *it.seq, d.plans[i], len, it.kv_budget));
+  }
+  ADORE_ASSIGN_OR_RETURN(d.fresh_rows, rows.Allocate(FreshRows(items, d.plans)));
+  return d;
+}
+
+// Writes the checked plans into the slot tables (nothing can fail any more).
+PlannedForward ApplyPlans(std::span<ForwardItem> items, const std::vector<StepPlan>& plans,
+                          const std::vector<int32_t>& fresh_rows, int64_t num_logit_rows, RowAllocator& rows) {
+  PlannedForward out;
+  out.items.resize(items.size());
+  out.num_logit_rows = num_logit_rows;
   int64_t next_fresh = 0;
   std::vector<int32_t> freed;
   for (size_t i = 0; i < items.size(); ++i) {
@@ -150,6 +171,160 @@ absl::StatusOr<PlannedForward> PlanForward(std::span<ForwardItem> items, const M
   }
   rows.Free(freed);
   return out;
+}
+
+// Wire form of a call's plans, rank 0 -> the other ranks, as int32 words in host byte order (every rank
+// runs the same build on the same architecture):
+//   status code, message length in bytes, the message (padded to whole words); when the code is OK:
+//   number of items, then per item: n_release, the released slots, n_rebuild, the rebuilt positions,
+//   their token ids.
+void PutWord(std::string* out, int32_t v) { out->append(reinterpret_cast<const char*>(&v), sizeof(v)); }
+
+std::string EncodePlans(const absl::Status& status, const std::vector<StepPlan>& plans) {
+  std::string out;
+  PutWord(&out, static_cast<int32_t>(status.code()));
+  const absl::string_view message = status.message();
+  PutWord(&out, static_cast<int32_t>(message.size()));
+  out.append(message.data(), message.size());
+  out.resize((out.size() + sizeof(int32_t) - 1) / sizeof(int32_t) * sizeof(int32_t), '\0');
+  if (!status.ok()) return out;
+  PutWord(&out, static_cast<int32_t>(plans.size()));
+  for (const StepPlan& p : plans) {
+    PutWord(&out, static_cast<int32_t>(p.release.size()));
+    for (int32_t s : p.release) PutWord(&out, s);
+    PutWord(&out, static_cast<int32_t>(p.rebuild_positions.size()));
+    for (int32_t pos : p.rebuild_positions) PutWord(&out, pos);
+    for (int32_t tok : p.rebuild_tokens) PutWord(&out, tok);
+  }
+  return out;
+}
+
+// A call's plans as rank 0 sent them, or its error.
+struct SentPlans {
+  absl::Status status;
+  std::vector<StepPlan> plans;
+};
+
+// Reads what EncodePlans wrote; INTERNAL when the bytes do not parse (they come from rank 0's own
+// encoder, so that would be a bug or memory corruption, not bad input).
+absl::StatusOr<SentPlans> DecodePlans(absl::string_view bytes) {
+  size_t at = 0;
+  auto word = [&](int32_t* v) {
+    if (bytes.size() - at < sizeof(int32_t)) return false;
+    std::memcpy(v, bytes.data() + at, sizeof(int32_t));
+    at += sizeof(int32_t);
+    return true;
+  };
+  const absl::Status malformed = absl::InternalError(
+      absl::StrFormat("tensor parallelism: rank 0's step plan (%d bytes) does not parse", bytes.size()));
+  int32_t code = 0, length = 0;
+  if (!word(&code) || !word(&length) || length < 0 || bytes.size() - at < static_cast<size_t>(length)) {
+    return malformed;
+  }
+  SentPlans out;
+  out.status = absl::Status(static_cast<absl::StatusCode>(code), bytes.substr(at, length));
+  at += (static_cast<size_t>(length) + sizeof(int32_t) - 1) / sizeof(int32_t) * sizeof(int32_t);
+  if (at > bytes.size()) return malformed;
+  if (!out.status.ok()) return out;
+  int32_t num_items = 0;
+  if (!word(&num_items) || num_items < 0) return malformed;
+  out.plans.resize(num_items);
+  for (StepPlan& p : out.plans) {
+    int32_t n = 0;
+    if (!word(&n) || n < 0) return malformed;
+    p.release.resize(n);
+    for (int32_t& s : p.release) {
+      if (!word(&s)) return malformed;
+    }
+    if (!word(&n) || n < 0) return malformed;
+    p.rebuild_positions.resize(n);
+    p.rebuild_tokens.resize(n);
+    for (int32_t& pos : p.rebuild_positions) {
+      if (!word(&pos)) return malformed;
+    }
+    for (int32_t& tok : p.rebuild_tokens) {
+      if (!word(&tok)) return malformed;
+    }
+  }
+  if (at != bytes.size()) return malformed;
+  return out;
+}
+
+// Rank 0's bytes to every rank: their length first (a fixed-size broadcast, so the receivers can size
+// their buffer), then the bytes themselves.
+absl::Status BroadcastBytes(comm::Communicator& comm, std::string* bytes) {
+  int64_t size = comm.rank() == 0 ? static_cast<int64_t>(bytes->size()) : 0;
+  ADORE_RETURN_IF_ERROR(comm.Broadcast(&size, sizeof(size), /*root=*/0, /*stream=*/nullptr));
+  if (comm.rank() != 0) bytes->assign(static_cast<size_t>(size), '\0');
+  return comm.Broadcast(bytes->data(), bytes->size(), /*root=*/0, /*stream=*/nullptr);
+}
+
+// Rank 0 under tensor parallelism: decides like a single rank, then sends the decision (or its error)
+// to the other ranks.
+absl::StatusOr<Decision> Lead(std::span<ForwardItem> items, const ModelConfig& c, RowAllocator& rows,
+                              comm::Communicator& comm) {
+  absl::StatusOr<Decision> d = Decide(items, c, rows);
+  std::string bytes = EncodePlans(d.status(), d.ok() ? d->plans : std::vector<StepPlan>());
+  if (absl::Status st = BroadcastBytes(comm, &bytes); !st.ok()) {
+    if (d.ok()) rows.Free(d->fresh_rows);  // a failed call changes nothing
+    return st;
+  }
+  return d;
+}
+
+// The other ranks: take rank 0's plans (or its error) instead of asking their policies, and check them
+// against their own slot tables.
+absl::StatusOr<Decision> Follow(std::span<ForwardItem> items, const ModelConfig& c, RowAllocator& rows,
+                                comm::Communicator& comm) {
+  // Checked before the broadcast but reported after it: a rank must never leave rank 0 waiting.
+  const absl::StatusOr<ForwardShape> shape = CheckForwardItems(items, c);
+  std::string bytes;
+  ADORE_RETURN_IF_ERROR(BroadcastBytes(comm, &bytes));
+  ADORE_ASSIGN_OR_RETURN(SentPlans sent, DecodePlans(bytes));
+  ADORE_RETURN_IF_ERROR(sent.status);  // rank 0's error, as rank 0 returns it
+  auto diverged = [&](absl::string_view what) {
+    return absl::InternalError(absl::StrFormat(
+        "tensor parallelism: rank %d cannot apply rank 0's step plan: %s (the ranks' states diverged)",
+        comm.rank(), what));
+  };
+  if (!shape.ok()) return diverged(shape.status().message());
+  if (sent.plans.size() != items.size()) {
+    return diverged(absl::StrFormat("%d plans for %d items", sent.plans.size(), items.size()));
+  }
+  for (size_t i = 0; i < items.size(); ++i) {
+    const ForwardItem& it = items[i];
+    const StepPlan& p = sent.plans[i];
+    if (it.policy == nullptr) {
+      if (!p.release.empty() || !p.rebuild_positions.empty()) {
+        return diverged(absl::StrFormat("forward item %d has no policy here but a plan from rank 0", i));
+      }
+      continue;
+    }
+    if (absl::Status st = CheckPlan(i, *it.seq, p, static_cast<int64_t>(it.tokens.size()), it.kv_budget);
+        !st.ok()) {
+      return diverged(st.message());
+    }
+  }
+  Decision d;
+  d.shape = *shape;
+  d.plans = std::move(sent.plans);
+  ADORE_ASSIGN_OR_RETURN(d.fresh_rows, rows.Allocate(FreshRows(items, d.plans)));
+  return d;
+}
+
+}  // namespace
+
+absl::StatusOr<PlannedForward> PlanForward(std::span<ForwardItem> items, const ModelConfig& c, RowAllocator& rows,
+                                           comm::Communicator* comm) {
+  // Decide every item's plan and take the rows before changing anything. Calls without a policy have
+  // nothing to agree on: they skip the broadcast (every rank sees the same items, so all skip it).
+  const bool shared = comm != nullptr && comm->world_size() > 1 &&
+                      std::any_of(items.begin(), items.end(), [](const ForwardItem& it) { return it.policy != nullptr; });
+  absl::StatusOr<Decision> d = !shared              ? Decide(items, c, rows)
+                               : comm->rank() == 0 ? Lead(items, c, rows, *comm)
+                                                   : Follow(items, c, rows, *comm);
+  if (!d.ok()) return d.status();
+  return ApplyPlans(items, d->plans, d->fresh_rows, d->shape.num_logit_rows, rows);
 }
 
 }  // namespace adore

@@ -1,7 +1,7 @@
 // What a forward call asks of an engine and how its tokens map onto the sequences' slot tables. Both
 // engines validate and plan a call with these functions before computing anything, so a bad call or a
 // full pool changes nothing, and a release policy's decisions (released slots, rebuilt tokens) are applied
-// the same way on every backend.
+// the same way on every backend, and, under tensor parallelism, on every rank (rank 0 decides).
 #pragma once
 
 #include <cstdint>
@@ -14,6 +14,10 @@
 #include "worker/release_policy.h"
 
 namespace adore {
+
+namespace comm {
+class Communicator;
+}
 
 // One sequence's share of a forward call: `tokens` are appended at positions seq->next_pos...
 struct ForwardItem {
@@ -61,14 +65,35 @@ struct PlannedForward {
 // in place by the step's tokens (rebuilt first), empty slots next, then new slots are appended; released
 // slots left over are emptied and their rows freed; next_pos advances past the new tokens; each policy's
 // stats record the step. On error nothing has changed.
+//
+// Tensor parallelism (`comm` given, world size > 1; not owned, host buffers): one release schedule for
+// all shards. Rank 0 asks its policies and broadcasts every item's plan (or its error) to the group; the
+// other ranks apply rank 0's plans without asking their own policies (PlanStep), so the ranks cannot
+// diverge even where their policies would decide differently (float ties, a policy state gone astray).
+// Every rank calls OnSlotReused / RecordStep with the plan it applied, so every rank's ReleaseStats equal
+// rank 0's. Rank 0's errors (the ones above, decided before anything is broadcast) come back on every
+// rank with the same code and message, so the ranks' callers take the same branch before their next
+// collective. Each rank still checks every plan against its own slot tables (distinct occupied slots,
+// past positions, kv_budget) and takes its own pool rows: a plan that fails there, or a call rank 0
+// planned that this rank's CheckForwardItems rejects, is INTERNAL (the ranks' states diverged; rank 0
+// will then wait in its next collective until the op timeout, and the group must be rebuilt). Every rank
+// must make the same calls with the same items, with a policy on the same items: a call without any
+// policy broadcasts nothing (full attention costs no extra collective). A communicator error is returned
+// as is (the group is then unusable); nothing has changed on this rank.
 absl::StatusOr<PlannedForward> PlanForward(std::span<ForwardItem> items, const ModelConfig& config,
-                                           RowAllocator& rows);
+                                           RowAllocator& rows, comm::Communicator* comm = nullptr);
 
 // After the step's compute: hands each policy what its new tokens saw. `mass(i, t)` / `features(i, t)` give
 // the attention mass per slot and the feature rows of token t of item i's PlannedItem (new tokens only;
 // both callables must be safe to call from several threads). Items are observed in parallel (OpenMP);
 // an error means a policy's state could not follow (the sequence should be ended): the first one is
 // returned.
+//
+// Under tensor parallelism every rank's policies observe, on the same numbers (the engines all-reduce the
+// mass first). The followers' policies are never asked to plan, but observing keeps every rank's return
+// status the same: a policy whose state cannot follow fails on every rank alike, so the callers stay in
+// step around the collectives that follow. The controller's work is thus repeated on each rank, in
+// parallel with the others.
 template <typename MassFn, typename FeatureFn>
 absl::Status ObserveForward(std::span<ForwardItem> items, const PlannedForward& plan, float mass_scale,
                             MassFn mass, FeatureFn features) {

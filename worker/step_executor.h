@@ -46,6 +46,10 @@ struct WorkerStepResult {
   std::vector<SequenceStepResult> sequences;  // one per started or decoded sequence, in plan order
   double step_ms = 0.0;
   int64_t forward_calls = 0;
+  // Tensor parallelism (set by the coordinator's RemoteStepRunner, 0 otherwise): sequences whose slot-map
+  // hashes the runner compared across all ranks this step, all equal to rank 0's (a mismatch fails the
+  // step instead).
+  int64_t slot_map_checks = 0;
 };
 
 struct StepExecutorOptions {

@@ -269,6 +269,7 @@ grpc::Status AdoreService::GetStats(grpc::ServerContext*, const v1::GetStatsRequ
   s->set_kv_slots_free(info_.kv_rows - st.kv_rows_reserved);
   s->set_tokens_released_total(released_total_);
   s->set_tokens_rebuilt_total(rebuilt_total_);
+  s->set_slot_map_checks_total(st.slot_map_checks);
   v1::WorkerStats* w = s->add_workers();
   w->set_rank(0);
   w->set_address("embedded");

@@ -258,6 +258,7 @@ absl::StatusOr<WorkerStepResult> RemoteStepRunner::Step(const WorkerStep& step) 
     }
   }
   WorkerStepResult out;
+  if (n > 1) out.slot_map_checks = resp.outputs_size();  // all compared above, all equal
   for (const v1::SequenceOutput& o : resp.outputs()) {
     SequenceStepResult r;
     r.id = o.seq_id();

@@ -1,7 +1,8 @@
 // Tensor parallelism of the CPU engine: SmolLM2 (9 heads, 3 KV heads, MLP 1536) split over 3 ranks, run as
 // threads of this process talking Gloo over loopback (TcpStore rendezvous on an ephemeral port). Every rank
 // must produce the single-rank engine's logits and greedy tokens, and under a release policy every rank
-// must take the same decisions (identical slot maps) as each other and the same tokens as one rank.
+// must take the same decisions (identical slot maps) as each other and the same tokens as one rank, also
+// when the ranks' own policies would decide otherwise (rank 0 plans for all of them).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -252,6 +253,69 @@ TEST_F(TpCpuEngineTest, HeavyHitterDecisionsAgreeAcrossRanks) {
   }
   std::printf("steps whose slot map differs from one rank's: %d of %d\n", differing, kLen);
   EXPECT_EQ(differing, 0);
+}
+
+// Refuses to plan: a follower rank must never ask its policy.
+class NeverAskedPolicy final : public ReleasePolicy {
+ public:
+  PolicyKind kind() const override { return PolicyKind::kWindow; }
+  absl::StatusOr<std::vector<int32_t>> SelectRelease(const SequenceKv&, int64_t) override {
+    return absl::InternalError("a follower rank asked its own policy to plan");
+  }
+};
+
+TEST_F(TpCpuEngineTest, RanksFollowRankZerosPlansWhenTheirPoliciesDisagree) {
+  constexpr int64_t kBudget = 24;
+  constexpr int kLen = 40;
+  std::vector<int32_t> stream;
+  for (int i = 0; i < kLen; ++i) stream.push_back(1000 + (i * 53) % 7000);
+  const std::vector<int32_t> first = {stream[0]};
+  const ReleaseConfig heavy{.kind = PolicyKind::kHeavyHitter, .kv_budget = kBudget};
+  const ReleaseConfig window{.kind = PolicyKind::kWindow, .kv_budget = kBudget};
+
+  // On one rank, the two policies keep different tokens.
+  Trace ref, ref_window;
+  {
+    auto policy = MakeReleasePolicy(heavy);
+    ASSERT_TRUE(policy.ok()) << policy.status();
+    RunSteps(*reference_, first, stream, kLen, policy->get(), kBudget, &ref);
+    ASSERT_TRUE(ref.status.ok()) << ref.status;
+    auto other = MakeReleasePolicy(window);
+    ASSERT_TRUE(other.ok()) << other.status();
+    RunSteps(*reference_, first, stream, kLen, other->get(), kBudget, &ref_window);
+    ASSERT_TRUE(ref_window.status.ok()) << ref_window.status;
+    ASSERT_NE(ref.hashes, ref_window.hashes) << "the policies must disagree for this test to mean anything";
+  }
+
+  // Rank 0 runs heavy_hitter, rank 1 the window policy, rank 2 one that fails if ever asked.
+  std::vector<Trace> traces(kTp);
+  std::vector<ReleaseStats> stats(kTp);
+  ASSERT_TRUE(RunRanks(kTp, "tp-disagree", [&](int r, CpuEngine& engine) {
+    std::unique_ptr<ReleasePolicy> policy;
+    if (r == 2) {
+      policy = std::make_unique<NeverAskedPolicy>();
+    } else {
+      auto made = MakeReleasePolicy(r == 0 ? heavy : window);
+      if (!made.ok()) {
+        traces[r].status = made.status();
+        return;  // MakeReleasePolicy of these configs cannot fail on one rank only
+      }
+      policy = *std::move(made);
+    }
+    RunSteps(engine, first, stream, kLen, policy.get(), kBudget, &traces[r]);
+    stats[r] = policy->stats();
+  }));
+  for (int r = 0; r < kTp; ++r) {
+    SCOPED_TRACE("rank " + std::to_string(r));
+    ASSERT_TRUE(traces[r].status.ok()) << traces[r].status;
+    EXPECT_EQ(traces[r].tokens, ref.tokens);
+    // Rank 0's (heavy_hitter) schedule on every rank: one rank's positions, the same maps everywhere
+    // (rows too, which the shared reference engine allocates differently).
+    EXPECT_EQ(traces[r].positions, ref.positions);
+    EXPECT_EQ(traces[r].hashes, traces[0].hashes);
+    EXPECT_EQ(stats[r].released, stats[0].released);
+  }
+  EXPECT_GT(stats[0].released, 0);
 }
 
 }  // namespace

@@ -265,7 +265,8 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
   }
   // The pinned staging is rewritten below; a call that failed midway may still be copying from it.
   ADORE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-  ADORE_ASSIGN_OR_RETURN(const PlannedForward pf, PlanForward(items, c, pool_->rows()));
+  ADORE_ASSIGN_OR_RETURN(const PlannedForward pf,
+                         PlanForward(items, c, pool_->rows(), options_.tp_size > 1 ? options_.comm : nullptr));
 
   // Token groups in launch order: decode with mass (policy items' new token), other decode items, then
   // prefill groups (prefill items, then policy items' rebuilt tokens).

@@ -1,0 +1,364 @@
+// The distributed runtime as deployed: the built adore-server and adore-worker binaries as separate
+// processes on loopback. Two workers (Gloo, TP=2) and one worker (TP=1) must give the single-process
+// engine's one-at-a-time greedy tokens, under full attention and under adore (kv_budget below the prompt,
+// with and without rebuild), with the coordinator comparing the ranks' slot-map hashes every step.
+//
+// SmolLM2's 9 query / 3 KV heads do not split over 2 ranks, so the model is first widened to 12 / 4 heads
+// with zero heads (tests/server/padded_heads_model.h: the same function; every run, the reference
+// included, uses that file).
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "adore/v1/adore.grpc.pb.h"
+#include "adore/v1/worker.grpc.pb.h"
+#include "common/model_weights.h"
+#include "common/tokenizer.h"
+#include "coordinator/grpc/adore_service.h"
+#include "gtest/gtest.h"
+#include "tests/server/padded_heads_model.h"
+#include "tests/server/server_test_util.h"
+#include "tests/test_util.h"
+#include "worker/adore_controller.h"
+#include "worker/cpu_engine.h"
+#include "worker/grpc/worker_service.h"
+
+extern char** environ;
+
+namespace adore {
+namespace {
+
+constexpr char kSecret[] = "multiprocess-secret-5d1e";
+constexpr int64_t kBudget = 32;
+
+// A built binary running as a child process, its stdout and stderr going to files. Stopped (SIGTERM,
+// then SIGKILL) when destroyed, and killed by the kernel should this process die first.
+class Child {
+ public:
+  static absl::StatusOr<std::unique_ptr<Child>> Start(const std::string& name, std::vector<std::string> args,
+                                                      const std::string& dir) {
+    std::unique_ptr<Child> c(new Child());
+    c->name_ = name;
+    c->out_path_ = dir + "/" + name + ".stdout";
+    c->err_path_ = dir + "/" + name + ".stderr";
+    // Everything the child needs is built before fork(): in between fork and exec only async-signal-safe
+    // calls are allowed (this process has threads).
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    // One OpenMP / BLAS thread per process: the ranks share the machine's cores.
+    std::vector<std::string> env_strings = {"OMP_NUM_THREADS=1", "OPENBLAS_NUM_THREADS=1"};
+    for (char** e = environ; *e != nullptr; ++e) {
+      if (!absl::StartsWith(*e, "OMP_NUM_THREADS=") && !absl::StartsWith(*e, "OPENBLAS_NUM_THREADS=")) {
+        env_strings.push_back(*e);
+      }
+    }
+    std::vector<char*> envp;
+    for (std::string& e : env_strings) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    const int out_fd = ::open(c->out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    const int err_fd = ::open(c->err_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (out_fd < 0 || err_fd < 0) {
+      if (out_fd >= 0) ::close(out_fd);
+      if (err_fd >= 0) ::close(err_fd);
+      return absl::InternalError("cannot create the log files in " + dir);
+    }
+    const pid_t parent = ::getpid();
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(127);  // the test died before prctl took effect
+      ::dup2(out_fd, STDOUT_FILENO);
+      ::dup2(err_fd, STDERR_FILENO);
+      ::execve(argv[0], argv.data(), envp.data());
+      ::_exit(127);
+    }
+    ::close(out_fd);
+    ::close(err_fd);
+    if (pid < 0) return absl::InternalError(absl::StrCat("fork failed for ", name));
+    c->pid_ = pid;
+    return c;
+  }
+
+  ~Child() { Stop(); }
+
+  // Waits until the child's stdout holds `prefix` and returns the word after it (an address printed by
+  // the binary once it serves). An error carrying the child's logs when it exits first or the time is up.
+  absl::StatusOr<std::string> WaitForWordAfter(const std::string& prefix, absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (true) {
+      const std::string out = ReadFile(out_path_);
+      if (const size_t at = out.find(prefix); at != std::string::npos) {
+        const size_t begin = at + prefix.size(), end = out.find_first_of(" \n", begin);
+        if (end != std::string::npos) return out.substr(begin, end - begin);
+      }
+      if (!Running()) {
+        return absl::UnavailableError(absl::StrCat(name_, " exited (wait status ", wait_status_,
+                                                   ") before printing '", prefix, "'\n", Logs()));
+      }
+      if (absl::Now() > deadline) {
+        return absl::DeadlineExceededError(absl::StrCat(name_, " did not print '", prefix, "' within ",
+                                                        absl::FormatDuration(timeout), "\n", Logs()));
+      }
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+  }
+
+  bool Running() {
+    if (pid_ <= 0) return false;
+    if (::waitpid(pid_, &wait_status_, WNOHANG) == pid_) pid_ = -1;
+    return pid_ > 0;
+  }
+
+  // SIGTERM (the binaries shut down cleanly on it), then SIGKILL after `grace`.
+  void Stop(absl::Duration grace = absl::Seconds(10)) {
+    if (!Running()) return;
+    ::kill(pid_, SIGTERM);
+    const absl::Time deadline = absl::Now() + grace;
+    while (Running() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
+    if (Running()) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, &wait_status_, 0);
+      pid_ = -1;
+    }
+  }
+
+  // The end of its stderr and stdout, for failure messages.
+  std::string Logs() const {
+    auto tail = [](const std::string& s) { return s.size() > 6000 ? "..." + s.substr(s.size() - 6000) : s; };
+    return absl::StrCat("---- ", name_, " stderr ----\n", tail(ReadFile(err_path_)), "---- ", name_,
+                        " stdout ----\n", tail(ReadFile(out_path_)));
+  }
+
+ private:
+  Child() = default;
+  static std::string ReadFile(const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+
+  std::string name_, out_path_, err_path_;
+  pid_t pid_ = -1;
+  int wait_status_ = 0;
+};
+
+struct Case {
+  std::string text;
+  int max_tokens;
+  PolicyKind policy = PolicyKind::kFull;  // adore runs at kv_budget 32
+  int rebuild = 0;
+};
+
+// What one deployment (server + `tp` workers) answered.
+struct Deployment {
+  std::vector<testing::StreamResult> results;  // per case
+  v1::ServerStats stats;                       // after all cases
+  std::vector<v1::WorkerHealthResponse> health;  // per rank, after all cases
+  std::string logs;                            // every process's output, for failure messages
+};
+
+// Starts `tp` adore-worker processes and adore-server over them, sends every case at once (continuous
+// batching mixes them), then reads the server's stats and the workers' health.
+void Deploy(int tp, const std::string& model, const std::string& dir, const std::vector<Case>& cases,
+            Deployment* out) {
+  const auto t_start = std::chrono::steady_clock::now();
+  const std::string secret_file = dir + "/secret";
+  std::ofstream(secret_file) << kSecret << "\n";
+  std::vector<std::unique_ptr<Child>> workers;
+  std::vector<std::string> addresses;
+  auto logs = [&](Child* server) {
+    std::string all;
+    if (server != nullptr) all += server->Logs();
+    for (const auto& w : workers) all += w->Logs();
+    return all;
+  };
+  for (int r = 0; r < tp; ++r) {
+    auto w = Child::Start(absl::StrCat("tp", tp, "-worker", r),
+                          {ADORE_WORKER_BIN, "--port=0", "--secret_file=" + secret_file}, dir);
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers.push_back(*std::move(w));
+  }
+  for (const auto& w : workers) {  // each prints its address once it serves
+    absl::StatusOr<std::string> addr = w->WaitForWordAfter("serving adore.v1.Worker on ", absl::Seconds(30));
+    ASSERT_TRUE(addr.ok()) << addr.status();
+    addresses.push_back(*addr);
+  }
+  // The server bootstraps and loads every worker before it prints its own address.
+  auto server = Child::Start(
+      absl::StrCat("tp", tp, "-server"),
+      {ADORE_SERVER_BIN, "--model=" + model, "--port=0", "--kv_rows=2048", "--max_batch=8",
+       "--controller=" + std::string(ADORE_SOURCE_DIR) + "/tools/adore/controller.bin",
+       "--workers=" + absl::StrJoin(addresses, ","), "--worker_secret_file=" + secret_file},
+      dir);
+  ASSERT_TRUE(server.ok()) << server.status();
+  absl::StatusOr<std::string> addr =
+      (*server)->WaitForWordAfter("serving adore.v1.Adore and grpc.health.v1 on ", absl::Seconds(60));
+  ASSERT_TRUE(addr.ok()) << addr.status() << logs(nullptr);
+
+  const auto t_ready = std::chrono::steady_clock::now();
+  auto channel = grpc::CreateChannel(*addr, grpc::InsecureChannelCredentials());
+  auto stub = v1::Adore::NewStub(channel);
+  out->results.resize(cases.size());
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    clients.emplace_back([&, i] {
+      v1::GenerateRequest req;
+      req.set_text(cases[i].text);
+      req.mutable_sampling()->set_max_tokens(cases[i].max_tokens);
+      req.mutable_sampling()->set_temperature(0.0f);
+      if (cases[i].policy != PolicyKind::kFull) {
+        req.mutable_release()->set_policy(PolicyToProto(cases[i].policy));
+        req.mutable_release()->set_kv_budget(kBudget);
+        req.mutable_release()->set_rebuild(cases[i].rebuild);
+      }
+      out->results[i] = testing::ReadGenerate(*stub, req, /*deadline_ms=*/120000);
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  const auto t_done = std::chrono::steady_clock::now();
+
+  grpc::ClientContext sctx;
+  const grpc::Status st = stub->GetStats(&sctx, v1::GetStatsRequest(), &out->stats);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  for (size_t r = 0; r < addresses.size(); ++r) {
+    auto wstub = v1::Worker::NewStub(grpc::CreateChannel(addresses[r], grpc::InsecureChannelCredentials()));
+    grpc::ClientContext hctx;
+    hctx.AddMetadata(kWorkerSecretKey, kSecret);
+    out->health.emplace_back();
+    const grpc::Status hs = wstub->Health(&hctx, v1::WorkerHealthRequest(), &out->health.back());
+    EXPECT_TRUE(hs.ok()) << "rank " << r << ": " << hs.error_message();
+  }
+  (*server)->Stop();  // before the workers: it ends its streams first
+  for (auto& w : workers) w->Stop();
+  std::printf("TP=%d: up in %.1f s, generation %.1f s, stop %.1f s\n", tp,
+              std::chrono::duration<double>(t_ready - t_start).count(),
+              std::chrono::duration<double>(t_done - t_ready).count(),
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t_done).count());
+  out->logs = logs(server->get());
+}
+
+TEST(MultiProcessTest, TwoWorkerProcessesGenerateWhatOneWorkerAndOneEngineDo) {
+  if (!testing::ModelAvailable()) GTEST_SKIP() << "model not fetched: run tools/fetch-model.sh";
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::filesystem::path dir =
+      std::filesystem::path(::testing::TempDir()) / ("multiprocess." + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string model = (dir / "smollm2-12h.gguf").string();
+  const auto t_write = std::chrono::steady_clock::now();
+  const absl::Status padded = testing::WritePaddedHeadsModel(testing::ModelPath(), model, 12, 4);
+  ASSERT_TRUE(padded.ok()) << padded;
+  std::printf("padded model written in %.1f s\n",
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t_write).count());
+
+  std::string long_text;
+  for (int i = 0; i < 2; ++i) long_text += "It was a bright cold day in April, and the clocks were striking thirteen. ";
+  // Prompts under adore just over the budget: they are fed one token per step (the policy sees every
+  // query), which is what this test spends most of its time on.
+  const std::vector<Case> cases = {
+      {"The quick brown fox", 10},
+      {"1, 2, 3, 4, 5,", 8},
+      {long_text, 8, PolicyKind::kAdore, /*rebuild=*/4},
+      {"Once upon a time, in a small village by the sea, there lived an old fisherman who every morning "
+       "rowed out past the lighthouse before the sun was up.",
+       8, PolicyKind::kAdore, /*rebuild=*/0},
+  };
+
+  // The reference: the single-process engine on the padded model, one request at a time.
+  std::vector<std::vector<int32_t>> expected;
+  {
+    auto controller = AdoreController::Load(std::string(ADORE_SOURCE_DIR) + "/tools/adore/controller.bin");
+    ASSERT_TRUE(controller.ok()) << controller.status();
+    auto weights = LoadModelWeights(model);
+    ASSERT_TRUE(weights.ok()) << weights.status();
+    ASSERT_EQ(weights->config.num_heads, 12);
+    ASSERT_EQ(weights->config.num_kv_heads, 4);
+    ASSERT_EQ(weights->config.head_dim, 64);
+    auto tok = Tokenizer::Create(weights->tokenizer);
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    auto engine = CpuEngine::Create(*std::move(weights), {.kv_rows = 2048});
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    for (const Case& c : cases) {
+      ReleaseConfig release;
+      if (c.policy != PolicyKind::kFull) {
+        ASSERT_GT((*tok)->Encode(c.text, false, true)->size(), static_cast<size_t>(kBudget)) << c.text;
+        release = {.kind = c.policy, .kv_budget = kBudget, .rebuild = c.rebuild, .controller = controller->get()};
+      }
+      expected.push_back(testing::ReferenceGreedy(**engine, **tok, c.text, c.max_tokens, release));
+      ASSERT_FALSE(expected.back().empty());
+      std::printf("case %zu: %zu prompt tokens, %zu generated\n", expected.size() - 1,
+                  (*tok)->Encode(c.text, false, true)->size(), expected.back().size());
+    }
+  }
+  const double reference_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  Deployment tp2, tp1;
+  Deploy(2, model, dir.string(), cases, &tp2);
+  ASSERT_FALSE(::testing::Test::HasFatalFailure()) << tp2.logs;
+  const double tp2_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - reference_s;
+  Deploy(1, model, dir.string(), cases, &tp1);
+  ASSERT_FALSE(::testing::Test::HasFatalFailure()) << tp1.logs;
+  std::printf("reference %.1f s, TP=2 deployment %.1f s, TP=1 deployment %.1f s\n", reference_s, tp2_s,
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - reference_s - tp2_s);
+
+  int64_t streamed = 0;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE("case " + std::to_string(i));
+    const testing::StreamResult& a = tp2.results[i];
+    const testing::StreamResult& b = tp1.results[i];
+    ASSERT_TRUE(a.status.ok()) << "TP=2: " << a.status.error_message() << "\n" << tp2.logs;
+    ASSERT_TRUE(b.status.ok()) << "TP=1: " << b.status.error_message() << "\n" << tp1.logs;
+    EXPECT_EQ(a.tokens, expected[i]) << "TP=2 vs the single-process engine";
+    EXPECT_EQ(b.tokens, expected[i]) << "TP=1 vs the single-process engine";
+    streamed += static_cast<int64_t>(a.tokens.size());
+    if (cases[i].policy != PolicyKind::kFull) {
+      // Rank 0's release stats, which the coordinator reports, are those of one rank.
+      EXPECT_GT(a.done.adore().tokens_released(), 0);
+      EXPECT_LE(a.done.adore().kv_slots_in_use(), kBudget);
+      EXPECT_EQ(a.done.adore().tokens_released(), b.done.adore().tokens_released());
+      EXPECT_EQ(a.done.adore().tokens_rebuilt(), b.done.adore().tokens_rebuilt());
+      if (cases[i].rebuild == 0) EXPECT_EQ(a.done.adore().tokens_rebuilt(), 0);
+    }
+  }
+  // Every step's outputs went through the coordinator's cross-rank slot-map comparison and agreed (a
+  // mismatch fails the step with INTERNAL): at least one per streamed token.
+  EXPECT_EQ(tp2.stats.requests().ok(), static_cast<int64_t>(cases.size())) << tp2.logs;
+  EXPECT_EQ(tp2.stats.requests().internal(), 0);
+  EXPECT_GE(tp2.stats.slot_map_checks_total(), streamed) << tp2.logs;
+  EXPECT_EQ(tp1.stats.slot_map_checks_total(), 0) << "one rank: nothing to compare";
+  EXPECT_GT(tp2.stats.tokens_released_total(), 0);
+  // Both ranks ran every step, as one group of two.
+  ASSERT_EQ(tp2.health.size(), 2u);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(tp2.health[r].state(), v1::WORKER_STATE_READY) << "rank " << r;
+    EXPECT_EQ(tp2.health[r].rank(), r);
+    EXPECT_EQ(tp2.health[r].world_size(), 2);
+    EXPECT_EQ(tp2.health[r].last_step_id(), tp2.health[0].last_step_id());
+  }
+  EXPECT_GE(tp2.health[0].last_step_id(), 10u);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace adore
