@@ -3,7 +3,7 @@
 # Idempotent: installs only missing packages and rebuilds incrementally.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-packages=(build-essential cmake ninja-build pkg-config python3 python3-pip
+packages=(build-essential cmake ninja-build pkg-config python3 python3-pip python3-venv
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libgtest-dev libgmock-dev libgloo-dev libopenblas-dev libopenblas-openmp-dev nlohmann-json3-dev libcpp-httplib-dev libpcre2-dev)
 missing=()
