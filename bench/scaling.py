@@ -29,7 +29,8 @@ def run_bench(args, model, tp, batches, prompts, graphs, out_json, log):
     cmd = [os.path.join(args.bin, "adore-bench-cuda"), "--synthetic", model, "--tp", str(tp),
            "--max_context", str(args.max_context), "--batch", batches, "--prompt", prompts,
            "--gen", str(args.gen), "--warmup", "4", "--commit", args.commit,
-           "--cuda_graphs=" + ("true" if graphs else "false"), "--json", out_json]
+           "--cuda_graphs=" + ("true" if graphs else "false"), "--json", out_json,
+           "--max_fit_batch", str(args.max_fit_batch)] + (["--skip_prefill"] if args.skip_prefill else [])
     print("+", " ".join(cmd), flush=True)
     t0 = time.time()
     with open(log, "w") as f:
@@ -54,6 +55,9 @@ def main():
     p.add_argument("--tp", default="", help="tp sizes; default 1, 2, 4, 8 up to the GPU count")
     p.add_argument("--gen", type=int, default=32)
     p.add_argument("--max_context", type=int, default=32768 + 64)
+    p.add_argument("--max_fit_batch", type=int, default=256, help="cap of the largest-batch rows")
+    p.add_argument("--skip_prefill", action="store_true",
+                   help="decode rows over uncomputed prompt KV (adore-bench-cuda --skip_prefill): same decode cost")
     p.add_argument("--time-budget", type=float, default=540, help="seconds; later runs are skipped past it")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)

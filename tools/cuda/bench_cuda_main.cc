@@ -41,6 +41,10 @@ ABSL_FLAG(std::vector<std::string>, batch, std::vector<std::string>({"1", "4", "
           "batch sizes, comma-separated; 'max' = the largest batch whose KV fits the pool at each prompt length "
           "(at most --max_fit_batch); empty: no decode grid, e.g. with --prefill_only");
 ABSL_FLAG(int32_t, max_fit_batch, 512, "upper bound of --batch max");
+ABSL_FLAG(bool, skip_prefill, false,
+          "decode rows: take each prompt's KV rows from the pool without computing them (their bytes are whatever "
+          "the pool holds: a decode step reads and costs the same), so large batches at long contexts are timed "
+          "without their prefill; prefill columns are then empty");
 ABSL_FLAG(std::vector<std::string>, prompt, std::vector<std::string>({"2048", "8192", "32768"}),
           "prompt lengths in tokens, comma-separated");
 ABSL_FLAG(int32_t, gen, 32, "timed decode steps per configuration (greedy; every step has the full batch)");
@@ -249,6 +253,7 @@ struct Grid {
   uint64_t seed = 0;
   double bandwidth = 0.0, matmul = 0.0;  // bytes/s, FLOP/s
   int tp = 1;
+  bool skip_prefill = false;
   int64_t pool_rows = 0;  // the smallest KV pool of the ranks, so every rank skips the same rows
   adore::comm::Communicator* comm = nullptr;  // rank 0's, for the time its collectives take (tp > 1)
 };
@@ -290,7 +295,24 @@ nlohmann::json RunDecodeRow(adore::CudaEngine& engine, const std::string& model,
   };
   std::vector<int32_t> last;
   const auto t0 = Clock::now();
-  absl::Status st = Prefill(engine, std::span<adore::SequenceKv>(seqs), prompts, g.prefill_tokens, g.max_items, &last);
+  absl::Status st;
+  if (g.skip_prefill) {
+    // Slot tables of `prompt` tokens over uncomputed rows; the first decode token is the prompt's last.
+    for (int32_t b = 0; b < batch && st.ok(); ++b) {
+      absl::StatusOr<std::vector<int32_t>> rows = engine.pool().Allocate(prompt);
+      if (!rows.ok()) {
+        st = rows.status();
+        break;
+      }
+      seqs[b].rows = *std::move(rows);
+      seqs[b].pos.resize(prompt);
+      for (int32_t x = 0; x < prompt; ++x) seqs[b].pos[x] = x;
+      seqs[b].next_pos = prompt;
+      last.push_back(prompts[b].back());
+    }
+  } else {
+    st = Prefill(engine, std::span<adore::SequenceKv>(seqs), prompts, g.prefill_tokens, g.max_items, &last);
+  }
   const double prefill_s = SecondsSince(t0);
   absl::StatusOr<std::vector<double>> steps;
   if (st.ok()) steps = Decode(engine, std::span<adore::SequenceKv>(seqs), &last, g.warmup);
@@ -324,8 +346,11 @@ nlohmann::json RunDecodeRow(adore::CudaEngine& engine, const std::string& model,
   row["floor_step_ms"] = floor_ms;
   row["step_over_floor"] = step_ms / floor_ms;
   row["kv_bytes_per_step"] = kv_bytes;
-  row["prefill_ms"] = 1e3 * prefill_s;
-  row["prefill_tok_s"] = static_cast<double>(batch) * prompt / prefill_s;
+  if (!g.skip_prefill) {
+    row["prefill_ms"] = 1e3 * prefill_s;
+    row["prefill_tok_s"] = static_cast<double>(batch) * prompt / prefill_s;
+  }
+  row["prefill_skipped"] = g.skip_prefill;
   row["warmup"] = g.warmup;
   return row;
 }
@@ -414,6 +439,7 @@ absl::Status Run(int argc, char** argv) {
   g.prefill_tokens = absl::GetFlag(FLAGS_prefill_tokens);
   g.seed = absl::GetFlag(FLAGS_seed);
   g.tp = absl::GetFlag(FLAGS_tp);
+  g.skip_prefill = absl::GetFlag(FLAGS_skip_prefill);
   if (g.tp < 1) return absl::InvalidArgumentError("--tp must be >= 1");
   const int32_t max_context = absl::GetFlag(FLAGS_max_context), gemm_size = absl::GetFlag(FLAGS_gemm_size);
   const int64_t copy_mib = absl::GetFlag(FLAGS_copy_mib);

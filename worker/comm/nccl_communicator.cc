@@ -188,7 +188,12 @@ template <typename Launch>
 absl::Status NcclCommunicator::Issue(CommOp op, void* stream, Launch&& launch) {
   if (comm_ == nullptr) return absl::FailedPreconditionError("communicator was aborted");
   Timing timing{op, nullptr, nullptr};
-  if (options_.time_collectives) {
+  // A collective captured into a CUDA graph runs later, at every replay: events recorded now would time
+  // nothing, and synchronizing on older events would invalidate the capture. Captured collectives go untimed.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  ADORE_CUDA_RETURN_IF_ERROR(cudaStreamIsCapturing(AsStream(stream), &capture));
+  const bool time_it = options_.time_collectives && capture == cudaStreamCaptureStatusNone;
+  if (time_it) {
     std::lock_guard<std::mutex> lock(timing_mu_);
     for (CUevent_st** e : {&timing.start, &timing.stop}) {
       if (!free_events_.empty()) {
@@ -223,14 +228,16 @@ absl::Status NcclCommunicator::Issue(CommOp op, void* stream, Launch&& launch) {
     recycle();
     return Abort(NcclStatus(r, comm_, CommOpName(op)));
   }
-  if (options_.time_collectives) {
+  if (time_it) {
     ADORE_CUDA_RETURN_IF_ERROR(cudaEventRecord(timing.stop, AsStream(stream)));
-    std::lock_guard<std::mutex> lock(timing_mu_);
-    pending_.push_back(timing);
-    // Keep the list bounded when nobody reads the stats.
-    if (pending_.size() > 4096) {
-      cudaEventSynchronize(pending_.front().stop);
+    bool full = false;
+    {
+      std::lock_guard<std::mutex> lock(timing_mu_);
+      pending_.push_back(timing);
+      full = pending_.size() > 4096;
     }
+    // Keep the list bounded when nobody reads the stats: fold in what has finished (never blocks).
+    if (full) CollectTimings();
   }
   return absl::OkStatus();
 }

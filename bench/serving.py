@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Serving overhead and the multi-process tensor-parallel path, on a GPU machine, in one run.
+
+1. Overhead (issue 5): decode throughput at batch B through adore-server against the in-process engine
+   (adore-bench-cuda) on the same model shape, prompt and generation length. Through the server: the
+   embedded worker (one process) and one external adore-worker process over gRPC. The server figure is
+   B / (median inter-token latency) of B concurrent streams that start together (adore-loadgen), the
+   in-process figure B / step time.
+2. Tensor parallelism through the server (issues 5 and 8): adore-server with N external adore-worker
+   processes (one GPU each, CUDA_VISIBLE_DEVICES) joined in an NCCL group the coordinator bootstraps,
+   against N = 1, on a synthetic 7B shape.
+
+    python3 bench/serving.py --bin BIN_DIR --out OUT_DIR --commit REV
+
+writes OUT_DIR/serving_overhead.json (rows: path, model, tp, batch, prompt, gen, decode_tok_s,
+ratio_to_in_process, itl_ms_p50, ttft_ms_p50, output_tok_s) and the raw tool outputs.
+"""
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(proc, log, needle, timeout):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            return False
+        with open(log) as f:
+            if needle in f.read():
+                return True
+        time.sleep(0.5)
+    return False
+
+
+class Procs:
+    def __init__(self):
+        self.procs = []
+
+    def start(self, cmd, log, env=None):
+        print("+", " ".join(cmd), flush=True)
+        f = open(log, "w")
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        self.procs.append(p)
+        return p
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.procs = []
+
+
+def tail(path, n=12):
+    try:
+        with open(path) as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return ""
+
+
+def loadgen(args, port, tag, batch, prompt, gen):
+    out = os.path.join(args.out, tag + "_loadgen.json")
+    cmd = [os.path.join(args.bin, "adore-loadgen"), "--server", f"127.0.0.1:{port}", "--requests", str(batch),
+           "--concurrency", str(batch), "--prompt_tokens", str(prompt), "--max_tokens", str(gen), "--warmup",
+           str(batch), "--progress_s", "0", "--commit", args.commit, "--label", tag, "--json", out]
+    print("+", " ".join(cmd), flush=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.step_timeout)
+    with open(os.path.join(args.out, tag + "_loadgen.txt"), "w") as f:
+        f.write(r.stdout + r.stderr)
+    print(r.stdout[-1200:], r.stderr[-600:], flush=True)
+    if not os.path.exists(out):
+        return None
+    with open(out) as f:
+        return json.load(f)["rows"][0]
+
+
+def server_run(args, procs, tag, model, batch, prompt, gen, workers, tp_devices):
+    """adore-server with `workers` external workers (0 = embedded), then a loadgen round."""
+    port = free_port()
+    worker_addrs = []
+    for rank in range(workers):
+        wport = free_port()
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(tp_devices[rank]))
+        log = os.path.join(args.out, f"{tag}_worker{rank}.log")
+        p = procs.start([os.path.join(args.bin, "adore-worker"), "--backend", "cuda", "--port", str(wport)], log, env)
+        if not wait_for(p, log, "serving", 60):
+            print(f"worker {rank} did not start:\n{tail(log)}", flush=True)
+            return None
+        worker_addrs.append(f"127.0.0.1:{wport}")
+    log = os.path.join(args.out, f"{tag}_server.log")
+    cmd = [os.path.join(args.bin, "adore-server"), "--backend", "cuda", "--model", model, "--port", str(port),
+           "--max_batch", str(max(batch, 16)), "--controller=", "--default_max_tokens", str(gen)]
+    if worker_addrs:
+        cmd += ["--workers", ",".join(worker_addrs)]
+    p = procs.start(cmd, log)
+    if not wait_for(p, log, "serving", 300):
+        print(f"server did not start:\n{tail(log)}", flush=True)
+        for rank in range(workers):
+            print(tail(os.path.join(args.out, f"{tag}_worker{rank}.log")), flush=True)
+        return None
+    row = loadgen(args, port, tag, batch, prompt, gen)
+    procs.stop()
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", required=True, help="adore-server, adore-worker, adore-loadgen, adore-bench-cuda")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--commit", required=True)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--prompt", type=int, default=1024)
+    ap.add_argument("--gen", type=int, default=128)
+    ap.add_argument("--overhead-model", default="smollm2-135m")
+    ap.add_argument("--tp-model", default="llama2-7b")
+    ap.add_argument("--tp", type=int, default=2, help="external workers of the tensor-parallel run (0: skip)")
+    ap.add_argument("--step-timeout", type=float, default=240)
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    os.environ["NCCL_NVLS_ENABLE"] = "0"
+    procs = Procs()
+    rows = []
+    machine = None
+    try:
+        # In-process reference: the engine alone at the same shape.
+        bench_json = os.path.join(args.out, "in_process.json")
+        cmd = [os.path.join(args.bin, "adore-bench-cuda"), "--synthetic", args.overhead_model, "--batch",
+               str(args.batch), "--prompt", str(args.prompt), "--gen", str(args.gen), "--commit", args.commit,
+               "--json", bench_json]
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, timeout=args.step_timeout, stdout=open(os.path.join(args.out, "in_process.txt"), "w"),
+                       stderr=subprocess.STDOUT)
+        ref = None
+        if os.path.exists(bench_json):
+            with open(bench_json) as f:
+                doc = json.load(f)
+            machine = doc["machine"]
+            ref = doc["rows"][0]
+            rows.append({"path": "in-process engine (adore-bench-cuda)", "model": ref["model"], "tp": 1,
+                         "batch": args.batch, "prompt": args.prompt, "gen": args.gen,
+                         "decode_tok_s": ref["decode_tok_s"], "ratio_to_in_process": 1.0,
+                         "itl_ms_p50": ref["step_ms"], "ttft_ms_p50": None, "output_tok_s": None})
+        spec = f"synthetic:{args.overhead_model}"
+        for tag, workers in (("embedded", 0), ("external1", 1)):
+            r = server_run(args, procs, tag, spec, args.batch, args.prompt, args.gen, workers, [0])
+            if r is None:
+                continue
+            tok_s = args.batch / (r["itl_ms_p50"] / 1e3) if r.get("itl_ms_p50") else None
+            rows.append({"path": f"adore-server, {'embedded worker' if workers == 0 else '1 adore-worker process'}",
+                         "model": ref["model"] if ref else spec, "tp": 1, "batch": args.batch, "prompt": args.prompt,
+                         "gen": args.gen, "decode_tok_s": tok_s,
+                         "ratio_to_in_process": tok_s / ref["decode_tok_s"] if (tok_s and ref) else None,
+                         "itl_ms_p50": r.get("itl_ms_p50"), "ttft_ms_p50": r.get("ttft_ms_p50"),
+                         "output_tok_s": r.get("output_tok_s"), "errors": r.get("errors")})
+        if args.tp > 0:
+            base = None
+            for n in sorted({1, args.tp}):
+                r = server_run(args, procs, f"tp{n}", f"synthetic:{args.tp_model}", args.batch, args.prompt, args.gen,
+                               n, list(range(n)))
+                if r is None:
+                    continue
+                tok_s = args.batch / (r["itl_ms_p50"] / 1e3) if r.get("itl_ms_p50") else None
+                base = base or tok_s
+                rows.append({"path": f"adore-server, {n} adore-worker process(es), NCCL", "model": args.tp_model,
+                             "tp": n, "batch": args.batch, "prompt": args.prompt, "gen": args.gen,
+                             "decode_tok_s": tok_s, "ratio_to_in_process": None, "ratio_to_tp1": tok_s / base
+                             if (tok_s and base) else None, "itl_ms_p50": r.get("itl_ms_p50"),
+                             "ttft_ms_p50": r.get("ttft_ms_p50"), "output_tok_s": r.get("output_tok_s"),
+                             "errors": r.get("errors")})
+    finally:
+        procs.stop()
+    doc = {"command": "python3 bench/serving.py " + " ".join(sys.argv[1:]), "machine": machine or "unknown",
+           "commit": args.commit, "rows": rows}
+    with open(os.path.join(args.out, "serving_overhead.json"), "w") as f:
+        json.dump(doc, f, indent=2)
+    print(json.dumps(rows, indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()
