@@ -1,0 +1,536 @@
+#include "tools/loadgen.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <memory>
+#include <random>
+#include <thread>
+#include <utility>
+
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/support/proto_buffer_reader.h>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "adore/v1/adore.grpc.pb.h"
+#include "common/status.h"
+
+namespace adore::loadgen {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double MsBetween(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+// gRPC and absl share the canonical code numbering, so absl names the code ("DEADLINE_EXCEEDED").
+std::string CodeName(grpc::StatusCode code) {
+  return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
+}
+
+absl::Status FromGrpc(const grpc::Status& s, absl::string_view what) {
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
+                      absl::StrCat(what, ": ", s.error_message()));
+}
+
+absl::Status Validate(const LoadOptions& o) {
+  auto bad = [](absl::string_view field, absl::string_view rule, auto got) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": must be ", rule, ", got ", got));
+  };
+  if (o.server.empty()) return absl::InvalidArgumentError("server: must not be empty");
+  if (o.requests < 1) return bad("requests", ">= 1", o.requests);
+  if (o.concurrency < 1) return bad("concurrency", ">= 1", o.concurrency);
+  if (o.prompt_text.empty() && o.prompt_tokens < 1) return bad("prompt_tokens", ">= 1", o.prompt_tokens);
+  if (o.max_tokens < 1) return bad("max_tokens", ">= 1", o.max_tokens);
+  if (!(o.temperature >= 0.0f && o.temperature <= 100.0f)) return bad("temperature", "in [0, 100]", o.temperature);
+  if (o.warmup < 0) return bad("warmup", ">= 0", o.warmup);
+  if (!(o.deadline_s >= 0.0)) return bad("deadline_s", ">= 0", o.deadline_s);
+  if (o.channels < 0) return bad("channels", ">= 0", o.channels);
+  if (!(o.connect_timeout_s >= 0.0)) return bad("connect_timeout_s", ">= 0", o.connect_timeout_s);
+  if (!(o.progress_s >= 0.0)) return bad("progress_s", ">= 0", o.progress_s);
+  return absl::OkStatus();
+}
+
+// GetModelInfo, retried while the server is not up yet (connection refused, or UNAVAILABLE while it
+// loads the model) until connect_timeout_s: a benchmark script may start the server and the load
+// generator together.
+absl::StatusOr<v1::ModelInfo> WaitForModelInfo(v1::Adore::Stub& stub, double timeout_s) {
+  const auto give_up = std::chrono::system_clock::now() +
+                       std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000.0));
+  while (true) {
+    grpc::ClientContext ctx;
+    ctx.set_wait_for_ready(true);  // wait through connection attempts instead of failing on the first
+    ctx.set_deadline(std::max(give_up, std::chrono::system_clock::now() + std::chrono::seconds(1)));
+    v1::ModelInfo info;
+    const grpc::Status s = stub.GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info);
+    if (s.ok()) return info;
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE || std::chrono::system_clock::now() >= give_up) {
+      return FromGrpc(s, "GetModelInfo");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+}
+
+class Runner;
+
+// One Generate stream on the callback API: gRPC's own threads deliver the messages, so hundreds of
+// streams in flight cost no thread each. Timestamps are taken in OnReadDone, when the message is handed
+// to the client.
+//
+// The stream is read as raw bytes through the generic stub (the wire is the same as the generated
+// server-streaming stub's: one request message, then half-close) and parsed here, because a typed
+// reader that fails to parse a message (e.g. invalid UTF-8 in TokenDelta.text, which proto3 rejects)
+// ends its reads without ending the call: the client would then wait for a status that never comes.
+// Here such a message makes the request an error and the stream is read on to its end.
+class StreamCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  StreamCall(Runner* runner, RequestRecord* record) : runner_(runner), record_(record) {}
+
+  void Start(grpc::GenericStub& stub, const v1::GenerateRequest& request, double deadline_s) {
+    const std::string bytes = request.SerializeAsString();
+    grpc::Slice slice(bytes);
+    request_ = grpc::ByteBuffer(&slice, 1);
+    if (deadline_s > 0.0) {
+      ctx_.set_deadline(std::chrono::system_clock::now() +
+                        std::chrono::microseconds(static_cast<int64_t>(deadline_s * 1e6)));
+    }
+    start_ = Clock::now();
+    stub.PrepareBidiStreamingCall(&ctx_, GenerateMethod(), grpc::StubOptions(), this);
+    StartWriteLast(&request_, grpc::WriteOptions());
+    StartRead(&response_);
+    StartCall();
+  }
+
+  // "/adore.v1.Adore/Generate", the method's path on the wire.
+  static const std::string& GenerateMethod() {
+    static const std::string* method = new std::string(absl::StrCat("/", v1::Adore::service_full_name(), "/Generate"));
+    return *method;
+  }
+
+  void OnWriteDone(bool) override {}  // a request that could not be sent shows in the final status
+  void OnReadDone(bool ok) override;
+  void OnDone(const grpc::Status& status) override;
+
+  Clock::time_point start() const { return start_; }
+  Clock::time_point end() const { return end_; }
+
+ private:
+  Runner* runner_;
+  RequestRecord* record_;
+  grpc::ClientContext ctx_;
+  grpc::ByteBuffer request_;
+  grpc::ByteBuffer response_;
+  v1::GenerateResponse message_;
+  Clock::time_point start_, end_, last_token_;
+  bool got_done_ = false;
+  v1::GenerateDone done_;
+  std::string fault_;  // the first breach of the stream protocol (adore.proto, Generate)
+};
+
+// Keeps `concurrency` streams in flight: the calling thread starts a new one whenever one ends, and
+// prints progress while it waits.
+class Runner {
+ public:
+  Runner(const LoadOptions& options, std::vector<std::unique_ptr<grpc::GenericStub>> stubs, v1::ModelInfo model)
+      : options_(options), stubs_(std::move(stubs)), model_(std::move(model)) {}
+
+  // Runs `n` requests of `phase` (0 warmup, 1 measured); fills `records` (n, by index) and returns the
+  // wall time from the first call's start to the last one's end.
+  double RunPhase(int phase, int32_t n, std::vector<RequestRecord>* records) {
+    records->assign(n, RequestRecord());
+    std::vector<std::unique_ptr<StreamCall>> calls(n);
+    tokens_ = 0;
+    const Clock::time_point t0 = Clock::now();
+    Clock::time_point next_progress = t0 + ProgressInterval();
+    int32_t next = 0;
+    absl::MutexLock lock(&mu_);
+    finished_ = 0;
+    in_flight_ = 0;
+    while (finished_ < n) {
+      while (in_flight_ < options_.concurrency && next < n) {
+        const int32_t i = next++;
+        ++in_flight_;
+        (*records)[i].index = i;
+        calls[i] = std::make_unique<StreamCall>(this, &(*records)[i]);
+        // Built and started outside the lock: the calls in flight report to OnCallDone (which takes it)
+        // from gRPC's threads meanwhile, and a long prompt should not hold them up.
+        mu_.Unlock();
+        calls[i]->Start(*stubs_[i % stubs_.size()], MakeRequest(phase, i), options_.deadline_s);
+        mu_.Lock();
+      }
+      auto can_act = [this, n, &next] {
+        mu_.AssertHeld();
+        return finished_ == n || (in_flight_ < options_.concurrency && next < n);
+      };
+      if (options_.progress_s > 0.0) {
+        const auto wait = std::chrono::duration_cast<std::chrono::microseconds>(next_progress - Clock::now());
+        mu_.AwaitWithTimeout(absl::Condition(&can_act), absl::Microseconds(std::max<int64_t>(0, wait.count())));
+        if (Clock::now() >= next_progress) {
+          const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+          std::fprintf(stderr, "adore-loadgen: %s %d/%d done, %d in flight, %lld tokens out, %.1f tok/s\n",
+                       phase == 0 ? "warmup" : "measure", finished_, n, in_flight_,
+                       static_cast<long long>(tokens_.load()), tokens_.load() / std::max(elapsed, 1e-9));
+          next_progress = Clock::now() + ProgressInterval();
+        }
+      } else {
+        mu_.Await(absl::Condition(&can_act));
+      }
+    }
+    // Every call has reported from OnDone, its last touch of the reactor: the reactors can go.
+    Clock::time_point first = calls[0]->start(), last = calls[0]->end();
+    for (const auto& c : calls) {
+      first = std::min(first, c->start());
+      last = std::max(last, c->end());
+    }
+    return std::chrono::duration<double>(last - first).count();
+  }
+
+  void AddTokens(int n) { tokens_.fetch_add(n, std::memory_order_relaxed); }
+
+  void OnCallDone() {
+    absl::MutexLock lock(&mu_);
+    ++finished_;
+    --in_flight_;
+  }
+
+ private:
+  Clock::duration ProgressInterval() const {
+    return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options_.progress_s));
+  }
+
+  v1::GenerateRequest MakeRequest(int phase, int32_t i) const {
+    v1::GenerateRequest r;
+    r.set_request_id(absl::StrFormat("loadgen-%s-%d", phase == 0 ? "warmup" : "req", i));
+    if (!options_.prompt_text.empty()) {
+      r.set_text(options_.prompt_text);
+    } else {
+      const std::vector<int32_t> ids =
+          RandomPrompt(options_.seed, phase, i, options_.prompt_tokens, model_.vocab_size());
+      r.mutable_token_ids()->mutable_ids()->Add(ids.begin(), ids.end());
+    }
+    v1::SamplingParams* s = r.mutable_sampling();
+    s->set_max_tokens(options_.max_tokens);
+    s->set_temperature(options_.temperature);
+    if (options_.temperature > 0.0f) s->set_seed(options_.seed + static_cast<uint64_t>(i) + (phase == 0 ? 1ull << 32 : 0));
+    if (options_.policy || options_.kv_budget || options_.rebuild) {
+      v1::ReleaseParams* rel = r.mutable_release();
+      if (options_.policy) rel->set_policy(*options_.policy);
+      if (options_.kv_budget) rel->set_kv_budget(*options_.kv_budget);
+      if (options_.rebuild) rel->set_rebuild(*options_.rebuild);
+    }
+    return r;
+  }
+
+  const LoadOptions& options_;
+  std::vector<std::unique_ptr<grpc::GenericStub>> stubs_;
+  const v1::ModelInfo model_;
+  std::atomic<int64_t> tokens_{0};
+  absl::Mutex mu_;
+  int32_t finished_ ABSL_GUARDED_BY(mu_) = 0;
+  int32_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+void StreamCall::OnReadDone(bool ok) {
+  if (!ok) return;  // the stream has ended; OnDone follows with its status
+  const Clock::time_point now = Clock::now();
+  bool parsed = false;
+  {
+    grpc::ProtoBufferReader reader(&response_);
+    parsed = message_.ParseFromZeroCopyStream(&reader);
+  }
+  if (!parsed) {
+    if (fault_.empty()) fault_ = "a message that does not parse as GenerateResponse (invalid UTF-8 in a string?)";
+    StartRead(&response_);
+    return;
+  }
+  const v1::GenerateResponse& m = message_;
+  if (got_done_ && fault_.empty()) fault_ = "a message after done";
+  if (m.has_delta()) {
+    const int n = m.delta().token_ids_size();
+    if (n == 0) {
+      if (fault_.empty()) fault_ = "a delta without tokens";
+    } else {
+      if (record_->output_tokens == 0) {
+        record_->ttft_ms = MsBetween(start_, now);
+      } else {
+        // A delta carrying several tokens (the client read slower than the server produced) spreads
+        // its gap evenly over them, so the per-token figure stays comparable.
+        const double per_token = MsBetween(last_token_, now) / n;
+        record_->itl_ms.insert(record_->itl_ms.end(), n, per_token);
+      }
+      last_token_ = now;
+      record_->output_tokens += n;
+      runner_->AddTokens(n);
+    }
+  } else if (m.has_done()) {
+    if (got_done_ && fault_.empty()) fault_ = "two done messages";
+    got_done_ = true;
+    done_ = m.done();
+  } else if (fault_.empty()) {
+    fault_ = "a message with neither delta nor done";
+  }
+  StartRead(&response_);
+}
+
+void StreamCall::OnDone(const grpc::Status& status) {
+  end_ = Clock::now();
+  RequestRecord& r = *record_;
+  r.code = status.error_code();
+  r.latency_ms = MsBetween(start_, end_);
+  if (!status.ok()) {
+    r.error = absl::StrCat(CodeName(status.error_code()), ": ", status.error_message());
+  } else if (!fault_.empty()) {
+    r.error = absl::StrCat("protocol: ", fault_);
+  } else if (!got_done_) {
+    r.error = "protocol: status OK without a done message";
+  } else if (done_.usage().completion_tokens() != r.output_tokens) {
+    r.error = absl::StrFormat("protocol: done.usage.completion_tokens %d, but the deltas carried %d tokens",
+                              done_.usage().completion_tokens(), r.output_tokens);
+  } else {
+    r.ok = true;
+  }
+  if (got_done_) {
+    r.prompt_tokens = done_.usage().prompt_tokens();
+    r.finish_reason = done_.finish_reason();
+    r.adore = done_.adore();
+    r.server_ttft_ms = done_.timing().ttft_ms();
+  }
+  runner_->OnCallDone();  // must be the last use of this object: the runner may delete it from now on
+}
+
+double Interpolated(const std::vector<double>& sorted, double q) {
+  const double rank = q * static_cast<double>(sorted.size() - 1);
+  const size_t lo = static_cast<size_t>(std::floor(rank));
+  const size_t hi = std::min(lo + 1, sorted.size() - 1);
+  return sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - static_cast<double>(lo));
+}
+
+nlohmann::json OrNull(double v) { return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v); }
+
+std::string BackendName(v1::Backend b) {
+  switch (b) {
+    case v1::BACKEND_CPU: return "cpu";
+    case v1::BACKEND_CUDA: return "cuda";
+    default: return "unknown";
+  }
+}
+
+std::string Ms(const Percentiles& p) {
+  if (p.count == 0) return "no samples";
+  return absl::StrFormat("p50 %.2f  p90 %.2f  p99 %.2f  (%d samples)", p.p50, p.p90, p.p99, p.count);
+}
+
+}  // namespace
+
+Percentiles ComputePercentiles(std::vector<double> samples) {
+  Percentiles p;
+  p.count = static_cast<int64_t>(samples.size());
+  if (samples.empty()) {
+    p.p50 = p.p90 = p.p99 = std::numeric_limits<double>::quiet_NaN();
+    return p;
+  }
+  std::sort(samples.begin(), samples.end());
+  p.p50 = Interpolated(samples, 0.50);
+  p.p90 = Interpolated(samples, 0.90);
+  p.p99 = Interpolated(samples, 0.99);
+  return p;
+}
+
+std::vector<int32_t> RandomPrompt(uint64_t seed, int phase, int32_t index, int32_t length, int32_t vocab_size) {
+  std::seed_seq seq{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32), static_cast<uint32_t>(phase),
+                    static_cast<uint32_t>(index)};
+  std::mt19937_64 rng(seq);
+  std::uniform_int_distribution<int32_t> dist(0, vocab_size - 1);
+  std::vector<int32_t> ids(length);
+  for (int32_t& id : ids) id = dist(rng);
+  return ids;
+}
+
+absl::StatusOr<v1::Policy> ParsePolicy(absl::string_view name) {
+  if (name == "full") return v1::POLICY_FULL;
+  if (name == "window") return v1::POLICY_WINDOW;
+  if (name == "heavy_hitter") return v1::POLICY_HEAVY_HITTER;
+  if (name == "adore") return v1::POLICY_ADORE;
+  return absl::InvalidArgumentError(
+      absl::StrCat("policy: '", name, "' is not one of full, window, heavy_hitter, adore"));
+}
+
+std::string PolicyName(v1::Policy policy) {
+  switch (policy) {
+    case v1::POLICY_FULL: return "full";
+    case v1::POLICY_WINDOW: return "window";
+    case v1::POLICY_HEAVY_HITTER: return "heavy_hitter";
+    case v1::POLICY_ADORE: return "adore";
+    default: return "unspecified";
+  }
+}
+
+absl::StatusOr<LoadReport> RunLoad(const LoadOptions& options) {
+  ADORE_RETURN_IF_ERROR(Validate(options));
+  const int32_t channels = options.channels > 0 ? options.channels : (options.concurrency + 63) / 64;
+  std::vector<std::unique_ptr<grpc::GenericStub>> stubs;
+  std::unique_ptr<v1::Adore::Stub> info_stub;
+  for (int32_t c = 0; c < channels; ++c) {
+    grpc::ChannelArguments args;
+    // A channel of its own subchannel pool opens its own connection instead of sharing the first one's.
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    auto channel = grpc::CreateCustomChannel(options.server, grpc::InsecureChannelCredentials(), args);
+    if (c == 0) info_stub = v1::Adore::NewStub(channel);
+    stubs.push_back(std::make_unique<grpc::GenericStub>(channel));
+  }
+  LoadReport report;
+  ADORE_ASSIGN_OR_RETURN(report.model, WaitForModelInfo(*info_stub, options.connect_timeout_s));
+  if (options.prompt_text.empty()) {
+    // Checked here so that a run that cannot fit says so once instead of failing every request.
+    const int64_t context = report.model.context_length();
+    if (options.prompt_tokens > context - 1) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "prompt_tokens: must be at most context_length - 1 = %d for this model, got %d", context - 1,
+          options.prompt_tokens));
+    }
+    if (options.max_tokens > context - options.prompt_tokens) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "max_tokens: must be at most context_length - prompt_tokens = %d for this model, got %d",
+          context - options.prompt_tokens, options.max_tokens));
+    }
+  }
+
+  Runner runner(options, std::move(stubs), report.model);
+  if (options.warmup > 0) {
+    std::vector<RequestRecord> warmup;
+    runner.RunPhase(0, options.warmup, &warmup);
+    for (const RequestRecord& r : warmup) report.warmup_errors += r.ok ? 0 : 1;
+    for (const RequestRecord& r : warmup) {
+      if (!r.ok) {
+        report.first_warmup_error = absl::StrFormat("warmup request %d: %s", r.index, r.error);
+        break;
+      }
+    }
+  }
+  report.wall_s = runner.RunPhase(1, options.requests, &report.records);
+
+  report.requests = options.requests;
+  std::vector<double> ttft, itl, latency, server_ttft;
+  const RequestRecord* first_ok = nullptr;
+  for (const RequestRecord& r : report.records) {
+    if (!r.ok) {
+      ++report.errors;
+      continue;
+    }
+    ++report.ok;
+    if (first_ok == nullptr) first_ok = &r;
+    report.input_tokens += r.prompt_tokens;
+    report.output_tokens += r.output_tokens;
+    if (r.finish_reason == v1::FINISH_REASON_LENGTH) ++report.finished_length;
+    if (r.finish_reason == v1::FINISH_REASON_STOP) ++report.finished_stop;
+    if (r.ttft_ms >= 0.0) ttft.push_back(r.ttft_ms);
+    itl.insert(itl.end(), r.itl_ms.begin(), r.itl_ms.end());
+    latency.push_back(r.latency_ms);
+    server_ttft.push_back(r.server_ttft_ms);
+  }
+  report.ttft_ms = ComputePercentiles(std::move(ttft));
+  report.itl_ms = ComputePercentiles(std::move(itl));
+  report.latency_ms = ComputePercentiles(std::move(latency));
+  report.server_ttft_ms = ComputePercentiles(std::move(server_ttft));
+  if (report.wall_s > 0.0) {
+    report.input_tok_s = static_cast<double>(report.input_tokens) / report.wall_s;
+    report.output_tok_s = static_cast<double>(report.output_tokens) / report.wall_s;
+  }
+  if (report.ok > 0) {
+    report.mean_output_tokens = static_cast<double>(report.output_tokens) / report.ok;
+    report.mean_prompt_tokens = static_cast<double>(report.input_tokens) / report.ok;
+  }
+  if (first_ok != nullptr) {
+    report.policy = PolicyName(first_ok->adore.policy());
+    report.kv_budget = first_ok->adore.kv_budget();
+    report.rebuild = first_ok->adore.rebuild();
+  } else {
+    const v1::ReleaseParams& d = report.model.default_release();
+    report.policy = PolicyName(options.policy.value_or(d.policy()));
+    report.kv_budget = options.kv_budget.value_or(d.kv_budget());
+    report.rebuild = options.rebuild.value_or(d.rebuild());
+  }
+  return report;
+}
+
+std::string FormatSummary(const LoadOptions& options, const LoadReport& r) {
+  std::string out;
+  absl::StrAppendFormat(&out, "server       %s: %s (%s, tensor parallel %d)\n", options.server, r.model.name(),
+                        BackendName(r.model.backend()), r.model.tensor_parallel_size());
+  absl::StrAppendFormat(&out, "release      %s, kv_budget %d, rebuild %d\n", r.policy, r.kv_budget, r.rebuild);
+  absl::StrAppendFormat(&out, "requests     %d ok, %d failed of %d (concurrency %d; %d warmup not counted",
+                        r.ok, r.errors, r.requests, options.concurrency, options.warmup);
+  if (r.warmup_errors > 0) absl::StrAppendFormat(&out, ", %d of them failed", r.warmup_errors);
+  out += ")\n";
+  if (options.prompt_text.empty()) {
+    absl::StrAppendFormat(&out, "prompt       %d random token ids (seed %d), max_tokens %d, temperature %g\n",
+                          options.prompt_tokens, options.seed, options.max_tokens, options.temperature);
+  } else {
+    absl::StrAppendFormat(&out, "prompt       text of %.1f tokens, max_tokens %d, temperature %g\n",
+                          r.mean_prompt_tokens, options.max_tokens, options.temperature);
+  }
+  absl::StrAppendFormat(&out, "wall         %.3f s\n", r.wall_s);
+  absl::StrAppendFormat(&out, "throughput   output %.1f tok/s, input %.1f tok/s, %.2f requests/s\n", r.output_tok_s,
+                        r.input_tok_s, r.wall_s > 0.0 ? r.ok / r.wall_s : 0.0);
+  absl::StrAppendFormat(&out, "ttft ms      %s\n", Ms(r.ttft_ms));
+  absl::StrAppendFormat(&out, "itl ms       %s\n", Ms(r.itl_ms));
+  absl::StrAppendFormat(&out, "latency ms   %s\n", Ms(r.latency_ms));
+  absl::StrAppendFormat(&out, "server ttft  %s\n", Ms(r.server_ttft_ms));
+  absl::StrAppendFormat(&out, "tokens/req   %.1f mean (finished: %d length, %d stop)\n", r.mean_output_tokens,
+                        r.finished_length, r.finished_stop);
+  return out;
+}
+
+nlohmann::json ReportRow(const LoadOptions& o, const LoadReport& r, const std::string& label) {
+  nlohmann::json row;
+  row["model"] = r.model.name();
+  row["backend"] = BackendName(r.model.backend());
+  row["tp"] = r.model.tensor_parallel_size();
+  row["server"] = o.server;
+  row["requests"] = r.requests;
+  row["concurrency"] = o.concurrency;
+  row["warmup"] = o.warmup;
+  // Random prompts: the length asked for; a text prompt: its length in tokens as the server counted it.
+  if (o.prompt_text.empty()) {
+    row["prompt_tokens"] = o.prompt_tokens;
+  } else {
+    row["prompt_tokens"] = r.ok > 0 ? nlohmann::json(std::lround(r.mean_prompt_tokens)) : nlohmann::json(nullptr);
+  }
+  row["prompt"] = o.prompt_text.empty() ? "random_ids" : "text";
+  row["max_tokens"] = o.max_tokens;
+  row["temperature"] = o.temperature;
+  row["ok"] = r.ok;
+  row["errors"] = r.errors;
+  row["warmup_errors"] = r.warmup_errors;
+  row["wall_s"] = r.wall_s;
+  row["output_tok_s"] = r.output_tok_s;
+  row["input_tok_s"] = r.input_tok_s;
+  row["ttft_ms_p50"] = OrNull(r.ttft_ms.p50);
+  row["ttft_ms_p90"] = OrNull(r.ttft_ms.p90);
+  row["ttft_ms_p99"] = OrNull(r.ttft_ms.p99);
+  row["itl_ms_p50"] = OrNull(r.itl_ms.p50);
+  row["itl_ms_p90"] = OrNull(r.itl_ms.p90);
+  row["itl_ms_p99"] = OrNull(r.itl_ms.p99);
+  row["latency_ms_p50"] = OrNull(r.latency_ms.p50);
+  row["latency_ms_p90"] = OrNull(r.latency_ms.p90);
+  row["latency_ms_p99"] = OrNull(r.latency_ms.p99);
+  row["server_ttft_ms_p50"] = OrNull(r.server_ttft_ms.p50);
+  row["mean_output_tokens"] = r.mean_output_tokens;
+  row["finished_length"] = r.finished_length;
+  row["finished_stop"] = r.finished_stop;
+  row["policy"] = r.policy;
+  row["kv_budget"] = r.kv_budget;
+  row["rebuild"] = r.rebuild;
+  row["label"] = label;
+  return row;
+}
+
+}  // namespace adore::loadgen
