@@ -72,6 +72,23 @@ absl::StatusOr<WorkerStepResult> StepExecutor::Step(const WorkerStep& step) {
     End(id);
   };
 
+  // One forward call, with its sampling: on the engine's device when it samples there (only token ids cross
+  // to the host: a [batch, vocab] logit download per step costs more than a small model's whole step),
+  // else the logits come back and pick() samples row x on the host.
+  const bool device_sampling = engine_.samples_on_device();
+  std::vector<int32_t> device_tokens;
+  std::vector<SamplingParams> params;
+  auto forward = [&](std::vector<ForwardItem>& items, const std::vector<uint64_t>& owners) {
+    if (!device_sampling) return engine_.Forward(std::span<ForwardItem>(items), &logits);
+    params.clear();
+    for (uint64_t id : owners) params.push_back(seqs_.at(id)->params);
+    return engine_.ForwardSample(std::span<ForwardItem>(items), params, &device_tokens);
+  };
+  auto pick = [&](uint64_t id, size_t x) -> int32_t {
+    if (device_sampling) return device_tokens[x];
+    return seqs_.at(id)->sampler.Sample(std::span<const float>(&logits[x * vocab], vocab));
+  };
+
   // 1. Decode tokens plus the first chunk of every plain prompt, in one call; remaining chunks follow.
   std::vector<const SequenceStart*> plain, stepped;
   for (const SequenceStart& s : step.start) (seqs_.at(s.id)->policy ? stepped : plain).push_back(&s);
@@ -100,7 +117,7 @@ absl::StatusOr<WorkerStepResult> StepExecutor::Step(const WorkerStep& step) {
     }
     if (items.empty()) break;
     first_call = false;
-    absl::Status st = engine_.Forward(std::span<ForwardItem>(items), &logits);
+    absl::Status st = forward(items, owners);
     ++out.forward_calls;
     if (!st.ok()) {
       if (st.code() == absl::StatusCode::kInvalidArgument || st.code() == absl::StatusCode::kInternal) return st;
@@ -120,7 +137,7 @@ absl::StatusOr<WorkerStepResult> StepExecutor::Step(const WorkerStep& step) {
       continue;
     }
     for (size_t x = 0; x < owners.size(); ++x) {
-      if (last_chunk[x]) sampled[owners[x]] = seqs_.at(owners[x])->sampler.Sample(std::span<const float>(&logits[x * vocab], vocab));
+      if (last_chunk[x]) sampled[owners[x]] = pick(owners[x], x);
     }
   }
 
@@ -137,7 +154,7 @@ absl::StatusOr<WorkerStepResult> StepExecutor::Step(const WorkerStep& step) {
       owners.push_back(s->id);
     }
     if (items.empty()) break;
-    const absl::Status st = engine_.Forward(std::span<ForwardItem>(items), &logits);
+    const absl::Status st = forward(items, owners);
     ++out.forward_calls;
     if (!st.ok()) {
       for (uint64_t id : owners) fail(id, st);
@@ -146,7 +163,7 @@ absl::StatusOr<WorkerStepResult> StepExecutor::Step(const WorkerStep& step) {
     for (size_t x = 0; x < owners.size(); ++x) {
       const SequenceStart* s = *std::find_if(stepped.begin(), stepped.end(), [&](auto* p) { return p->id == owners[x]; });
       if (j + 1 == s->prompt.size()) {
-        sampled[owners[x]] = seqs_.at(owners[x])->sampler.Sample(std::span<const float>(&logits[x * vocab], vocab));
+        sampled[owners[x]] = pick(owners[x], x);
       }
     }
   }

@@ -77,8 +77,9 @@ class StepExecutor {
     SequenceKv kv;
     std::unique_ptr<ReleasePolicy> policy;
     int64_t budget = 0;
-    Sampler sampler;
-    explicit Live(const SamplingParams& p) : sampler(p) {}
+    SamplingParams params;
+    Sampler sampler;  // host sampling (engines that do not sample on their device, retries)
+    explicit Live(const SamplingParams& p) : params(p), sampler(p) {}
   };
   void End(uint64_t id);
 

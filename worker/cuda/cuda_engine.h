@@ -87,7 +87,8 @@ class CudaEngine final : public Engine {
   // sequence's position, so a seeded generation repeats exactly. INVALID_ARGUMENT for bad params, a
   // params/items size mismatch or an item with all_logits.
   absl::Status ForwardSample(std::span<ForwardItem> items, std::span<const SamplingParams> params,
-                             std::vector<int32_t>* tokens);
+                             std::vector<int32_t>* tokens) override;
+  bool samples_on_device() const override { return true; }
 
   // Frees a sequence's rows.
   void Release(SequenceKv& seq) override { pool_->Release(seq); }

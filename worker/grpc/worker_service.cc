@@ -205,6 +205,7 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
       return Invalid(absl::StrFormat("device: %d is not the device this worker's NCCL group runs on (%d, its "
                                      "--device)", r.device(), options_.device));
     }
+  } else {
     return Invalid("backend: must be BACKEND_CPU or BACKEND_CUDA");
   }
   if (r.memory_budget_bytes() < 0) return Invalid("memory_budget_bytes: must be >= 0");
