@@ -58,8 +58,13 @@ def main():
     p.add_argument("--max_fit_batch", type=int, default=256, help="cap of the largest-batch rows")
     p.add_argument("--skip_prefill", action="store_true",
                    help="decode rows over uncomputed prompt KV (adore-bench-cuda --skip_prefill): same decode cost")
+    p.add_argument("--plot", default="", help="only redraw the plot of this scaling.json (next to it)")
     p.add_argument("--time-budget", type=float, default=540, help="seconds; later runs are skipped past it")
     args = p.parse_args()
+    if args.plot:
+        with open(args.plot) as f:
+            plot(json.load(f), os.path.splitext(args.plot)[0] + ".png")
+        return
     os.makedirs(args.out, exist_ok=True)
     os.environ["NCCL_NVLS_ENABLE"] = "0"
     n = gpu_count()
@@ -106,7 +111,46 @@ def main():
                                                "raw": raw}, "rows": rows}
     with open(os.path.join(args.out, "scaling.json"), "w") as f:
         json.dump(doc, f, indent=2)
+    plot(doc, os.path.join(args.out, "scaling.png"))
     print(f"wrote {len(rows)} rows in {time.time() - start:.0f} s", flush=True)
+
+
+def plot(doc, png):
+    """Throughput and scaling efficiency against GPU count at the largest batch that fits (when matplotlib
+    is importable): efficiency = throughput at tp=k / (k * throughput at tp=1)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plot", flush=True)
+        return
+    rows = [r for r in doc["rows"] if r["max_fit"] and r["decode_tok_s"]]
+    series = sorted({(r["model"], r["prompt"]) for r in rows})
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for model, prompt in series:
+        pts = sorted((r["tp"], r["decode_tok_s"]) for r in rows if r["model"] == model and r["prompt"] == prompt)
+        base = dict(pts).get(1)
+        label = f"{model.split(' (')[0]}, {prompt // 1024}k"
+        a1.plot([t for t, _ in pts], [v for _, v in pts], marker="o", label=label)
+        if base:
+            a2.plot([t for t, _ in pts], [100 * v / (t * base) for t, v in pts], marker="o", label=label)
+    tps = sorted({r["tp"] for r in rows})
+    for a in (a1, a2):
+        a.set_xticks(tps)
+        a.set_xlabel("GPUs (tensor-parallel size)")
+        a.grid(alpha=0.3)
+    a1.set_ylabel("decode tokens/s (largest batch that fits)")
+    a1.set_yscale("log")
+    a2.set_ylabel("scaling efficiency (%)")
+    a2.set_ylim(0, 120)
+    a2.axhline(85, color="gray", ls="--", lw=1)
+    a1.legend(fontsize=8)
+    fig.suptitle(f"CUDA engine tensor parallelism, full attention ({doc['machine'].split(';')[0]}, commit {doc['commit']})",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    print(f"wrote {png}", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@
 
     python3 bench/serving.py --bin BIN_DIR --out OUT_DIR --commit REV
 
-writes OUT_DIR/serving_overhead.json (rows: path, model, tp, batch, prompt, gen, decode_tok_s,
-ratio_to_in_process, itl_ms_p50, ttft_ms_p50, output_tok_s) and the raw tool outputs.
+writes OUT_DIR/serving_overhead.json (rows: path, model, tp, batch, prompt, gen,
+engine_tok_s, server_tok_s, ratio, server_itl_ms_p50, ttft_ms_p50, output_tok_s) and the raw tool outputs.
 """
 import argparse
 import json
@@ -145,16 +145,14 @@ def main():
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, timeout=args.step_timeout, stdout=open(os.path.join(args.out, "in_process.txt"), "w"),
                        stderr=subprocess.STDOUT)
-        ref = None
+        ref, engine = None, None
         if os.path.exists(bench_json):
             with open(bench_json) as f:
                 doc = json.load(f)
             machine = doc["machine"]
             ref = doc["rows"][0]
-            rows.append({"path": "in-process engine (adore-bench-cuda)", "model": ref["model"], "tp": 1,
-                         "batch": args.batch, "prompt": args.prompt, "gen": args.gen,
-                         "decode_tok_s": ref["decode_tok_s"], "ratio_to_in_process": 1.0,
-                         "itl_ms_p50": ref["step_ms"], "ttft_ms_p50": None, "output_tok_s": None})
+            engine = {"path": "in-process engine (adore-bench-cuda)", "model": ref["model"],
+                      "decode_tok_s": ref["decode_tok_s"], "step_ms": ref["step_ms"]}
         spec = f"synthetic:{args.overhead_model}"
         for tag, workers in (("embedded", 0), ("external1", 1)):
             r = server_run(args, procs, tag, spec, args.batch, args.prompt, args.gen, workers, [0])
@@ -163,10 +161,11 @@ def main():
             tok_s = args.batch / (r["itl_ms_p50"] / 1e3) if r.get("itl_ms_p50") else None
             rows.append({"path": f"adore-server, {'embedded worker' if workers == 0 else '1 adore-worker process'}",
                          "model": ref["model"] if ref else spec, "tp": 1, "batch": args.batch, "prompt": args.prompt,
-                         "gen": args.gen, "decode_tok_s": tok_s,
-                         "ratio_to_in_process": tok_s / ref["decode_tok_s"] if (tok_s and ref) else None,
-                         "itl_ms_p50": r.get("itl_ms_p50"), "ttft_ms_p50": r.get("ttft_ms_p50"),
-                         "output_tok_s": r.get("output_tok_s"), "errors": r.get("errors")})
+                         "gen": args.gen, "engine_tok_s": ref["decode_tok_s"] if ref else None,
+                         "server_tok_s": tok_s, "ratio": tok_s / ref["decode_tok_s"] if (tok_s and ref) else None,
+                         "engine_step_ms": ref["step_ms"] if ref else None, "server_itl_ms_p50": r.get("itl_ms_p50"),
+                         "ttft_ms_p50": r.get("ttft_ms_p50"), "output_tok_s": r.get("output_tok_s"),
+                         "errors": r.get("errors")})
         if args.tp > 0:
             base = None
             for n in sorted({1, args.tp}):
@@ -178,14 +177,15 @@ def main():
                 base = base or tok_s
                 rows.append({"path": f"adore-server, {n} adore-worker process(es), NCCL", "model": args.tp_model,
                              "tp": n, "batch": args.batch, "prompt": args.prompt, "gen": args.gen,
-                             "decode_tok_s": tok_s, "ratio_to_in_process": None, "ratio_to_tp1": tok_s / base
-                             if (tok_s and base) else None, "itl_ms_p50": r.get("itl_ms_p50"),
-                             "ttft_ms_p50": r.get("ttft_ms_p50"), "output_tok_s": r.get("output_tok_s"),
-                             "errors": r.get("errors")})
+                             "engine_tok_s": None, "server_tok_s": tok_s, "ratio": None,
+                             "ratio_to_tp1": tok_s / base if (tok_s and base) else None,
+                             "server_itl_ms_p50": r.get("itl_ms_p50"), "ttft_ms_p50": r.get("ttft_ms_p50"),
+                             "output_tok_s": r.get("output_tok_s"), "errors": r.get("errors"),
+                             "note": "compare with tp 1 through the server (ratio_to_tp1)"})
     finally:
         procs.stop()
     doc = {"command": "python3 bench/serving.py " + " ".join(sys.argv[1:]), "machine": machine or "unknown",
-           "commit": args.commit, "rows": rows}
+           "commit": args.commit, "engine": engine, "rows": rows}
     with open(os.path.join(args.out, "serving_overhead.json"), "w") as f:
         json.dump(doc, f, indent=2)
     print(json.dumps(rows, indent=1), flush=True)
