@@ -16,6 +16,7 @@ class ScriptedRebuildPolicy final : public ReleasePolicy {
  public:
   ScriptedRebuildPolicy(int32_t drop, int32_t drop_step, int32_t gap) : drop_(drop), drop_step_(drop_step), gap_(gap) {}
   PolicyKind kind() const override { return PolicyKind::kAdore; }
+  int64_t max_rebuild_per_step() const override { return 1; }
   absl::StatusOr<StepPlan> PlanStep(const SequenceKv& seq, int64_t, int64_t) override {
     StepPlan plan;
     if (step_ == drop_step_) {

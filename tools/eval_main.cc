@@ -201,8 +201,10 @@ absl::StatusOr<std::vector<int64_t>> ParseIntList(const char* flag, const std::v
   return out;
 }
 
+// `controller` (may be null): on the cuda backend, adore runs with that controller on the GPU.
 absl::StatusOr<std::unique_ptr<adore::Engine>> CreateEngine(const std::string& backend, adore::ModelWeights weights,
-                                                            int64_t kv_rows, int64_t max_batch) {
+                                                            int64_t kv_rows, int64_t max_batch,
+                                                            const adore::AdoreController* controller = nullptr) {
   if (backend == "cpu") {
     ADORE_ASSIGN_OR_RETURN(auto engine, adore::CpuEngine::Create(std::move(weights), {.kv_rows = kv_rows}));
     return std::unique_ptr<adore::Engine>(std::move(engine));
@@ -215,6 +217,8 @@ absl::StatusOr<std::unique_ptr<adore::Engine>> CreateEngine(const std::string& b
     o.max_logit_rows = o.max_batch;
     o.kv_rows = kv_rows;
     o.max_slots = 4 * kv_rows + o.max_tokens;  // policy items are bounded by 2 x max(slots, budget) each
+    o.adore_controller = controller;
+    o.adore_lanes = o.max_batch;
     ADORE_ASSIGN_OR_RETURN(auto engine, adore::CudaEngine::Create(weights, o));
     return std::unique_ptr<adore::Engine>(std::move(engine));
 #else
@@ -300,7 +304,7 @@ absl::Status RunQuality(const Context& ctx) {
   const std::string backend = absl::GetFlag(FLAGS_backend);
   const int64_t kv_rows = std::max(streams * context, gen_prompts * (gen_prompt_tokens + gen_tokens)) + 64;
   ADORE_ASSIGN_OR_RETURN(auto engine,
-                         CreateEngine(backend, std::move(weights), kv_rows, std::max(streams, gen_prompts)));
+                         CreateEngine(backend, std::move(weights), kv_rows, std::max(streams, gen_prompts), controller.get()));
   std::fprintf(stderr, "%s: %d tokens; %d streams x %d tokens; %d prompts x %d + %d; %d configs on %s\n",
                text_path.c_str(), ids.size(), streams, context, gen_prompts, gen_prompt_tokens, gen_tokens,
                configs.size(), engine->backend());

@@ -2,6 +2,7 @@
 // CudaEngine): batched forward calls over sequences with slot tables, and releasing a sequence's rows.
 #pragma once
 
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -9,6 +10,7 @@
 #include "common/model_config.h"
 #include "worker/forward_plan.h"
 #include "worker/kv_cache.h"
+#include "worker/release_policy.h"
 #include "worker/sampler.h"
 
 namespace adore {
@@ -22,6 +24,12 @@ class Engine {
   // last logit row with params[i], so only the token ids reach the host (not [items, vocab] logits). Draws are
   // stateless (the seed mixed with the position), so they differ from the host Sampler's stream.
   virtual bool samples_on_device() const { return false; }
+  // The release policy for one sequence this engine will run. The default is MakeReleasePolicy (the policy
+  // runs on the host); an engine may return its own implementation (CudaEngine: adore with the controller
+  // on the GPU), which only that engine can run.
+  virtual absl::StatusOr<std::unique_ptr<ReleasePolicy>> MakePolicy(const ReleaseConfig& config) {
+    return MakeReleasePolicy(config);
+  }
   virtual absl::Status ForwardSample(std::span<ForwardItem> items, std::span<const SamplingParams> params,
                                      std::vector<int32_t>* tokens) {
     (void)items, (void)params, (void)tokens;

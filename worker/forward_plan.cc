@@ -49,7 +49,8 @@ absl::StatusOr<ForwardShape> CheckForwardItems(std::span<const ForwardItem> item
 namespace {
 
 // Checks a policy's plan against the sequence before anything is applied.
-absl::Status CheckPlan(size_t item, const SequenceKv& seq, const StepPlan& plan, int64_t num_new, int64_t budget) {
+absl::Status CheckPlan(size_t item, const SequenceKv& seq, const StepPlan& plan, int64_t num_new, int64_t budget,
+                       int64_t max_rebuild) {
   std::vector<uint8_t> seen(seq.num_slots(), 0);
   for (int32_t s : plan.release) {
     if (s < 0 || s >= seq.num_slots() || seq.rows[s] < 0 || seen[s]) {
@@ -61,6 +62,10 @@ absl::Status CheckPlan(size_t item, const SequenceKv& seq, const StepPlan& plan,
   if (plan.rebuild_positions.size() != plan.rebuild_tokens.size()) {
     return absl::InternalError(absl::StrFormat("forward item %d: policy rebuild plan has %d positions, %d tokens", item,
                                                plan.rebuild_positions.size(), plan.rebuild_tokens.size()));
+  }
+  if (static_cast<int64_t>(plan.rebuild_positions.size()) > max_rebuild) {
+    return absl::InternalError(absl::StrFormat("forward item %d: policy rebuilds %d tokens, over its bound of %d",
+                                               item, plan.rebuild_positions.size(), max_rebuild));
   }
   for (int32_t p : plan.rebuild_positions) {
     if (p < 0 || p >= seq.next_pos) {
@@ -111,7 +116,7 @@ absl::StatusOr<Decision> Decide(std::span<ForwardItem> items, const ModelConfig&
           "forward item %d: %d tokens in one step exceed its kv_budget of %d slots", i, len, it.kv_budget));
     }
     ADORE_ASSIGN_OR_RETURN(d.plans[i], it.policy->PlanStep(*it.seq, len, it.kv_budget));
-    ADORE_RETURN_IF_ERROR(CheckPlan(i, *it.seq, d.plans[i], len, it.kv_budget));
+    ADORE_RETURN_IF_ERROR(CheckPlan(i, *it.seq, d.plans[i], len, it.kv_budget, it.policy->max_rebuild_per_step()));
   }
   ADORE_ASSIGN_OR_RETURN(d.fresh_rows, rows.Allocate(FreshRows(items, d.plans)));
   return d;
@@ -300,7 +305,8 @@ absl::StatusOr<Decision> Follow(std::span<ForwardItem> items, const ModelConfig&
       }
       continue;
     }
-    if (absl::Status st = CheckPlan(i, *it.seq, p, static_cast<int64_t>(it.tokens.size()), it.kv_budget);
+    if (absl::Status st = CheckPlan(i, *it.seq, p, static_cast<int64_t>(it.tokens.size()), it.kv_budget,
+                                    it.policy->max_rebuild_per_step());
         !st.ok()) {
       return diverged(st.message());
     }

@@ -35,7 +35,7 @@ absl::StatusOr<std::vector<GenerationResult>> GenerateBatch(Engine& engine,
   std::vector<std::unique_ptr<ReleasePolicy>> policies(requests.size());
   for (size_t i = 0; i < requests.size(); ++i) {
     if (requests[i].release.kind == PolicyKind::kFull) continue;
-    ADORE_ASSIGN_OR_RETURN(policies[i], MakeReleasePolicy(requests[i].release));
+    ADORE_ASSIGN_OR_RETURN(policies[i], engine.MakePolicy(requests[i].release));
   }
 
   GenerationStats local_stats;

@@ -121,7 +121,7 @@ absl::StatusOr<PerplexityResult> ComputeStreamingPerplexityBatch(Engine& engine,
   std::vector<std::unique_ptr<ReleasePolicy>> policies(num);
   if (config.kind != PolicyKind::kFull) {
     for (auto& p : policies) {
-      ADORE_ASSIGN_OR_RETURN(p, MakeReleasePolicy(config));
+      ADORE_ASSIGN_OR_RETURN(p, engine.MakePolicy(config));
     }
   }
   const int64_t vocab = engine.config().vocab_size;

@@ -168,6 +168,9 @@ class AdorePolicy final : public ReleasePolicy {
   }
   PolicyKind kind() const override { return PolicyKind::kAdore; }
   std::span<const int32_t> feature_layers() const override { return layers_; }
+  // Protected positions are never released (the sinks always protected, a recent position cached since it
+  // was added), so a plan rebuilds at most the R best released candidates.
+  int64_t max_rebuild_per_step() const override { return max_rebuild_; }
 
   absl::Status ObserveStep(const SequenceKv& seq, const StepObservation& step) override {
     for (size_t i = 0; i < step.positions.size(); ++i) {

@@ -80,6 +80,10 @@ class ReleasePolicy {
   // Slot `slot` now holds a new token (its per-slot state restarts).
   virtual void OnSlotReused(int32_t slot) {}
 
+  // The most tokens PlanStep may ask to rebuild in one step (engines reserve room for them); a plan that
+  // asks for more is refused (INTERNAL).
+  virtual int64_t max_rebuild_per_step() const { return 0; }
+
   // Layers whose attn_norm output (the q/k/v input) the policy wants for every new token; empty = none.
   virtual std::span<const int32_t> feature_layers() const { return {}; }
 

@@ -58,7 +58,7 @@ absl::StatusOr<WorkerStepResult> StepExecutor::Step(const WorkerStep& step) {
   for (const SequenceStart& s : step.start) {
     auto live = std::make_unique<Live>(s.sampling);
     if (s.release.kind != PolicyKind::kFull) {
-      ADORE_ASSIGN_OR_RETURN(live->policy, MakeReleasePolicy(s.release));
+      ADORE_ASSIGN_OR_RETURN(live->policy, engine_.MakePolicy(s.release));
       live->budget = s.release.kv_budget;
     }
     seqs_.emplace(s.id, std::move(live));

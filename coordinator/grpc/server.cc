@@ -88,6 +88,8 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(const Serv
     co.max_logit_rows = o.max_batch;
     co.max_tokens = std::max<int64_t>(4096, o.max_batch * (1 + kMaxRebuild));
     co.kv_rows = o.kv_rows;
+    co.adore_controller = s->controller_.get();  // adore's controller runs on the GPU
+    co.adore_lanes = 2 * co.max_batch;
     ADORE_ASSIGN_OR_RETURN(auto engine, synthetic ? CudaEngine::CreateSynthetic(weights.config, /*seed=*/1, co)
                                                   : CudaEngine::Create(weights, co));
     info.kv_rows = engine->pool().num_rows();

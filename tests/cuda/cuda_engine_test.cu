@@ -16,6 +16,7 @@
 #include "worker/adore_controller.h"
 #include "worker/cpu_engine.h"
 #include "worker/cuda/cuda_engine.h"
+#include "worker/cuda/device_adore.h"
 
 namespace adore {
 namespace {
@@ -400,6 +401,61 @@ TEST_F(CudaEngineTest, AdoreRebuildStaysWithinBudget) {
   EXPECT_GT(pa->stats().rebuilt + pb->stats().rebuilt, 0);
   EXPECT_EQ(pa->stats().released, 160 - 48 + pa->stats().rebuilt);
   EXPECT_EQ(gpu_->pool().num_free(), free_before);
+}
+
+// Adore with the controller on the GPU (CudaEngineOptions::adore_controller, DeviceAdorePolicy) keeps the
+// slots the host policy keeps: the same masses and features go into a controller that matches the CPU's
+// within 1e-5, so the plans agree but for near-ties of the scores. Rebuild and budget as above.
+TEST_F(CudaEngineTest, DeviceAdoreMatchesHostAdore) {
+  auto controller = AdoreController::Load(testing::SourcePath("tools/adore/controller.bin"));
+  ASSERT_TRUE(controller.ok()) << controller.status();
+  auto weights = LoadModelWeights(testing::ModelPath());
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  CudaEngineOptions o{.max_tokens = 1024, .max_batch = 32, .max_logit_rows = 512, .kv_rows = 8192};
+  o.adore_controller = controller->get();
+  o.adore_lanes = 8;
+  auto dev = CudaEngine::Create(*weights, o);
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  const std::vector<int32_t> a(texts_[0].begin(), texts_[0].begin() + 160);
+  const std::vector<int32_t> b(texts_[1].begin(), texts_[1].begin() + 160);
+  for (int64_t rebuild : {0, 8}) {
+    SCOPED_TRACE(::testing::Message() << "rebuild " << rebuild);
+    const ReleaseConfig rc{.kind = PolicyKind::kAdore, .kv_budget = 48, .rebuild = rebuild,
+                           .controller = controller->get()};
+    auto ha = *MakeReleasePolicy(rc), hb = *MakeReleasePolicy(rc);
+    auto da = (*dev)->MakePolicy(rc), db = (*dev)->MakePolicy(rc);
+    ASSERT_TRUE(da.ok() && db.ok());
+    ASSERT_NE(dynamic_cast<DeviceAdorePolicy*>(da->get()), nullptr) << "the engine made a host policy";
+    const int64_t free_before = (*dev)->pool().num_free();
+    std::vector<std::vector<std::vector<int32_t>>> host_slots, dev_slots;
+    const auto hl = PolicySteps(*gpu_, a, b, ha.get(), hb.get(), 48, false, &host_slots);
+    const auto dl = PolicySteps(**dev, a, b, da->get(), db->get(), 48, false, &dev_slots);
+    ASSERT_EQ(host_slots.size(), dev_slots.size());
+    int64_t same = 0, first_diff = -1;
+    double worst = 0;
+    for (size_t t = 0; t < host_slots.size(); ++t) {
+      if (host_slots[t] == dev_slots[t]) {
+        ++same;
+        worst = std::max(worst, MatrixRelDiff(dl[t], hl[t]));
+      } else if (first_diff < 0) {
+        first_diff = static_cast<int64_t>(t);
+      }
+    }
+    std::printf("device vs host adore (R=%lld): %lld / %zu steps with the same slots (first difference at %lld), "
+                "worst logit rel diff %.2e; released %lld / %lld, rebuilt %lld / %lld\n",
+                static_cast<long long>(rebuild), static_cast<long long>(same), host_slots.size(),
+                static_cast<long long>(first_diff), worst, static_cast<long long>((*da)->stats().released),
+                static_cast<long long>(ha->stats().released), static_cast<long long>((*da)->stats().rebuilt),
+                static_cast<long long>(ha->stats().rebuilt));
+    EXPECT_GE(same, static_cast<int64_t>(0.95 * host_slots.size()));
+    EXPECT_LE(worst, 1e-3);  // the same engine kernels on the same cache
+    for (const auto& step : dev_slots) {
+      for (const auto& sl : step) EXPECT_LE(sl.size(), 48u);
+    }
+    EXPECT_EQ((*da)->stats().released, 160 - 48 + (*da)->stats().rebuilt);
+    if (rebuild > 0) EXPECT_GT((*da)->stats().rebuilt + (*db)->stats().rebuilt, 0);
+    EXPECT_EQ((*dev)->pool().num_free(), free_before);
+  }
 }
 
 TEST_F(CudaEngineTest, RejectsBadInputWithoutChangingState) {

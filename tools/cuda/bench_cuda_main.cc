@@ -28,7 +28,9 @@
 #include "kernels/cuda/ops.h"
 #include "nlohmann/json.hpp"
 #include "tools/bench_util.h"
+#include "worker/adore_controller.h"
 #include "worker/cuda/cuda_engine.h"
+#include "worker/release_policy.h"
 #if ADORE_HAVE_NCCL
 #include "worker/comm/nccl_communicator.h"
 #endif
@@ -41,6 +43,12 @@ ABSL_FLAG(std::vector<std::string>, batch, std::vector<std::string>({"1", "4", "
           "batch sizes, comma-separated; 'max' = the largest batch whose KV fits the pool at each prompt length "
           "(at most --max_fit_batch); empty: no decode grid, e.g. with --prefill_only");
 ABSL_FLAG(int32_t, max_fit_batch, 512, "upper bound of --batch max");
+ABSL_FLAG(std::string, policy, "full",
+          "release policy of the decode rows: full, window, heavy_hitter, adore (adore runs its controller on the "
+          "GPU); with a releasing policy prompts go in token by token (the policy observes every query)");
+ABSL_FLAG(int64_t, kv_budget, 1024, "releasing policies: KV slots per sequence (m)");
+ABSL_FLAG(int64_t, rebuild, 0, "adore: released tokens rebuilt per step (R)");
+ABSL_FLAG(std::string, controller, "tools/adore/controller.bin", "adore: the controller file");
 ABSL_FLAG(bool, skip_prefill, false,
           "decode rows: take each prompt's KV rows from the pool without computing them (their bytes are whatever "
           "the pool holds: a decode step reads and costs the same), so large batches at long contexts are timed "
@@ -232,13 +240,21 @@ absl::Status Prefill(adore::CudaEngine& engine, std::span<adore::SequenceKv> seq
 
 // `steps` greedy decode steps over all sequences, feeding back the sampled tokens. Per-step seconds.
 absl::StatusOr<std::vector<double>> Decode(adore::CudaEngine& engine, std::span<adore::SequenceKv> seqs,
-                                           std::vector<int32_t>* last, int32_t steps) {
+                                           std::vector<int32_t>* last, int32_t steps,
+                                           std::span<const std::unique_ptr<adore::ReleasePolicy>> policies = {},
+                                           int64_t kv_budget = 0) {
   std::vector<adore::ForwardItem> items(seqs.size());
   const std::vector<adore::SamplingParams> params(seqs.size(), adore::SamplingParams{});
   std::vector<int32_t> next;
   std::vector<double> seconds;
   for (int32_t step = 0; step < steps; ++step) {
-    for (size_t b = 0; b < seqs.size(); ++b) items[b] = {&seqs[b], std::span<const int32_t>(&(*last)[b], 1)};
+    for (size_t b = 0; b < seqs.size(); ++b) {
+      items[b] = {&seqs[b], std::span<const int32_t>(&(*last)[b], 1)};
+      if (!policies.empty()) {
+        items[b].policy = policies[b].get();
+        items[b].kv_budget = kv_budget;
+      }
+    }
     const auto t0 = Clock::now();
     ADORE_RETURN_IF_ERROR(engine.ForwardSample(std::span<adore::ForwardItem>(items), params, &next));
     seconds.push_back(SecondsSince(t0));
@@ -254,6 +270,7 @@ struct Grid {
   double bandwidth = 0.0, matmul = 0.0;  // bytes/s, FLOP/s
   int tp = 1;
   bool skip_prefill = false;
+  adore::ReleaseConfig release;  // kind kFull: no policy
   int64_t pool_rows = 0;  // the smallest KV pool of the ranks, so every rank skips the same rows
   adore::comm::Communicator* comm = nullptr;  // rank 0's, for the time its collectives take (tp > 1)
 };
@@ -262,7 +279,8 @@ nlohmann::json NullRow(const std::string& model, int32_t batch, int32_t prompt, 
   nlohmann::json row = {{"engine", "adore"}, {"kind", kind}, {"model", model}, {"batch", batch},
                         {"prompt", prompt},  {"gen", gen},   {"note", ""},
                         {"cuda_graphs", absl::GetFlag(FLAGS_cuda_graphs)}, {"tp", absl::GetFlag(FLAGS_tp)},
-                        {"policy", "full"}};
+                        {"policy", absl::GetFlag(FLAGS_policy)}, {"m", absl::GetFlag(FLAGS_kv_budget)},
+                        {"R", absl::GetFlag(FLAGS_rebuild)}};
   for (const char* key :
        {"decode_tok_s", "step_ms", "floor_step_ms", "step_over_floor", "prefill_tok_s", "prefill_ms"}) {
     row[key] = nullptr;
@@ -276,7 +294,9 @@ nlohmann::json RunDecodeRow(adore::CudaEngine& engine, const std::string& model,
   const adore::ModelConfig& c = engine.config();
   nlohmann::json row = NullRow(model, batch, prompt, g.gen, "decode");
   const int64_t ctx_end = static_cast<int64_t>(prompt) + g.warmup + g.gen;
-  const int64_t rows_needed = static_cast<int64_t>(batch) * ctx_end;
+  const bool policy = g.release.kind != adore::PolicyKind::kFull;
+  // A releasing policy holds at most kv_budget slots per sequence.
+  const int64_t rows_needed = static_cast<int64_t>(batch) * (policy ? g.release.kv_budget + 1 : ctx_end);
   if (ctx_end > c.max_context) {
     row["note"] = absl::StrFormat("skipped: prompt + warmup + gen = %d exceeds max_context %d (see --max_context)",
                                   ctx_end, c.max_context);
@@ -296,7 +316,25 @@ nlohmann::json RunDecodeRow(adore::CudaEngine& engine, const std::string& model,
   std::vector<int32_t> last;
   const auto t0 = Clock::now();
   absl::Status st;
-  if (g.skip_prefill) {
+  std::vector<std::unique_ptr<adore::ReleasePolicy>> policies;
+  absl::Cleanup drop_policies = [&] { policies.clear(); };  // before the sequences' rows go back
+  if (policy) {
+    // The policy observes every query: the prompts go in token by token, all sequences in each call.
+    for (int32_t b = 0; b < batch && st.ok(); ++b) {
+      absl::StatusOr<std::unique_ptr<adore::ReleasePolicy>> p = engine.MakePolicy(g.release);
+      if (!p.ok()) st = p.status();
+      if (p.ok()) policies.push_back(*std::move(p));
+    }
+    std::vector<adore::ForwardItem> items(batch);
+    const std::vector<adore::SamplingParams> params(batch, adore::SamplingParams{});
+    for (int32_t x = 0; x < prompt && st.ok(); ++x) {
+      for (int32_t b = 0; b < batch; ++b) {
+        items[b] = {&seqs[b], std::span<const int32_t>(&prompts[b][x], 1), false, policies[b].get(),
+                    g.release.kv_budget};
+      }
+      st = engine.ForwardSample(std::span<adore::ForwardItem>(items), params, &last);
+    }
+  } else if (g.skip_prefill) {
     // Slot tables of `prompt` tokens over uncomputed rows; the first decode token is the prompt's last.
     for (int32_t b = 0; b < batch && st.ok(); ++b) {
       absl::StatusOr<std::vector<int32_t>> rows = engine.pool().Allocate(prompt);
@@ -315,9 +353,12 @@ nlohmann::json RunDecodeRow(adore::CudaEngine& engine, const std::string& model,
   }
   const double prefill_s = SecondsSince(t0);
   absl::StatusOr<std::vector<double>> steps;
-  if (st.ok()) steps = Decode(engine, std::span<adore::SequenceKv>(seqs), &last, g.warmup);
+  const std::span<const std::unique_ptr<adore::ReleasePolicy>> pol(policies);
+  if (st.ok()) steps = Decode(engine, std::span<adore::SequenceKv>(seqs), &last, g.warmup, pol, g.release.kv_budget);
   if (g.comm != nullptr) g.comm->TakeStats();
-  if (st.ok() && steps.ok()) steps = Decode(engine, std::span<adore::SequenceKv>(seqs), &last, g.gen);
+  if (st.ok() && steps.ok()) {
+    steps = Decode(engine, std::span<adore::SequenceKv>(seqs), &last, g.gen, pol, g.release.kv_budget);
+  }
   if (g.comm != nullptr) {
     // Device time of the collectives, recorded for eager steps only (a graph replays them unobserved).
     const adore::comm::CommStats cs = g.comm->TakeStats();
@@ -335,7 +376,8 @@ nlohmann::json RunDecodeRow(adore::CudaEngine& engine, const std::string& model,
   // Bytes at mid-generation of the timed steps: all weights plus every sequence's cached K/V.
   const double ctx_mid = prompt + g.warmup + g.gen / 2.0;
   // Per rank with tensor parallelism: its share of the layers' matrices and the KV heads, the LM head whole.
-  const double kv_bytes = static_cast<double>(batch) * ctx_mid * KvBytesPerToken(c) / g.tp;
+  const double kv_bytes = static_cast<double>(batch) * (policy ? static_cast<double>(g.release.kv_budget) : ctx_mid) *
+                          KvBytesPerToken(c) / g.tp;
   const double weight_bytes = static_cast<double>(DecodeWeightBytes(c)) -
                               (1.0 - 1.0 / g.tp) * 2.0 * c.num_layers * LayerMatrixParams(c);
   const double floor_ms = 1e3 * (weight_bytes + kv_bytes) / g.bandwidth;
@@ -347,8 +389,17 @@ nlohmann::json RunDecodeRow(adore::CudaEngine& engine, const std::string& model,
   row["step_over_floor"] = step_ms / floor_ms;
   row["kv_bytes_per_step"] = kv_bytes;
   if (!g.skip_prefill) {
-    row["prefill_ms"] = 1e3 * prefill_s;
+    row["prefill_ms"] = 1e3 * prefill_s;  // with a policy: the prompt token by token
     row["prefill_tok_s"] = static_cast<double>(batch) * prompt / prefill_s;
+  }
+  if (policy) {
+    int64_t released = 0, rebuilt = 0;
+    for (const auto& p : policies) {
+      released += p->stats().released;
+      rebuilt += p->stats().rebuilt;
+    }
+    row["tokens_released"] = released;
+    row["tokens_rebuilt"] = rebuilt;
   }
   row["prefill_skipped"] = g.skip_prefill;
   row["warmup"] = g.warmup;
@@ -440,6 +491,29 @@ absl::Status Run(int argc, char** argv) {
   g.seed = absl::GetFlag(FLAGS_seed);
   g.tp = absl::GetFlag(FLAGS_tp);
   g.skip_prefill = absl::GetFlag(FLAGS_skip_prefill);
+  std::unique_ptr<adore::AdoreController> controller;
+  {
+    const std::string name = absl::GetFlag(FLAGS_policy);
+    adore::PolicyKind kind;
+    if (name == "full") {
+      kind = adore::PolicyKind::kFull;
+    } else if (name == "window") {
+      kind = adore::PolicyKind::kWindow;
+    } else if (name == "heavy_hitter") {
+      kind = adore::PolicyKind::kHeavyHitter;
+    } else if (name == "adore") {
+      kind = adore::PolicyKind::kAdore;
+      ADORE_ASSIGN_OR_RETURN(controller, adore::AdoreController::Load(absl::GetFlag(FLAGS_controller)));
+    } else {
+      return absl::InvalidArgumentError(absl::StrFormat("--policy: '%s' is not full, window, heavy_hitter or adore", name));
+    }
+    g.release = {.kind = kind, .kv_budget = kind == adore::PolicyKind::kFull ? 0 : absl::GetFlag(FLAGS_kv_budget),
+                 .rebuild = absl::GetFlag(FLAGS_rebuild), .controller = controller.get()};
+    ADORE_RETURN_IF_ERROR(g.release.Validate(int64_t{1} << 20));
+    if (kind != adore::PolicyKind::kFull && g.skip_prefill) {
+      return absl::InvalidArgumentError("--skip_prefill: a releasing policy must observe its prompt");
+    }
+  }
   if (g.tp < 1) return absl::InvalidArgumentError("--tp must be >= 1");
   const int32_t max_context = absl::GetFlag(FLAGS_max_context), gemm_size = absl::GetFlag(FLAGS_gemm_size);
   const int64_t copy_mib = absl::GetFlag(FLAGS_copy_mib);
@@ -476,7 +550,12 @@ absl::Status Run(int argc, char** argv) {
       max_batch = std::max(max_batch, absl::GetFlag(FLAGS_max_fit_batch));
     }
     adore::CudaEngineOptions options;
-    options.max_tokens = std::max(g.prefill_tokens, max_batch);
+    options.max_tokens = std::max<int64_t>(g.prefill_tokens, static_cast<int64_t>(max_batch) * (1 + g.release.rebuild));
+    if (g.release.kind != adore::PolicyKind::kFull) {
+      options.max_mass_slots = static_cast<int64_t>(max_batch) * (g.release.kv_budget + 2);
+      options.adore_controller = g.release.controller;
+      options.adore_lanes = std::max<int64_t>(max_batch, 16);
+    }
     options.max_batch = std::max(max_batch, 16);  // the warmup round below runs up to 16 sequences
     options.max_logit_rows = options.max_batch;
     options.kv_memory_fraction = absl::GetFlag(FLAGS_kv_memory_fraction);
@@ -577,7 +656,8 @@ absl::Status Run(int argc, char** argv) {
         int32_t batch = listed;
         if (batch == 0) {  // 'max': what the smallest pool of the ranks holds at this length
           const int64_t ctx_end = static_cast<int64_t>(prompt) + g.warmup + g.gen;
-          batch = static_cast<int32_t>(std::clamp<int64_t>(g.pool_rows / ctx_end, 1, options.max_batch));
+          const int64_t per_seq = g.release.kind != adore::PolicyKind::kFull ? g.release.kv_budget + 1 : ctx_end;
+          batch = static_cast<int32_t>(std::clamp<int64_t>(g.pool_rows / per_seq, 1, options.max_batch));
         }
         if (rank == 0) std::fprintf(stderr, "[batch %d, prompt %d, gen %d]\n", batch, prompt, g.gen);
         nlohmann::json row = RunDecodeRow(*engine, model, batch, prompt, g);

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -20,7 +21,12 @@ namespace {
 constexpr int64_t kMaxGridRows = 65535;  // row counts that become a grid's y dimension
 constexpr int64_t kMaxFeatureLayers = 4;
 constexpr size_t kMaxGraphs = 256;  // captured decode shapes kept per engine  // distinct layers whose features the policies of one call want
-constexpr int kDecodeSplitsPerItem = 16;  // decode partials budget per item (a lone sequence may use 64)
+constexpr int kDecodeSplitsPerItem = 16;
+// Device adore: protected positions (sinks + recent) a device policy may have, and the plan outputs'
+// capacity per sequence (rebuild list <= max_rebuild + protected; release <= that + the new token).
+constexpr int64_t kAdoreMaxProtected = 64;
+constexpr int64_t kAdorePlanCapacity = kMaxRebuild + kAdoreMaxProtected + 1;
+constexpr int64_t kAdoreIndexArrays = 8;  // int32 arrays of max_batch + 1 entries in adore_idx_  // decode partials budget per item (a lone sequence may use 64)
 
 size_t Align256(size_t b) { return (b + 255) / 256 * 256; }
 int64_t AlignInts(int64_t n) { return (n + 15) / 16 * 16; }  // 64-byte aligned int32 regions
@@ -86,6 +92,12 @@ CudaEngine::~CudaEngine() {
   if (host_sampled_ != nullptr) cudaFreeHost(host_sampled_);
   if (host_mass_ != nullptr) cudaFreeHost(host_mass_);
   if (host_features_ != nullptr) cudaFreeHost(host_features_);
+  if (adore_idx_ != nullptr) cudaFree(adore_idx_);
+  if (adore_out_ != nullptr) cudaFree(adore_out_);
+  if (adore_queries_ != nullptr) cudaFree(adore_queries_);
+  if (host_adore_idx_ != nullptr) cudaFreeHost(host_adore_idx_);
+  if (host_adore_out_ != nullptr) cudaFreeHost(host_adore_out_);
+  adore_.reset();
   pool_.reset();
   weights_.reset();
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -126,6 +138,7 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Finish(std::unique_ptr<C
   ADORE_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&engine->stream_, cudaStreamNonBlocking));
   ADORE_ASSIGN_OR_RETURN(engine->blas_, k::Blas::Create());
   ADORE_RETURN_IF_ERROR(engine->AllocateWorkspaces());
+  if (o.adore_controller != nullptr) ADORE_RETURN_IF_ERROR(engine->SetUpDeviceAdore());
 
   const ModelConfig& c = engine->config();
   const int64_t kv_dim = engine->weights_->local_kv_heads() * c.head_dim;  // this rank's KV heads
@@ -219,6 +232,47 @@ absl::Status CudaEngine::AllocateWorkspaces() {
   return absl::OkStatus();
 }
 
+absl::Status CudaEngine::SetUpDeviceAdore() {
+  const ModelConfig& c = config();
+  const AdoreController& ctl = *options_.adore_controller;
+  if (ctl.config().hidden_size != c.hidden_size) {
+    return absl::InvalidArgumentError(absl::StrFormat("adore controller: hidden size %d, the model has %d",
+                                                      ctl.config().hidden_size, c.hidden_size));
+  }
+  for (int32_t l : ctl.config().feature_layers) {
+    if (l < 0 || l >= c.num_layers) {
+      return absl::InvalidArgumentError(absl::StrFormat("adore controller: feature layer %d, the model has %d",
+                                                        l, c.num_layers));
+    }
+  }
+  if (static_cast<int64_t>(ctl.config().feature_layers.size()) > kMaxFeatureLayers) {
+    return absl::InvalidArgumentError("adore controller: more feature layers than the engine copies out");
+  }
+  if (options_.adore_lanes <= 0) return absl::InvalidArgumentError("adore_lanes: must be > 0");
+  ADORE_ASSIGN_OR_RETURN(adore_, DeviceAdoreRuntime::Create(ctl, options_.adore_lanes, c.max_context));
+  const int64_t B = options_.max_batch;
+  auto as_void = [](auto** p) { return reinterpret_cast<void**>(p); };
+  const int64_t idx = kAdoreIndexArrays * (B + 1), out = B * (2 * kAdorePlanCapacity + 3);
+  ADORE_CUDA_RETURN_IF_ERROR(cudaMalloc(as_void(&adore_idx_), idx * sizeof(int32_t)));
+  ADORE_CUDA_RETURN_IF_ERROR(cudaMallocHost(as_void(&host_adore_idx_), idx * sizeof(int32_t)));
+  ADORE_CUDA_RETURN_IF_ERROR(cudaMalloc(as_void(&adore_out_), out * sizeof(int32_t)));
+  ADORE_CUDA_RETURN_IF_ERROR(cudaMallocHost(as_void(&host_adore_out_), out * sizeof(int32_t)));
+  ADORE_CUDA_RETURN_IF_ERROR(cudaMalloc(as_void(&adore_queries_), B * ctl.config().key_dim * sizeof(float)));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<ReleasePolicy>> CudaEngine::MakePolicy(const ReleaseConfig& config) {
+  const bool device = adore_ != nullptr && config.kind == PolicyKind::kAdore &&
+                      config.controller == options_.adore_controller;
+  if (!device) return MakeReleasePolicy(config);
+  const int64_t recent = config.num_recent > 0 ? config.num_recent : config.controller->config().num_recent;
+  if (config.num_sink < 0 || recent < 0 || config.num_sink + recent > kAdoreMaxProtected) {
+    return MakeReleasePolicy(config);  // a protected set beyond the device plan's capacity: run on the host
+  }
+  ADORE_ASSIGN_OR_RETURN(const int32_t lane, adore_->AcquireLane());
+  return std::unique_ptr<ReleasePolicy>(new DeviceAdorePolicy(adore_, lane, config));
+}
+
 absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, bool sampling) {
   const ModelConfig& c = config();
   const CudaEngineOptions& o = options_;
@@ -227,7 +281,16 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
   // max(slots + 1, budget) read by the decode and the rebuild group), before touching any state.
   ADORE_ASSIGN_OR_RETURN(const ForwardShape shape, CheckForwardItems(items, c));
   int64_t max_tokens = shape.num_tokens, max_slots = shape.num_slots, max_mass_slots = 0;
+  // Features are copied token-major [mass token][layer][hidden]; the device controller reads a token's
+  // layers in its own order, so with any device adore item that order comes first.
   std::vector<int32_t> feature_layers;
+  auto is_device = [&](const ForwardItem& it) {
+    const auto* d = dynamic_cast<const DeviceAdorePolicy*>(it.policy);
+    return d != nullptr && d->runtime() == adore_.get();
+  };
+  if (adore_ != nullptr && std::any_of(items.begin(), items.end(), is_device)) {
+    for (int64_t l : adore_->controller().config().feature_layers) feature_layers.push_back(static_cast<int32_t>(l));
+  }
   for (size_t i = 0; i < items.size(); ++i) {
     const ForwardItem& it = items[i];
     if (sampling && it.all_logits) {
@@ -241,7 +304,7 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
           i, it.tokens.size()));
     }
     const int64_t table = std::max<int64_t>(it.seq->num_slots() + 1, it.kv_budget);
-    max_tokens += kMaxRebuild;
+    max_tokens += it.policy->max_rebuild_per_step();
     max_slots += 2 * table;
     max_mass_slots += table;
     for (int32_t l : it.policy->feature_layers()) {
@@ -265,6 +328,7 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
   }
   // The pinned staging is rewritten below; a call that failed midway may still be copying from it.
   ADORE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  pending_adore_.clear();
   ADORE_ASSIGN_OR_RETURN(const PlannedForward pf,
                          PlanForward(items, c, pool_->rows(), options_.tp_size > 1 ? options_.comm : nullptr));
 
@@ -275,8 +339,21 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
     int64_t first, count;  // tokens [first, first + count) of the item's PlannedItem
   };
   std::vector<Group> groups;
+  // Device adore items first (their controller launches read the first slot tables and masses), grouped by
+  // their plan parameters (one plan launch per group), then the host policies' items.
+  std::vector<size_t> device_items;
   for (size_t i = 0; i < items.size(); ++i) {
-    if (items[i].policy != nullptr) groups.push_back({i, pf.items[i].num_rebuild, 1});
+    if (items[i].policy != nullptr && is_device(items[i])) device_items.push_back(i);
+  }
+  std::stable_sort(device_items.begin(), device_items.end(), [&](size_t a, size_t b) {
+    const auto* x = static_cast<const DeviceAdorePolicy*>(items[a].policy);
+    const auto* y = static_cast<const DeviceAdorePolicy*>(items[b].policy);
+    return std::make_tuple(x->max_rebuild(), x->num_sink(), x->num_recent()) <
+           std::make_tuple(y->max_rebuild(), y->num_sink(), y->num_recent());
+  });
+  for (size_t i : device_items) groups.push_back({i, pf.items[i].num_rebuild, 1});
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (items[i].policy != nullptr && !is_device(items[i])) groups.push_back({i, pf.items[i].num_rebuild, 1});
   }
   Plan plan;
   plan.num_mass_decode = static_cast<int64_t>(groups.size());
@@ -314,7 +391,7 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
   // token_index[i][j]: where token j of item i's PlannedItem sits in the call's token order.
   std::vector<std::vector<int32_t>> token_index(items.size());
   for (size_t i = 0; i < items.size(); ++i) token_index[i].resize(pf.items[i].tokens.size());
-  std::vector<int64_t> mass_offset(items.size(), 0);
+  std::vector<int64_t> mass_offset(items.size(), 0), mass_token(items.size(), 0);
   int64_t t = 0, cursor = 0;
   h[off_dec] = 0;
   h[off_pres] = h[off_preq] = 0;
@@ -329,7 +406,10 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
       h[off_rows + t] = p.rows[x];
       token_index[g.item][x] = static_cast<int32_t>(t);
     }
-    if (static_cast<int64_t>(j) < plan.num_mass_decode) mass_offset[g.item] = cursor;
+    if (static_cast<int64_t>(j) < plan.num_mass_decode) {
+      mass_offset[g.item] = cursor;
+      mass_token[g.item] = static_cast<int64_t>(j);
+    }
     std::copy(seq.rows.begin(), seq.rows.end(), h + off_srows + cursor);
     std::copy(seq.pos.begin(), seq.pos.end(), h + off_spos + cursor);
     cursor += seq.num_slots();
@@ -396,8 +476,17 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
   } else {
     ADORE_RETURN_IF_ERROR(RunLayers(plan));
   }
-  if (plan.num_mass_decode > 0) {
-    ADORE_RETURN_IF_ERROR(ObservePolicies(items, pf, plan, mass_offset));
+  if (!device_items.empty()) ADORE_RETURN_IF_ERROR(RunDeviceAdore(items, pf, plan, device_items));
+  if (plan.num_mass_decode > static_cast<int64_t>(device_items.size())) {
+    ADORE_RETURN_IF_ERROR(ObservePolicies(items, pf, plan, mass_offset, mass_token));  // device ones record ids
+  } else {
+    for (size_t i : device_items) {  // no host policy: skip the mass and feature downloads
+      const PlannedItem& p = pf.items[i];
+      const auto first = static_cast<size_t>(p.num_rebuild);
+      static_cast<DeviceAdorePolicy*>(items[i].policy)
+          ->RecordTokens(std::span<const int32_t>(p.positions).subspan(first),
+                         std::span<const int32_t>(p.tokens).subspan(first));
+    }
   }
   return real_logit_rows;
 }
@@ -430,8 +519,130 @@ absl::Status CudaEngine::RunDecodeGraph(const Plan& plan) {
   return k::CudaStatus(cudaGraphLaunch(exec, stream_), "cudaGraphLaunch");
 }
 
+absl::Status CudaEngine::RunDeviceAdore(std::span<ForwardItem> items, const PlannedForward& pf, const Plan& plan,
+                                        std::span<const size_t> device_items) {
+  const ModelConfig& c = config();
+  const int64_t nd = static_cast<int64_t>(device_items.size()), B1 = options_.max_batch + 1;
+  const int64_t C = kAdorePlanCapacity, P = adore_->max_positions(), d = c.hidden_size;
+  // Index arrays (pinned host, then one upload): per device item b, in group order.
+  int32_t* h = host_adore_idx_;
+  int32_t *key_rows = h, *state_base = h + B1, *q_first = h + 2 * B1, *q_offsets = h + 3 * B1;
+  int32_t *num_scored = h + 4 * B1, *budget = h + 5 * B1, *num_new = h + 6 * B1;
+  int64_t max_positions = 0;
+  for (int64_t b = 0; b < nd; ++b) {
+    const size_t i = device_items[b];
+    const auto* policy = static_cast<const DeviceAdorePolicy*>(items[i].policy);
+    const int32_t pos = pf.items[i].positions.back();  // the new token (rebuilt ones come first)
+    state_base[b] = policy->lane() * static_cast<int32_t>(P);
+    key_rows[b] = state_base[b] + pos;
+    q_first[b] = pos;
+    q_offsets[b] = static_cast<int32_t>(b);
+    num_scored[b] = pos + 1;
+    budget[b] = static_cast<int32_t>(items[i].kv_budget);
+    num_new[b] = 1;  // the plan is for the next call: one new token at the same budget
+    max_positions = std::max<int64_t>(max_positions, pos + 1);
+  }
+  q_offsets[nd] = static_cast<int32_t>(nd);
+  ADORE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(adore_idx_, host_adore_idx_, 7 * B1 * sizeof(int32_t),
+                                             cudaMemcpyHostToDevice, stream_));
+  const int32_t* dev = adore_idx_;
+  const kernels::AdoreStateArrays state = adore_->state();
+  ADORE_RETURN_IF_ERROR(k::AdoreProject({.weights = &adore_->weights(),
+                                         .features_bf16 = features_,
+                                         .feature_stride = static_cast<int64_t>(plan.feature_layers.size()) * d,
+                                         .n = nd,
+                                         .key_rows = dev,
+                                         .state = state,
+                                         .queries = adore_queries_,
+                                         .num_query_rows = options_.max_batch},
+                                        stream_));
+  ADORE_RETURN_IF_ERROR(k::AdoreStep({.weights = &adore_->weights(),
+                                      .state = state,
+                                      .queries = adore_queries_,
+                                      .num_seqs = nd,
+                                      .state_base = dev + B1,
+                                      .q_first = dev + 2 * B1,
+                                      .q_offsets = dev + 3 * B1,
+                                      .max_positions = max_positions,
+                                      .slot_offsets = plan.dec_slot_off,
+                                      .slot_rows = plan.slot_rows,
+                                      .slot_pos = plan.slot_pos,
+                                      .max_slots = plan.max_mass_decode_slots,
+                                      .slot_mass = mass_,
+                                      .mass_stride = plan.mass_slots,
+                                      .mass_scale = 1.0f / static_cast<float>(c.num_layers * c.num_heads),
+                                      .slot_of_row = adore_->slot_of_row()},
+                                     stream_));
+  // The next step's plans, one launch per run of items with the same (rebuild, sinks, recent window).
+  const int64_t B = options_.max_batch;
+  int32_t *release = adore_out_, *rebuild = adore_out_ + B * C, *nrel = adore_out_ + 2 * B * C;
+  int32_t *nreb = nrel + B, *status = nrel + 2 * B;
+  for (int64_t b0 = 0; b0 < nd;) {
+    const auto* first = static_cast<const DeviceAdorePolicy*>(items[device_items[b0]].policy);
+    int64_t b1 = b0 + 1;
+    while (b1 < nd) {
+      const auto* x = static_cast<const DeviceAdorePolicy*>(items[device_items[b1]].policy);
+      if (x->max_rebuild() != first->max_rebuild() || x->num_sink() != first->num_sink() ||
+          x->num_recent() != first->num_recent()) {
+        break;
+      }
+      ++b1;
+    }
+    ADORE_RETURN_IF_ERROR(k::AdorePlanRelease({.scores = state.scores,
+                                               .num_rows = state.num_rows,
+                                               .num_seqs = b1 - b0,
+                                               .state_base = dev + B1 + b0,
+                                               .num_scored = dev + 4 * B1 + b0,
+                                               .budget = dev + 5 * B1 + b0,
+                                               .num_new = dev + 6 * B1 + b0,
+                                               .max_positions = max_positions,
+                                               .max_rebuild = first->max_rebuild(),
+                                               .num_sink = first->num_sink(),
+                                               .num_recent = first->num_recent(),
+                                               .slot_offsets = plan.dec_slot_off + b0,
+                                               .slot_rows = plan.slot_rows,
+                                               .slot_pos = plan.slot_pos,
+                                               .release = release + b0 * C,
+                                               .release_capacity = C,
+                                               .rebuild = rebuild + b0 * C,
+                                               .rebuild_capacity = C,
+                                               .num_release = nrel + b0,
+                                               .num_rebuild = nreb + b0,
+                                               .status = status + b0},
+                                              stream_));
+    b0 = b1;
+  }
+  int32_t* ho = host_adore_out_;
+  for (const auto& [src, dst, count] : {std::tuple{release, ho, nd * C}, std::tuple{rebuild, ho + B * C, nd * C},
+                                        std::tuple{nrel, ho + 2 * B * C, nd}, std::tuple{nreb, ho + 2 * B * C + B, nd},
+                                        std::tuple{status, ho + 2 * B * C + 2 * B, nd}}) {
+    ADORE_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(dst, src, static_cast<size_t>(count) * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+  }
+  for (int64_t b = 0; b < nd; ++b) {
+    const size_t i = device_items[b];
+    pending_adore_.push_back({static_cast<DeviceAdorePolicy*>(items[i].policy), num_scored[b], budget[b], b});
+  }
+  return absl::OkStatus();
+}
+
+void CudaEngine::FinishDeviceAdore() {
+  const int64_t B = options_.max_batch, C = kAdorePlanCapacity;
+  const int32_t* ho = host_adore_out_;
+  for (const PendingPlan& p : pending_adore_) {
+    const int32_t nrel = ho[2 * B * C + p.index], nreb = ho[2 * B * C + B + p.index];
+    int32_t status = ho[2 * B * C + 2 * B + p.index];
+    if (nrel > C || nreb > C) status = -1;  // more than the outputs hold: refused by PlanStep (INTERNAL)
+    p.policy->SetNextPlan(p.num_steps, 1, p.budget, status,
+                          std::span<const int32_t>(ho + p.index * C, std::min<int64_t>(nrel, C)),
+                          std::span<const int32_t>(ho + B * C + p.index * C, std::min<int64_t>(nreb, C)));
+  }
+  pending_adore_.clear();
+}
+
 absl::Status CudaEngine::ObservePolicies(std::span<ForwardItem> items, const PlannedForward& pf, const Plan& plan,
-                                         std::span<const int64_t> mass_offset) {
+                                         std::span<const int64_t> mass_offset,
+                                         std::span<const int64_t> mass_token) {
   const ModelConfig& c = config();
   const int64_t d = c.hidden_size, nm = plan.num_mass_decode, nf = static_cast<int64_t>(plan.feature_layers.size());
   ADORE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_mass_, mass_, plan.mass_slots * sizeof(float),
@@ -441,15 +652,15 @@ absl::Status CudaEngine::ObservePolicies(std::span<ForwardItem> items, const Pla
                                                cudaMemcpyDeviceToHost, stream_));
   }
   ADORE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-  // Features per policy item in its own layer order, as float (features_ is [layer, mass token, hidden]).
+  // Features per policy item in its own layer order, as float (features_ is [mass token, layer, hidden]).
   std::vector<std::vector<float>> features(items.size());
   const uint16_t* raw = reinterpret_cast<const uint16_t*>(host_features_);
-  int64_t g = 0;
   for (size_t i = 0; i < items.size(); ++i) {
     if (items[i].policy == nullptr) continue;
+    const int64_t g = mass_token[i];
     for (int32_t l : items[i].policy->feature_layers()) {
       const int64_t li = std::find(plan.feature_layers.begin(), plan.feature_layers.end(), l) - plan.feature_layers.begin();
-      const uint16_t* src = raw + (li * nm + g) * d;
+      const uint16_t* src = raw + (g * nf + li) * d;
       for (int64_t x = 0; x < d; ++x) {
         const uint32_t bits = static_cast<uint32_t>(src[x]) << 16;
         float f;
@@ -457,7 +668,6 @@ absl::Status CudaEngine::ObservePolicies(std::span<ForwardItem> items, const Pla
         features[i].push_back(f);
       }
     }
-    ++g;
   }
   return ObserveForward(
       items, pf, 1.0f / static_cast<float>(c.num_layers * c.num_heads),
@@ -496,10 +706,12 @@ absl::Status CudaEngine::RunLayers(const Plan& p) {
     const CudaLayerWeights& w = weights_->layer(l);
     ADORE_RETURN_IF_ERROR(k::AddRmsNorm(
         {.residual = residual_, .weight = w.attn_norm, .n = n, .dim = d, .eps = eps, .out = hidden_}, s));
-    for (size_t f = 0; f < p.feature_layers.size(); ++f) {  // policies' features: the mass tokens come first
+    const int64_t nf = static_cast<int64_t>(p.feature_layers.size());
+    for (int64_t f = 0; f < nf; ++f) {  // policies' features, token-major: the mass tokens come first
       if (p.feature_layers[f] != l) continue;
-      ADORE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(features_ + f * p.num_mass_decode * d, hidden_,
-                                                 p.num_mass_decode * d * sizeof(k::bf16), cudaMemcpyDeviceToDevice, s));
+      ADORE_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(features_ + f * d, nf * d * sizeof(k::bf16), hidden_,
+                                                   d * sizeof(k::bf16), d * sizeof(k::bf16), p.num_mass_decode,
+                                                   cudaMemcpyDeviceToDevice, s));
     }
     ADORE_RETURN_IF_ERROR(
         blas_->Linear({.x = hidden_, .w = w.wqkv, .n = n, .in = d, .out = qkv_dim, .y_bf16 = qkv_}, s));
@@ -601,6 +813,7 @@ absl::Status CudaEngine::Forward(std::span<ForwardItem> items, std::vector<float
   ADORE_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(logits->data(), logits_, rows * vocab * sizeof(float), cudaMemcpyDeviceToHost, stream_));
   ADORE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  FinishDeviceAdore();
   return absl::OkStatus();
 }
 
@@ -630,6 +843,7 @@ absl::Status CudaEngine::ForwardSample(std::span<ForwardItem> items, std::span<c
   ADORE_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(host_sampled_, sampled_, rows * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
   ADORE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  FinishDeviceAdore();
   tokens->assign(host_sampled_, host_sampled_ + rows);
   return absl::OkStatus();
 }

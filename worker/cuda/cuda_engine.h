@@ -22,6 +22,7 @@
 #include "worker/engine.h"
 #include "worker/forward_plan.h"
 #include "worker/cuda/cuda_kv_pool.h"
+#include "worker/cuda/device_adore.h"
 #include "worker/comm/communicator.h"
 #include "worker/cuda/cuda_weights.h"
 #include "worker/sampler.h"
@@ -52,6 +53,11 @@ struct CudaEngineOptions {
   int tp_rank = 0;
   int tp_size = 1;
   comm::Communicator* comm = nullptr;
+  // ADORE on the GPU: with a controller (not owned; must outlive the engine), MakePolicy returns adore
+  // policies whose controller runs on this GPU (DeviceAdorePolicy) for up to `adore_lanes` sequences at a
+  // time (controller state: adore_lanes x max_context x ~200 bytes, taken before the KV pool is sized).
+  const AdoreController* adore_controller = nullptr;
+  int64_t adore_lanes = 256;
 };
 
 
@@ -90,6 +96,10 @@ class CudaEngine final : public Engine {
                              std::vector<int32_t>* tokens) override;
   bool samples_on_device() const override { return true; }
 
+  // Adore with this engine's controller (CudaEngineOptions::adore_controller) runs on the GPU
+  // (DeviceAdorePolicy); every other policy is the host one (MakeReleasePolicy).
+  absl::StatusOr<std::unique_ptr<ReleasePolicy>> MakePolicy(const ReleaseConfig& config) override;
+
   // Frees a sequence's rows.
   void Release(SequenceKv& seq) override { pool_->Release(seq); }
 
@@ -109,6 +119,7 @@ class CudaEngine final : public Engine {
   static absl::StatusOr<std::unique_ptr<CudaEngine>> Finish(std::unique_ptr<CudaEngine> engine,
                                                            const CudaEngineOptions& options);
   absl::Status AllocateWorkspaces();
+  absl::Status SetUpDeviceAdore();  // the controller runtime and its per-call buffers
   // Validates, allocates rows, uploads the indices and runs the model; logits end in logits_ rows.
   absl::StatusOr<int64_t> RunForward(std::span<ForwardItem> items, bool sampling);
   absl::Status RunLayers(const Plan& plan);
@@ -116,7 +127,13 @@ class CudaEngine final : public Engine {
   absl::Status RunDecodeGraph(const Plan& plan);
   // Downloads the step's attention masses and features and hands them to the items' policies.
   absl::Status ObservePolicies(std::span<ForwardItem> items, const PlannedForward& pf, const Plan& plan,
-                               std::span<const int64_t> mass_offset);
+                               std::span<const int64_t> mass_offset, std::span<const int64_t> mass_token);
+  // The GPU controller for the DeviceAdorePolicy items (the first mass-decode groups): project the new
+  // tokens' features, step every token of their sequences, plan the next step and start copying the plans
+  // to the host; FinishDeviceAdore hands them to the policies once the stream has synchronized.
+  absl::Status RunDeviceAdore(std::span<ForwardItem> items, const PlannedForward& pf, const Plan& plan,
+                              std::span<const size_t> device_items);
+  void FinishDeviceAdore();
 
   CudaEngineOptions options_;
   std::unique_ptr<CudaWeights> weights_;
@@ -142,6 +159,19 @@ class CudaEngine final : public Engine {
   int32_t* sampled_ = nullptr;                            // [max_batch]
   float* mass_ = nullptr;                                 // [max_mass_slots] attention mass per slot
   kernels::bf16* features_ = nullptr;                     // [kMaxFeatureLayers, max_batch, hidden]
+
+  // Device adore (null without a controller): per-call index arrays and plan outputs (device + pinned host).
+  std::shared_ptr<DeviceAdoreRuntime> adore_;
+  int32_t* adore_idx_ = nullptr;
+  int32_t* host_adore_idx_ = nullptr;
+  int32_t* adore_out_ = nullptr;
+  int32_t* host_adore_out_ = nullptr;
+  float* adore_queries_ = nullptr;  // [max_batch, key_dim]
+  struct PendingPlan {
+    DeviceAdorePolicy* policy;
+    int64_t num_steps, budget, index;  // index: the item's row in the plan outputs
+  };
+  std::vector<PendingPlan> pending_adore_;
 
   std::map<std::pair<int64_t, int64_t>, cudaGraphExec_t> graphs_;  // (batch, slot bound) -> decode graph
   std::set<std::pair<int64_t, int64_t>> graph_shapes_seen_;

@@ -320,6 +320,8 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
       co.tp_size = r.tp_size();
       co.comm = comm_.get();
     }
+    co.adore_controller = controller.get();  // adore's controller runs on the GPU (the object outlives the engine)
+    co.adore_lanes = 2 * co.max_batch;
     auto e = synthetic ? CudaEngine::CreateSynthetic(config, /*seed=*/1, co) : CudaEngine::Create(*weights, co);
     if (!e.ok()) return fail_load(FromAbsl(e.status()));
     capacity = (*e)->pool().num_rows();

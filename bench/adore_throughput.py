@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""ADORE decode throughput against full attention, same engine, same run (issue: ADORE).
+
+At an 8k prompt, each policy at the largest batch that fits the GPU's memory (capped), and at batch 1:
+  - full: adore-bench-cuda --skip_prefill (a decode step reads the same bytes whether or not the prompt's
+    KV was computed);
+  - adore (m, R): the prompt goes in token by token with the policy and its controller on the GPU
+    (DeviceAdorePolicy), then the timed decode steps.
+
+    python3 bench/adore_throughput.py --bin BIN --model MODEL.gguf --out OUT --commit REV
+
+writes OUT/adore_throughput.json (rows: policy, model, batch, prompt, m, R, decode_tok_s, ms_per_token, ...).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def bench(args, tag, extra):
+    out = os.path.join(args.out, tag + ".json")
+    cmd = [os.path.join(args.bin, "adore-bench-cuda"), "--model", args.model, "--max_context", str(args.max_context),
+           "--prompt", str(args.prompt), "--gen", str(args.gen), "--warmup", "4", "--commit", args.commit,
+           "--json", out] + extra
+    print("+", " ".join(cmd), flush=True)
+    t0 = time.time()
+    with open(os.path.join(args.out, tag + ".log"), "w") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=args.step_timeout).returncode
+    print(f"  rc {rc} in {time.time() - t0:.0f} s", flush=True)
+    if not os.path.exists(out):
+        return None
+    with open(out) as f:
+        return json.load(f)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bin", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--commit", required=True)
+    p.add_argument("--prompt", type=int, default=8192)
+    p.add_argument("--gen", type=int, default=32)
+    p.add_argument("--max_context", type=int, default=8448)
+    p.add_argument("--m", type=int, default=1024)
+    p.add_argument("--rebuild", default="0", help="R values, comma-separated")
+    p.add_argument("--max_fit_batch", type=int, default=1024)
+    p.add_argument("--step-timeout", type=float, default=300)
+    args = p.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    runs = [("full", ["--policy", "full", "--skip_prefill", "--batch", "max,1",
+                      "--max_fit_batch", str(args.max_fit_batch)])]
+    for r in args.rebuild.split(","):
+        runs.append((f"adore_R{r}", ["--policy", "adore", "--kv_budget", str(args.m), "--rebuild", r,
+                                    "--batch", "max,1", "--max_fit_batch", str(args.max_fit_batch)]))
+    rows, machine = [], None
+    for tag, extra in runs:
+        doc = bench(args, tag, extra)
+        if doc is None:
+            continue
+        machine = machine or doc["machine"]
+        for r in doc["rows"]:
+            if r.get("kind") != "decode":
+                continue
+            rows.append({"policy": r["policy"], "model": r["model"], "batch": r["batch"], "prompt": r["prompt"],
+                         "m": r["m"] if r["policy"] != "full" else None, "R": r["R"] if r["policy"] != "full" else None,
+                         "decode_tok_s": r["decode_tok_s"], "ms_per_token": r.get("ms_per_token"),
+                         "max_fit": r.get("max_fit"), "step_over_floor": r.get("step_over_floor"),
+                         "prompt_ms": r.get("prefill_ms"), "tokens_released": r.get("tokens_released"),
+                         "tokens_rebuilt": r.get("tokens_rebuilt"), "note": r.get("note", "")})
+    full = {r["max_fit"]: r for r in rows if r["policy"] == "full" and r["decode_tok_s"]}
+    for r in rows:
+        base = full.get(r["max_fit"])
+        r["speedup_vs_full"] = r["decode_tok_s"] / base["decode_tok_s"] if (base and r["decode_tok_s"]) else None
+    doc = {"command": "python3 bench/adore_throughput.py " + " ".join(sys.argv[1:]), "machine": machine or "unknown",
+           "commit": args.commit, "rows": rows}
+    with open(os.path.join(args.out, "adore_throughput.json"), "w") as f:
+        json.dump(doc, f, indent=2)
+    for r in rows:
+        print(r["policy"], r["R"], r["batch"], r["max_fit"], r["decode_tok_s"], r["ms_per_token"],
+              r["speedup_vs_full"], r["note"][:60], flush=True)
+
+
+if __name__ == "__main__":
+    main()
