@@ -329,7 +329,9 @@ TEST_F(CudaEngineTest, WindowPolicyMatchesCpuEngine) {
   EXPECT_EQ(ga->stats().released, 90 - 32);
 }
 
-// With a budget above the context no policy releases anything, and generation equals full attention's.
+// With a budget above the context no policy releases anything, and generation equals full attention's token
+// for token. Logits agree within float rounding rather than bit for bit: full attention's pure decode steps
+// replay CUDA graphs whose slot bound is rounded up to 512, which splits the decode attention differently.
 TEST_F(CudaEngineTest, PoliciesWithBudgetAboveContextEqualFull) {
   auto controller = AdoreController::Load(testing::SourcePath("tools/adore/controller.bin"));
   ASSERT_TRUE(controller.ok()) << controller.status();
@@ -341,7 +343,19 @@ TEST_F(CudaEngineTest, PoliciesWithBudgetAboveContextEqualFull) {
     auto pb = *MakeReleasePolicy({.kind = kind, .kv_budget = 64, .controller = controller->get()});
     const auto got = PolicySteps(*gpu_, a, b, pa.get(), pb.get(), 64, false);
     ASSERT_EQ(got.size(), full.size());
-    for (size_t t = 0; t < got.size(); ++t) EXPECT_EQ(got[t], full[t]) << PolicyKindName(kind) << " step " << t;
+    const int64_t vocab = gpu_->config().vocab_size;
+    double worst = 0;
+    for (size_t t = 0; t < got.size(); ++t) {
+      ASSERT_EQ(got[t].size(), full[t].size());
+      for (int i = 0; i < 2; ++i) {
+        EXPECT_EQ(Argmax(&got[t][i * vocab], vocab), Argmax(&full[t][i * vocab], vocab))
+            << PolicyKindName(kind) << " step " << t << " sequence " << i;
+      }
+      worst = std::max(worst, MatrixRelDiff(got[t], full[t]));
+    }
+    std::printf("%s with m above the context vs full: worst step logit rel diff %.2e\n", PolicyKindName(kind), worst);
+    EXPECT_LE(worst, 1e-2) << PolicyKindName(kind);
+    EXPECT_EQ(pa->stats().released + pb->stats().released, 0) << PolicyKindName(kind);
   }
 }
 
