@@ -37,7 +37,7 @@ ModelConfig Config() {
 class ChoosyPolicy final : public ReleasePolicy {
  public:
   ChoosyPolicy(bool newest, int32_t rebuild_at = 0) : newest_(newest), rebuild_at_(rebuild_at) {}
-  int64_t max_rebuild_per_step() const override { return rebuild_at_ > 0 ? 1 : 0; }
+  int64_t max_rebuild_per_step() const override { return 1; }  // a bound: every rank can take rank 0's rebuild
   PolicyKind kind() const override { return PolicyKind::kWindow; }
   absl::StatusOr<StepPlan> PlanStep(const SequenceKv& seq, int64_t num_new, int64_t budget) override {
     ++plan_calls;
