@@ -73,11 +73,11 @@ def tail(path, n=12):
         return ""
 
 
-def loadgen(args, port, tag, batch, prompt, gen):
+def loadgen(args, port, tag, batch, prompt, gen, policy=()):
     out = os.path.join(args.out, tag + "_loadgen.json")
     cmd = [os.path.join(args.bin, "adore-loadgen"), "--server", f"127.0.0.1:{port}", "--requests", str(batch),
            "--concurrency", str(batch), "--prompt_tokens", str(prompt), "--max_tokens", str(gen), "--warmup",
-           str(batch), "--progress_s", "0", "--commit", args.commit, "--label", tag, "--json", out]
+           str(batch), "--progress_s", "0", "--commit", args.commit, "--label", tag, "--json", out] + list(policy)
     print("+", " ".join(cmd), flush=True)
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.step_timeout)
     with open(os.path.join(args.out, tag + "_loadgen.txt"), "w") as f:
@@ -89,7 +89,7 @@ def loadgen(args, port, tag, batch, prompt, gen):
         return json.load(f)["rows"][0]
 
 
-def server_run(args, procs, tag, model, batch, prompt, gen, workers, tp_devices):
+def server_run(args, procs, tag, model, batch, prompt, gen, workers, tp_devices, policy=()):
     """adore-server with `workers` external workers (0 = embedded), then a loadgen round."""
     port = free_port()
     worker_addrs = []
@@ -104,7 +104,8 @@ def server_run(args, procs, tag, model, batch, prompt, gen, workers, tp_devices)
         worker_addrs.append(f"127.0.0.1:{wport}")
     log = os.path.join(args.out, f"{tag}_server.log")
     cmd = [os.path.join(args.bin, "adore-server"), "--backend", "cuda", "--model", model, "--port", str(port),
-           "--max_batch", str(max(batch, 16)), "--controller=", "--default_max_tokens", str(gen)]
+           "--max_batch", str(max(batch, 16)), "--default_max_tokens", str(gen),
+           "--controller=" + (args.controller if policy else "")]
     if worker_addrs:
         cmd += ["--workers", ",".join(worker_addrs)]
     p = procs.start(cmd, log)
@@ -113,7 +114,7 @@ def server_run(args, procs, tag, model, batch, prompt, gen, workers, tp_devices)
         for rank in range(workers):
             print(tail(os.path.join(args.out, f"{tag}_worker{rank}.log")), flush=True)
         return None
-    row = loadgen(args, port, tag, batch, prompt, gen)
+    row = loadgen(args, port, tag, batch, prompt, gen, policy)
     procs.stop()
     return row
 
@@ -130,6 +131,9 @@ def main():
     ap.add_argument("--tp-model", default="llama2-7b")
     ap.add_argument("--tp", type=int, default=2, help="external workers of the tensor-parallel run (0: skip)")
     ap.add_argument("--step-timeout", type=float, default=240)
+    ap.add_argument("--adore-m", type=int, default=0,
+                    help="also serve adore (controller on the GPU) at this kv_budget through the embedded server")
+    ap.add_argument("--controller", default="tools/adore/controller.bin")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     os.environ["NCCL_NVLS_ENABLE"] = "0"
@@ -166,6 +170,19 @@ def main():
                          "engine_step_ms": ref["step_ms"] if ref else None, "server_itl_ms_p50": r.get("itl_ms_p50"),
                          "ttft_ms_p50": r.get("ttft_ms_p50"), "output_tok_s": r.get("output_tok_s"),
                          "errors": r.get("errors")})
+        if args.adore_m > 0:
+            r = server_run(args, procs, "embedded_adore", spec, args.batch, args.prompt, args.gen, 0, [0],
+                           ["--policy", "adore", "--kv_budget", str(args.adore_m)])
+            if r is not None:
+                tok_s = args.batch / (r["itl_ms_p50"] / 1e3) if r.get("itl_ms_p50") else None
+                rows.append({"path": f"adore-server, embedded worker, policy adore m={args.adore_m} (GPU controller)",
+                             "model": ref["model"] if ref else spec, "tp": 1, "batch": args.batch,
+                             "prompt": args.prompt, "gen": args.gen,
+                             "engine_tok_s": ref["decode_tok_s"] if ref else None, "server_tok_s": tok_s,
+                             "ratio": tok_s / ref["decode_tok_s"] if (tok_s and ref) else None,
+                             "server_itl_ms_p50": r.get("itl_ms_p50"), "ttft_ms_p50": r.get("ttft_ms_p50"),
+                             "output_tok_s": r.get("output_tok_s"), "errors": r.get("errors"),
+                             "note": "the engine reference is full attention; the prompt goes in token by token"})
         if args.tp > 0:
             base = None
             for n in sorted({1, args.tp}):

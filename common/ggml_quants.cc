@@ -347,7 +347,8 @@ absl::Status Dequantize(GgmlType t, const void* src, int64_t n, float* dst) {
   const uint8_t* p = static_cast<const uint8_t*>(src);
   switch (t) {
     case GgmlType::kF32:
-      std::memcpy(dst, p, static_cast<size_t>(n) * 4);
+      // An empty tensor may come with null buffers (an empty std::vector's data()), which memcpy must not get.
+      if (n > 0) std::memcpy(dst, p, static_cast<size_t>(n) * 4);
       return absl::OkStatus();
     case GgmlType::kF16:
       for (int64_t i = 0; i < n; ++i) dst[i] = LoadHalf(p + 2 * i);

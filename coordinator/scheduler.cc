@@ -12,6 +12,16 @@ namespace adore {
 namespace {
 using Clock = std::chrono::steady_clock;
 double MsSince(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
+double SecondsBetween(Clock::time_point t0, Clock::time_point t1) {
+  return std::chrono::duration<double>(t1 - t0).count();
+}
+
+// Histogram buckets (seconds): TTFT spans a queued prompt on a busy CPU; inter-token and step times span
+// a GPU decode step (~ms) to a CPU prefill chunk.
+const std::vector<double> kTtftBuckets = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+const std::vector<double> kStepBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                          0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+const std::vector<double> kRequestBuckets = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600};
 }  // namespace
 
 struct Scheduler::Request {
@@ -28,12 +38,17 @@ struct Scheduler::Request {
   ReleaseStats release_stats;
   int64_t kv_slots = 0;
   Clock::time_point t0;
+  Clock::time_point last_token_at;  // when the previous token was sampled (inter-token latency)
   double ttft_ms = 0.0;
+  double queue_ms = 0.0;         // submit to admission
   bool failed = false;
 };
 
 Scheduler::Scheduler(StepRunner& runner, const Tokenizer& tokenizer, const SchedulerOptions& options)
     : runner_(runner), tokenizer_(tokenizer), options_(options) {
+  stats_.ttft_s = Histogram(kTtftBuckets);
+  stats_.inter_token_s = Histogram(kStepBuckets);
+  stats_.request_s = Histogram(kRequestBuckets);
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -52,10 +67,20 @@ int64_t Scheduler::RowsNeeded(const GenerateOptions& r) const {
 }
 
 absl::StatusOr<uint64_t> Scheduler::Submit(GenerateOptions request, StreamCallback callback) {
+  absl::StatusOr<uint64_t> id = Enqueue(std::move(request), std::move(callback));
+  if (!id.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.rejected;
+  }
+  return id;
+}
+
+absl::StatusOr<uint64_t> Scheduler::Enqueue(GenerateOptions request, StreamCallback callback) {
   if (request.prompt.empty()) return absl::InvalidArgumentError("prompt: must not be empty");
-  if (request.max_tokens < 1 || request.max_tokens > options_.max_tokens_limit) {
+  const int64_t max_tokens_limit = options_.max_tokens_limit > 0 ? options_.max_tokens_limit : options_.max_context;
+  if (request.max_tokens < 1 || request.max_tokens > max_tokens_limit) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("max_tokens: must be in [1, %d], got %d", options_.max_tokens_limit, request.max_tokens));
+        absl::StrFormat("max_tokens: must be in [1, %d], got %d", max_tokens_limit, request.max_tokens));
   }
   ADORE_RETURN_IF_ERROR(request.sampling.Validate());
   ADORE_RETURN_IF_ERROR(request.release.Validate(options_.max_context));
@@ -104,15 +129,19 @@ void Scheduler::Cancel(uint64_t id) {
 
 SchedulerStats Scheduler::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return stats_;
+  SchedulerStats out = stats_;
+  out.queued = static_cast<int64_t>(queue_.size());  // Submit adds between steps
+  return out;
 }
 
-void Scheduler::Finish(Request& r, absl::Status status, const std::string& reason) {
+void Scheduler::Finish(Request& r, absl::Status status, const std::string& reason, const std::string& matched_stop) {
   StreamEvent e;
-  if (status.ok()) {  // whatever was held back for stop-string matching is output
+  if (status.ok()) {  // whatever was held back (stop-string prefixes, an unfinished character) is output
     e.text = std::move(r.held);
-    e.text += r.decoder->Flush();
+    // After a stop string the rest of the bytes is cut off; otherwise an unfinished character is U+FFFD.
+    if (matched_stop.empty()) e.text += r.decoder->Flush();
     e.tokens = std::move(r.held_tokens);
+    e.matched_stop = matched_stop;
   }
   e.final = true;
   r.failed = !status.ok() && !absl::IsCancelled(status);
@@ -122,13 +151,22 @@ void Scheduler::Finish(Request& r, absl::Status status, const std::string& reaso
   e.completion_tokens = r.generated;
   e.release_stats = r.release_stats;
   e.kv_slots = r.kv_slots;
-  e.ttft_ms = r.ttft_ms;
+  e.ttft_ms = r.generated > 0 ? r.ttft_ms : 0.0;  // the first sampled token may have been an end token
   e.total_ms = MsSince(r.t0);
+  e.queue_ms = r.queue_ms;
+  pending_request_s_.push_back(e.total_ms / 1e3);
   r.callback(e);
 }
 
 bool Scheduler::Accept(Request& r, int32_t token) {
-  if (r.generated == 0) r.ttft_ms = MsSince(r.t0);
+  const Clock::time_point now = Clock::now();
+  if (r.generated == 0) {
+    r.ttft_ms = MsSince(r.t0);
+    pending_ttft_s_.push_back(r.ttft_ms / 1e3);
+  } else {
+    pending_inter_token_s_.push_back(SecondsBetween(r.last_token_at, now));
+  }
+  r.last_token_at = now;
   const auto& stop_ids = r.opts.stop_ids;
   if (std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end()) {
     Finish(r, absl::OkStatus(), "stop");
@@ -142,14 +180,24 @@ bool Scheduler::Accept(Request& r, int32_t token) {
   }
   r.held += *piece;
   r.held_tokens.push_back(token);
-  // Stop strings: cut at the first occurrence; otherwise keep back what could still begin one.
+  // Stop strings: cut at the earliest occurrence (the first listed among those starting there). Nothing
+  // streamed can hold the beginning of one (see below), so only the held text needs searching.
+  size_t cut = std::string::npos;
+  const std::string* matched = nullptr;
+  for (const std::string& s : r.opts.stop) {
+    if (const size_t at = r.held.find(s); at < cut) {
+      cut = at;
+      matched = &s;
+    }
+  }
+  if (matched != nullptr) {
+    r.held.resize(cut);
+    Finish(r, absl::OkStatus(), "stop", *matched);
+    return false;
+  }
+  // Otherwise keep back the longest end of the text that could still begin one.
   size_t hold = 0;
   for (const std::string& s : r.opts.stop) {
-    if (const size_t at = r.held.find(s); at != std::string::npos) {
-      r.held.resize(at);
-      Finish(r, absl::OkStatus(), "stop");
-      return false;
-    }
     for (size_t k = std::min(s.size() - 1, r.held.size()); k > hold; --k) {
       if (r.held.compare(r.held.size() - k, k, s, 0, k) == 0) {
         hold = k;
@@ -161,13 +209,17 @@ bool Scheduler::Accept(Request& r, int32_t token) {
     Finish(r, absl::OkStatus(), "length");
     return false;
   }
+  // Stream what is settled. While text or bytes are held back, the latest token stays with them, so the
+  // delta that finally carries them (possibly the final event) has a token.
   const size_t emit = CompleteUtf8Prefix(r.held.substr(0, r.held.size() - hold));
-  if (emit > 0 || (hold == 0 && !r.held_tokens.empty())) {
+  const bool holding = emit < r.held.size() || r.decoder->has_pending();
+  const size_t send = r.held_tokens.size() - (holding ? 1 : 0);
+  if (send > 0) {
     StreamEvent e;
     e.text = r.held.substr(0, emit);
     r.held.erase(0, emit);
-    e.tokens = std::move(r.held_tokens);
-    r.held_tokens.clear();
+    e.tokens.assign(r.held_tokens.begin(), r.held_tokens.begin() + send);
+    r.held_tokens.erase(r.held_tokens.begin(), r.held_tokens.begin() + send);
     r.callback(e);
   }
   r.last = token;
@@ -175,6 +227,15 @@ bool Scheduler::Accept(Request& r, int32_t token) {
 }
 
 void Scheduler::Loop() {
+  // Latencies observed outside the lock go into stats_ under it (mu_ held).
+  auto merge_latencies = [this] {
+    for (double v : pending_ttft_s_) stats_.ttft_s.Observe(v);
+    for (double v : pending_inter_token_s_) stats_.inter_token_s.Observe(v);
+    for (double v : pending_request_s_) stats_.request_s.Observe(v);
+    pending_ttft_s_.clear();
+    pending_inter_token_s_.clear();
+    pending_request_s_.clear();
+  };
   while (true) {
     WorkerStep step;
     {
@@ -183,8 +244,12 @@ void Scheduler::Loop() {
         return stop_ || !queue_.empty() || !active_.empty() || !cancelled_.empty() || !to_end_.empty();
       });
       if (stop_) break;
-      // Cancellations: queued requests end now; running ones end and free their KV at this step.
-      for (uint64_t id : cancelled_) {
+      // Cancellations: queued requests end now; running ones end and free their KV at this step. The ids are
+      // taken out first: the lock is released to finish each request, and a Cancel() then must neither
+      // reallocate the vector being walked nor have its id cleared unseen.
+      std::vector<uint64_t> cancelled;
+      cancelled.swap(cancelled_);
+      for (uint64_t id : cancelled) {
         auto q = std::find_if(queue_.begin(), queue_.end(), [&](const auto& r) { return r->id == id; });
         if (q != queue_.end()) {
           std::unique_ptr<Request> r = std::move(*q);
@@ -206,12 +271,13 @@ void Scheduler::Loop() {
           lock.lock();
         }
       }
-      cancelled_.clear();
+      merge_latencies();
       // Admission: first come, first served, while the batch and the KV budget allow.
       while (!queue_.empty() && static_cast<int64_t>(active_.size()) < options_.max_batch &&
              stats_.kv_rows_reserved + queue_.front()->rows <= options_.kv_rows) {
         std::unique_ptr<Request> r = std::move(queue_.front());
         queue_.pop_front();
+        r->queue_ms = MsSince(r->t0);
         stats_.kv_rows_reserved += r->rows;
         const uint64_t id = r->id;
         active_.emplace(id, std::move(r));
@@ -230,9 +296,15 @@ void Scheduler::Loop() {
     }
     if (step.start.empty() && step.decode.empty() && step.end.empty()) continue;
 
+    const int64_t batch_size = static_cast<int64_t>(step.start.size() + step.decode.size());
     absl::StatusOr<WorkerStepResult> result = runner_.Step(step);
+    std::vector<double> rank_step_ms;
+    if (result.ok()) {
+      rank_step_ms = runner_.last_rank_step_ms();
+      if (rank_step_ms.empty()) rank_step_ms.push_back(result->step_ms);
+    }
     std::vector<uint64_t> finished;
-    int64_t new_prompt_tokens = 0, new_tokens = 0;
+    int64_t new_prompt_tokens = 0, new_tokens = 0, released = 0, rebuilt = 0;
     if (!result.ok()) {
       // The whole step failed (e.g. a worker is gone): every running request ends with the error.
       for (auto& [id, r] : active_) {
@@ -244,6 +316,10 @@ void Scheduler::Loop() {
         auto it = active_.find(s.id);
         if (it == active_.end()) continue;
         Request& r = *it->second;
+        if (s.status.ok()) {  // the step's share of the sequence's totals
+          released += std::max<int64_t>(0, s.release_stats.released - r.release_stats.released);
+          rebuilt += std::max<int64_t>(0, s.release_stats.rebuilt - r.release_stats.rebuilt);
+        }
         r.release_stats = s.release_stats;
         r.kv_slots = s.kv_slots;
         if (!s.status.ok()) {
@@ -275,6 +351,14 @@ void Scheduler::Loop() {
       stats_.slot_map_checks += result->slot_map_checks;
     }
     stats_.active = static_cast<int64_t>(active_.size());
+    stats_.batch_size = batch_size;
+    stats_.tokens_released += released;
+    stats_.tokens_rebuilt += rebuilt;
+    merge_latencies();
+    if (stats_.rank_step_s.size() < rank_step_ms.size()) {
+      stats_.rank_step_s.resize(rank_step_ms.size(), Histogram(kStepBuckets));
+    }
+    for (size_t i = 0; i < rank_step_ms.size(); ++i) stats_.rank_step_s[i].Observe(rank_step_ms[i] / 1e3);
   }
   // Shutdown: every request still queued or running ends with UNAVAILABLE.
   std::deque<std::unique_ptr<Request>> queued;

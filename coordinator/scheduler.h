@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "common/stream_decoder.h"
 #include "common/tokenizer.h"
+#include "coordinator/histogram.h"
 #include "worker/release_policy.h"
 #include "worker/sampler.h"
 #include "worker/step_executor.h"
@@ -27,24 +28,29 @@ namespace adore {
 struct GenerateOptions {
   std::vector<int32_t> prompt;     // token ids, non-empty
   SamplingParams sampling;
-  int32_t max_tokens = 128;        // in [1, SchedulerOptions::max_tokens_limit]
+  int32_t max_tokens = 128;        // >= 1; prompt + max_tokens <= max_context (and <= max_tokens_limit if set)
   std::vector<int32_t> stop_ids;   // the stop token is not part of the output
   std::vector<std::string> stop;   // stop strings: the output ends before the first occurrence
   ReleaseConfig release;           // policy, kv_budget, rebuild (full attention by default)
 };
 
-// One streamed message. Deltas carry text (whole UTF-8 characters) and the tokens that made it; the
-// final event (final = true) carries the outcome and the request's figures.
+// One streamed message. Deltas carry text (valid UTF-8: whole characters, U+FFFD for invalid bytes, see
+// StreamDecoder) and at least one token; text that is held back (an unfinished character, or what might
+// begin a stop string) keeps its last token with it. The final event (final = true) carries the outcome,
+// the request's figures and, on success, whatever was held back (with its tokens).
 struct StreamEvent {
   std::string text;
   std::vector<int32_t> tokens;
   bool final = false;
   absl::Status status;        // final: OK, or why the request ended (CANCELLED, RESOURCE_EXHAUSTED, ...)
   std::string finish_reason;  // final: "stop", "length", "cancelled" or "error"
+  std::string matched_stop;   // final: the stop string that ended the output ("" for an end token or length)
   int64_t prompt_tokens = 0, completion_tokens = 0;
   ReleaseStats release_stats;
   int64_t kv_slots = 0;
-  double ttft_ms = 0.0, total_ms = 0.0;
+  double ttft_ms = 0.0;   // final: submit to the first generated token (0 when none was)
+  double total_ms = 0.0;  // final: submit to the end
+  double queue_ms = 0.0;  // final: submit to admission into the running batch (0 if never admitted)
 };
 // Called on the scheduler's thread; must not block (post to a queue).
 using StreamCallback = std::function<void(const StreamEvent&)>;
@@ -54,6 +60,9 @@ class StepRunner {
  public:
   virtual ~StepRunner() = default;
   virtual absl::StatusOr<WorkerStepResult> Step(const WorkerStep& step) = 0;
+  // Each rank's own time for the latest successful Step, in ms, rank order (metrics; called on the thread
+  // that calls Step). Empty: the runner has one rank, whose time is WorkerStepResult::step_ms.
+  virtual std::vector<double> last_rank_step_ms() const { return {}; }
 };
 
 class LocalStepRunner final : public StepRunner {
@@ -70,7 +79,7 @@ struct SchedulerOptions {
   int64_t max_batch = 64;           // sequences per step
   int64_t kv_rows = 0;              // KV rows the runner holds (admission budget); required
   int64_t max_context = 0;          // the model's context; required
-  int32_t max_tokens_limit = 4096;  // upper bound of GenerateOptions::max_tokens
+  int32_t max_tokens_limit = 0;     // upper bound of GenerateOptions::max_tokens; 0 = only the context's
   int64_t max_queue = 4096;         // waiting requests before Submit answers RESOURCE_EXHAUSTED
 };
 
@@ -80,6 +89,14 @@ struct SchedulerStats {
   int64_t active = 0, queued = 0, kv_rows_reserved = 0;
   int64_t slot_map_checks = 0;  // tensor parallelism: WorkerStepResult::slot_map_checks summed over steps
   double last_step_ms = 0.0;
+  // Metrics (exposed on /metrics by coordinator/http/metrics.h).
+  int64_t rejected = 0;                             // Submit refused (invalid, too large, queue full)
+  int64_t batch_size = 0;                           // sequences in the latest step
+  int64_t tokens_released = 0, tokens_rebuilt = 0;  // by the release policies, over all steps
+  Histogram ttft_s;                // submit to first sampled token, seconds
+  Histogram inter_token_s;         // between a request's consecutive tokens, seconds
+  Histogram request_s;             // submit to final event, seconds, every request that was queued
+  std::vector<Histogram> rank_step_s;  // step time per rank (StepRunner::last_rank_step_ms), seconds
 };
 
 class Scheduler {
@@ -102,11 +119,14 @@ class Scheduler {
 
  private:
   struct Request;
+  absl::StatusOr<uint64_t> Enqueue(GenerateOptions request, StreamCallback callback);
   void Loop();
   int64_t RowsNeeded(const GenerateOptions& r) const;
   // Handles one sampled token; returns true when the request goes on.
   bool Accept(Request& r, int32_t token);
-  void Finish(Request& r, absl::Status status, const std::string& reason);
+  // Ends a request. On success the held-back text is output, flushed through the decoder unless a stop
+  // string (`matched_stop`) cut it.
+  void Finish(Request& r, absl::Status status, const std::string& reason, const std::string& matched_stop = "");
 
   StepRunner& runner_;
   const Tokenizer& tokenizer_;
@@ -122,6 +142,8 @@ class Scheduler {
   // Owned by the loop thread only.
   std::map<uint64_t, std::unique_ptr<Request>> active_;
   std::vector<uint64_t> to_end_;  // finished last step: release their KV on the runner
+  // Latencies observed since the last step's end, merged into stats_ under mu_ there.
+  std::vector<double> pending_ttft_s_, pending_inter_token_s_, pending_request_s_;
   std::thread thread_;
 };
 

@@ -1,16 +1,16 @@
 // AdoreService: the public gRPC API over the scheduler.
 #include "coordinator/grpc/adore_service.h"
 
+#include <cctype>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <random>
 
 #include "absl/strings/str_format.h"
 #include "common/status.h"
 
 namespace adore {
-
-namespace v1 = ::adore::v1;
 
 grpc::Status ToGrpc(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
@@ -30,11 +30,32 @@ v1::Policy PolicyToProto(PolicyKind kind) {
 
 namespace {
 
-absl::Status Field(const absl::Status& st, const char* prefix) {
-  return st.ok() ? st : absl::Status(st.code(), absl::StrFormat("%s%s", prefix, st.message()));
+// GenerateRequest.request_id: at most 128 characters from [A-Za-z0-9._:-]; empty means the server assigns one.
+absl::Status ValidateRequestId(const std::string& id) {
+  if (id.size() > kMaxRequestIdLength) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("request_id: at most %d characters, got %d", kMaxRequestIdLength, id.size()));
+  }
+  for (size_t i = 0; i < id.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(id[i]);
+    if (!(std::isalnum(c) || c == '.' || c == '_' || c == ':' || c == '-')) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "request_id: character %d is 0x%02x; only [A-Za-z0-9._:-] are allowed", i, static_cast<unsigned>(c)));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
+
+std::string NewRequestId() {
+  static std::mutex mu;
+  static std::random_device device;
+  std::lock_guard<std::mutex> lock(mu);
+  std::string id;
+  for (int i = 0; i < 4; ++i) id += absl::StrFormat("%08x", static_cast<uint32_t>(device()));
+  return id;
+}
 
 AdoreService::AdoreService(Scheduler& scheduler, const Tokenizer& tokenizer, ServiceInfo info,
                            ServiceDefaults defaults)
@@ -44,76 +65,52 @@ AdoreService::AdoreService(Scheduler& scheduler, const Tokenizer& tokenizer, Ser
 }
 
 absl::StatusOr<GenerateOptions> AdoreService::Convert(const v1::GenerateRequest& r) const {
-  GenerateOptions o;
+  // The proto as a RequestSpec; BuildGenerateOptions (shared with the HTTP API) does the rest.
+  RequestSpec spec;
   switch (r.prompt_case()) {
-    case v1::GenerateRequest::kText: {
-      if (r.text().empty()) return absl::InvalidArgumentError("prompt.text: must not be empty");
-      auto ids = tokenizer_.Encode(r.text(), /*parse_special=*/false, /*add_bos=*/true);
-      if (!ids.ok()) return Field(ids.status(), "prompt.text: ");
-      o.prompt = *std::move(ids);
+    case v1::GenerateRequest::kText:
+      spec.prompt = RequestSpec::Prompt::kText;
+      spec.text = r.text();
       break;
-    }
     case v1::GenerateRequest::kTokenIds:
-      for (int32_t id : r.token_ids().ids()) {
-        if (id < 0 || id >= info_.config.vocab_size) {
-          return absl::InvalidArgumentError(absl::StrFormat(
-              "prompt.token_ids: id %d is outside the vocabulary [0, %d)", id, info_.config.vocab_size));
-        }
-        o.prompt.push_back(id);
-      }
+      spec.prompt = RequestSpec::Prompt::kTokenIds;
+      spec.token_ids.assign(r.token_ids().ids().begin(), r.token_ids().ids().end());
       break;
-    case v1::GenerateRequest::kChat: {
-      std::vector<ChatMessage> messages;
-      for (const v1::ChatMessage& m : r.chat().messages()) {
-        if (m.role() != "system" && m.role() != "user" && m.role() != "assistant") {
-          return absl::InvalidArgumentError(absl::StrFormat(
-              "prompt.chat.messages.role: '%s' is not system, user or assistant", m.role()));
-        }
-        messages.push_back({m.role(), m.content()});
-      }
-      if (messages.empty()) return absl::InvalidArgumentError("prompt.chat.messages: must not be empty");
-      auto text = tokenizer_.ApplyChatTemplate(messages, /*add_generation_prompt=*/true);
-      if (!text.ok()) return Field(text.status(), "prompt.chat: ");
-      auto ids = tokenizer_.Encode(*text, /*parse_special=*/true, /*add_bos=*/true);
-      if (!ids.ok()) return Field(ids.status(), "prompt.chat: ");
-      o.prompt = *std::move(ids);
+    case v1::GenerateRequest::kChat:
+      spec.prompt = RequestSpec::Prompt::kChat;
+      for (const v1::ChatMessage& m : r.chat().messages()) spec.messages.push_back({m.role(), m.content()});
       break;
-    }
-    case v1::GenerateRequest::PROMPT_NOT_SET:
-      return absl::InvalidArgumentError("prompt: set one of text, token_ids or chat");
+    case v1::GenerateRequest::PROMPT_NOT_SET: break;
   }
-  if (o.prompt.empty()) return absl::InvalidArgumentError("prompt: must not be empty");
   const v1::SamplingParams& s = r.sampling();
-  o.max_tokens = s.has_max_tokens() ? s.max_tokens() : defaults_.max_tokens;
-  o.sampling.temperature = s.has_temperature() ? s.temperature() : defaults_.temperature;
-  o.sampling.top_k = s.has_top_k() ? s.top_k() : 0;
-  o.sampling.top_p = s.has_top_p() ? s.top_p() : 1.0f;
-  o.sampling.seed = s.has_seed() ? s.seed() : static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-  ADORE_RETURN_IF_ERROR(Field(o.sampling.Validate(), "sampling."));
-  for (const std::string& stop : s.stop()) o.stop.push_back(stop);
-  o.stop_ids = stop_ids_;
-
+  if (s.has_max_tokens()) spec.max_tokens = s.max_tokens();
+  spec.temperature = s.has_temperature() ? s.temperature() : kDefaultTemperature;
+  if (s.has_top_k()) spec.top_k = s.top_k();
+  if (s.has_top_p()) spec.top_p = s.top_p();
+  if (s.has_seed()) spec.seed = s.seed();
+  spec.stop.assign(s.stop().begin(), s.stop().end());
   const v1::ReleaseParams& rp = r.release();
-  o.release = defaults_.release;
+  bool unknown_policy = false;
   switch (rp.policy()) {
     case v1::POLICY_UNSPECIFIED: break;
-    case v1::POLICY_FULL: o.release.kind = PolicyKind::kFull; break;
-    case v1::POLICY_WINDOW: o.release.kind = PolicyKind::kWindow; break;
-    case v1::POLICY_HEAVY_HITTER: o.release.kind = PolicyKind::kHeavyHitter; break;
-    case v1::POLICY_ADORE: o.release.kind = PolicyKind::kAdore; break;
-    default:
-      return absl::InvalidArgumentError(absl::StrFormat("release.policy: unknown value %d", rp.policy()));
+    case v1::POLICY_FULL: spec.policy = PolicyKind::kFull; break;
+    case v1::POLICY_WINDOW: spec.policy = PolicyKind::kWindow; break;
+    case v1::POLICY_HEAVY_HITTER: spec.policy = PolicyKind::kHeavyHitter; break;
+    case v1::POLICY_ADORE: spec.policy = PolicyKind::kAdore; break;
+    default: unknown_policy = true; break;
   }
-  if (rp.has_kv_budget()) o.release.kv_budget = rp.kv_budget();
-  if (rp.has_rebuild()) o.release.rebuild = rp.rebuild();
-  if (o.release.kind != PolicyKind::kAdore && !rp.has_rebuild()) o.release.rebuild = 0;
-  if (o.release.kind == PolicyKind::kAdore) {
-    if (defaults_.controller == nullptr) {
-      return absl::FailedPreconditionError("release.policy: ADORE needs a controller; the server has none loaded");
-    }
-    o.release.controller = defaults_.controller;
+  if (!unknown_policy) {  // with an unknown policy, its budget and rebuild mean nothing
+    if (rp.has_kv_budget()) spec.kv_budget = rp.kv_budget();
+    if (rp.has_rebuild()) spec.rebuild = rp.rebuild();
   }
-  ADORE_RETURN_IF_ERROR(Field(o.release.Validate(info_.config.max_context), "release."));
+  // The fields before release are checked first (the first wrong field in field-number order is named).
+  absl::StatusOr<GenerateOptions> o =
+      BuildGenerateOptions(spec, tokenizer_, info_.config, defaults_, stop_ids_, AdoreV1Fields());
+  if (!o.ok()) return o.status();
+  if (unknown_policy) {
+    return absl::InvalidArgumentError(absl::StrFormat("release.policy: unknown value %d", rp.policy()));
+  }
+  ADORE_RETURN_IF_ERROR(ValidateRequestId(r.request_id()));
   return o;
 }
 
@@ -147,6 +144,8 @@ grpc::Status AdoreService::Generate(grpc::ServerContext* context, const v1::Gene
   };
   auto box = std::make_shared<Mailbox>();
   const ReleaseConfig release = options->release;
+  const uint64_t seed = options->sampling.seed;  // the request's, or the one drawn for it
+  const std::string request_id = request->request_id().empty() ? NewRequestId() : request->request_id();
   absl::StatusOr<uint64_t> id = scheduler_.Submit(*std::move(options), [box](const StreamEvent& e) {
     std::lock_guard<std::mutex> lock(box->mu);
     box->events.push_back(e);
@@ -174,7 +173,7 @@ grpc::Status AdoreService::Generate(grpc::ServerContext* context, const v1::Gene
       box->events.pop_front();
     }
     v1::GenerateResponse out;
-    out.set_request_id(request->request_id());
+    out.set_request_id(request_id);
     if (!e.final) {
       v1::TokenDelta* d = out.mutable_delta();
       d->set_text(e.text);
@@ -199,17 +198,19 @@ grpc::Status AdoreService::Generate(grpc::ServerContext* context, const v1::Gene
     }
     if (!e.text.empty() || !e.tokens.empty()) {  // text held back for stop strings, released at the end
       v1::GenerateResponse last;
-      last.set_request_id(request->request_id());
+      last.set_request_id(request_id);
       last.mutable_delta()->set_text(e.text);
       for (int32_t t : e.tokens) last.mutable_delta()->add_token_ids(t);
       writer->Write(last);
     }
     v1::GenerateDone* done = out.mutable_done();
     done->set_finish_reason(e.finish_reason == "length" ? v1::FINISH_REASON_LENGTH : v1::FINISH_REASON_STOP);
+    done->set_matched_stop(e.matched_stop);
     done->mutable_usage()->set_prompt_tokens(e.prompt_tokens);
     done->mutable_usage()->set_completion_tokens(e.completion_tokens);
     done->mutable_timing()->set_ttft_ms(e.ttft_ms);
     done->mutable_timing()->set_total_ms(e.total_ms);
+    done->mutable_timing()->set_queue_ms(e.queue_ms);
     v1::AdoreStats* a = done->mutable_adore();
     a->set_policy(PolicyToProto(release.kind));
     a->set_kv_budget(release.kind == PolicyKind::kFull ? 0 : release.kv_budget);
@@ -217,7 +218,7 @@ grpc::Status AdoreService::Generate(grpc::ServerContext* context, const v1::Gene
     a->set_tokens_released(e.release_stats.released);
     a->set_tokens_rebuilt(e.release_stats.rebuilt);
     a->set_kv_slots_in_use(e.kv_slots);
-    done->set_seed(request->sampling().has_seed() ? request->sampling().seed() : 0);
+    done->set_seed(seed);
     writer->Write(out);
     Count(grpc::Status::OK);
     return grpc::Status::OK;
@@ -243,7 +244,7 @@ grpc::Status AdoreService::GetModelInfo(grpc::ServerContext*, const v1::GetModel
   d->set_rebuild(defaults_.release.rebuild);
   for (v1::Policy p : {v1::POLICY_FULL, v1::POLICY_WINDOW, v1::POLICY_HEAVY_HITTER}) m->add_available_policies(p);
   if (defaults_.controller != nullptr) m->add_available_policies(v1::POLICY_ADORE);
-  m->set_min_kv_budget(16);
+  m->set_min_kv_budget(MinKvBudgetOfAllPolicies(defaults_));
   m->set_max_rebuild(kMaxRebuild);
   m->set_default_max_tokens(defaults_.max_tokens);
   m->set_chat_template_available(tokenizer_.ApplyChatTemplate({{"user", "x"}}, true).ok());

@@ -14,17 +14,11 @@
 #include "adore/v1/adore.grpc.pb.h"
 #include "common/model_config.h"
 #include "common/tokenizer.h"
+#include "coordinator/request_options.h"  // ServiceDefaults, BuildGenerateOptions
 #include "coordinator/scheduler.h"
 #include "worker/adore_controller.h"
 
 namespace adore {
-
-struct ServiceDefaults {
-  int32_t max_tokens = 256;         // SamplingParams.max_tokens when unset
-  float temperature = 1.0f;         // when unset (OpenAI's default)
-  ReleaseConfig release;            // policy / kv_budget / rebuild when the request leaves them unset
-  const AdoreController* controller = nullptr;  // the adore policy's controller (null: adore unavailable)
-};
 
 struct ServiceInfo {
   ModelConfig config;
@@ -45,7 +39,8 @@ class AdoreService final : public adore::v1::Adore::Service {
   grpc::Status GetStats(grpc::ServerContext* context, const adore::v1::GetStatsRequest* request,
                         adore::v1::ServerStats* response) override;
 
-  // The request as the scheduler takes it; INVALID_ARGUMENT naming the field otherwise. Exposed for tests.
+  // The request as the scheduler takes it; INVALID_ARGUMENT naming the first wrong field in field-number
+  // order otherwise (also request_id, which the scheduler does not take). Exposed for tests.
   absl::StatusOr<GenerateOptions> Convert(const adore::v1::GenerateRequest& request) const;
 
  private:
@@ -60,6 +55,14 @@ class AdoreService final : public adore::v1::Adore::Service {
   std::atomic<int64_t> ok_{0}, invalid_{0}, exhausted_{0}, unavailable_{0}, cancelled_{0}, deadline_{0}, internal_{0};
   std::atomic<int64_t> released_total_{0}, rebuilt_total_{0};
 };
+
+// SamplingParams.temperature when unset: 0, greedy (adore.proto). ServiceDefaults::temperature is the
+// HTTP API's (OpenAI's 1).
+inline constexpr float kDefaultTemperature = 0.0f;
+// GenerateRequest.request_id: the longest accepted, and what the server assigns to an empty one (32 random
+// lower-case hex digits).
+inline constexpr size_t kMaxRequestIdLength = 128;
+std::string NewRequestId();
 
 grpc::Status ToGrpc(const absl::Status& status);
 adore::v1::Policy PolicyToProto(PolicyKind kind);

@@ -15,8 +15,6 @@
 
 namespace adore {
 
-namespace v1 = ::adore::v1;
-
 namespace {
 
 // Failures of the connection (or of the worker as a whole) rather than answers about the request.
@@ -257,6 +255,8 @@ absl::StatusOr<WorkerStepResult> RemoteStepRunner::Step(const WorkerStep& step) 
       }
     }
   }
+  rank_step_ms_.resize(n);
+  for (int rank = 0; rank < n; ++rank) rank_step_ms_[rank] = responses[rank].timing().total_ms();
   WorkerStepResult out;
   if (n > 1) out.slot_map_checks = resp.outputs_size();  // all compared above, all equal
   for (const v1::SequenceOutput& o : resp.outputs()) {

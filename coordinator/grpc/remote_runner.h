@@ -47,6 +47,8 @@ class RemoteStepRunner final : public StepRunner {
   static absl::StatusOr<std::unique_ptr<RemoteStepRunner>> Connect(const RemoteRunnerOptions& options);
 
   absl::StatusOr<WorkerStepResult> Step(const WorkerStep& step) override;
+  // Each rank's StepTiming.total_ms of the latest successful step (the /metrics per-rank step time).
+  std::vector<double> last_rank_step_ms() const override { return rank_step_ms_; }
 
   // Rank 0's Load answer (model info, KV capacity).
   const adore::v1::LoadResponse& load_response() const { return load_response_; }
@@ -75,6 +77,7 @@ class RemoteStepRunner final : public StepRunner {
   bool broken_ = false;                    // the last step's RPC failed: resync before the next
   std::unordered_set<uint64_t> live_;      // sequences live on the worker, as far as this runner knows
   std::vector<uint64_t> orphans_;          // to end on the worker at the next step
+  std::vector<double> rank_step_ms_;       // per rank, the latest successful step as each worker timed it
 };
 
 }  // namespace adore

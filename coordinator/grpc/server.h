@@ -1,7 +1,9 @@
 // adore-server's core, usable in-process (tests, embedding): loads the model, creates the engine, the
-// scheduler over an embedded worker, the AdoreService and the standard health service, and serves gRPC.
+// scheduler over an embedded worker, the AdoreService and the standard health service, and serves gRPC;
+// optionally also the OpenAI-compatible HTTP API with /health and /metrics over the same scheduler.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -10,6 +12,8 @@
 
 #include "absl/status/statusor.h"
 #include "coordinator/grpc/adore_service.h"
+#include "coordinator/grpc/registry.h"
+#include "coordinator/http/http_server.h"
 #include "coordinator/scheduler.h"
 #include "worker/adore_controller.h"
 #include "worker/engine.h"
@@ -31,33 +35,65 @@ struct ServerOptions {
   // them (cpu backend; the coordinator hosts their Gloo rendezvous on 127.0.0.1).
   std::vector<std::string> workers;
   std::string worker_secret;             // sent to the workers as metadata adore-worker-secret
+  // Worker registration instead of a fixed list (`workers` empty): > 0 = serve adore.v1.Coordinator on
+  // this server's port and wait until this many adore-worker processes have registered
+  // (coordinator/grpc/registry.h; with worker_secret they must carry it), then drive them in rank order
+  // exactly as a `workers` list. Meanwhile grpc.health.v1 answers NOT_SERVING for "" and adore.v1.Adore,
+  // whose calls get UNAVAILABLE. 0 = off.
+  int expect_workers = 0;
+  int64_t expect_workers_timeout_ms = 600000;  // longest wait for all of them: Start fails DEADLINE_EXCEEDED
+  // With expect_workers: called on Start's thread once the server listens for registrations, with its
+  // address (adore-server prints it; a test started with port 0 learns the port from it).
+  std::function<void(const std::string& address)> on_waiting_for_workers;
+  // The OpenAI-compatible HTTP API, /health and /metrics (coordinator/http/http_server.h) on `listen`:
+  // -1 = off, 0 = any free port (see EmbeddedServer::http_port).
+  int http_port = -1;
+  std::string served_model_name;         // the model's id on the HTTP API; empty = the model path's stem
   ServiceDefaults defaults;
 };
+
+class AdoreGate;  // server.cc: adore.v1.Adore answering UNAVAILABLE until the service behind it exists
 
 class EmbeddedServer {
  public:
   // Everything up and serving, or the first error (NOT_FOUND model, INVALID_ARGUMENT option,
-  // UNAVAILABLE when the address cannot be bound, UNIMPLEMENTED for more than one embedded worker).
+  // UNAVAILABLE when the address cannot be bound, UNIMPLEMENTED for more than one embedded worker,
+  // DEADLINE_EXCEEDED when expect_workers did not all register in time). With expect_workers it blocks
+  // while the workers register.
   static absl::StatusOr<std::unique_ptr<EmbeddedServer>> Start(const ServerOptions& options);
   ~EmbeddedServer();
 
   int port() const { return port_; }
+  int http_port() const { return http_ ? http_->port() : -1; }  // -1 when the HTTP API is off
   std::string address() const;
   void Wait() { server_->Wait(); }
   // Stops accepting, cancels running streams (CANCELLED), and returns once everything has stopped.
   void Shutdown();
   const Scheduler& scheduler() const { return *scheduler_; }
+  // The registrations (expect_workers > 0), else null.
+  const WorkerRegistry* registry() const { return registry_.get(); }
 
  private:
   EmbeddedServer() = default;
+  // Builds and starts the gRPC server on options_.listen:port with these services and the health service.
+  absl::Status Listen(const std::vector<grpc::Service*>& services);
+  // expect_workers: serves the registration, waits for every rank, returns their addresses in rank order.
+  absl::StatusOr<std::vector<std::string>> WaitForWorkers();
   ServerOptions options_;
   std::unique_ptr<AdoreController> controller_;
   std::unique_ptr<Tokenizer> tokenizer_;
+  ModelConfig model_config_;  // what the HTTP API serves
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<StepRunner> runner_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<AdoreService> service_;
+  // expect_workers: the registrations, the service taking them, and the gate that the public API is served
+  // through (the server starts before the AdoreService exists). Declared before server_, which goes first.
+  std::unique_ptr<WorkerRegistry> registry_;
+  std::unique_ptr<CoordinatorService> coordinator_;
+  std::unique_ptr<AdoreGate> gate_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<http::HttpServer> http_;
   int port_ = 0;
   bool shut_down_ = false;
 };

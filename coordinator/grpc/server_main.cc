@@ -1,5 +1,7 @@
 // adore-server: the coordinator with embedded workers, serving the public gRPC API (adore.v1.Adore) and
-// grpc.health.v1 on 127.0.0.1 by default.
+// grpc.health.v1 on 127.0.0.1 by default, and with --http_port the OpenAI-compatible HTTP API and metrics.
+// External workers (adore-worker) are either listed (--workers host:port,... in rank order) or register
+// themselves (--expect_workers N: adore.v1.Coordinator on the same port, adore-worker --coordinator).
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -26,8 +28,18 @@ ABSL_FLAG(std::string, default_policy, "full", "policy for requests that do not 
 ABSL_FLAG(int64_t, default_kv_budget, 1024, "kv_budget for requests that do not set one");
 ABSL_FLAG(int64_t, default_rebuild, 0, "rebuild for adore requests that do not set one");
 ABSL_FLAG(int32_t, default_max_tokens, 256, "max_tokens for requests that do not set one");
-ABSL_FLAG(std::string, workers, "", "external workers (adore-worker) host:port,... in rank order; empty = embedded");
-ABSL_FLAG(std::string, worker_secret_file, "", "file holding the workers' shared secret (with --workers)");
+ABSL_FLAG(std::string, workers, "", "external workers (adore-worker) host:port,... in rank order; empty = embedded "
+          "(or --expect_workers)");
+ABSL_FLAG(int32_t, expect_workers, 0, "wait for this many adore-worker --coordinator processes to register on --port "
+          "(adore.v1.Coordinator), then drive them in rank order as with --workers; 0 = off");
+ABSL_FLAG(int32_t, expect_workers_timeout_s, 600, "with --expect_workers: longest wait for all of them to register; "
+          "exit with an error naming the missing ranks after it");
+ABSL_FLAG(std::string, worker_secret_file, "", "file holding the workers' shared secret (with --workers or "
+          "--expect_workers: sent to the workers, and required of registrations)");
+ABSL_FLAG(int32_t, http_port, -1, "OpenAI-compatible HTTP API, /health and /metrics on --listen at this port; "
+          "-1 = off, 0 = any free port (printed at start)");
+ABSL_FLAG(std::string, served_model_name, "", "the model's id on the HTTP API (\"model\" field, /v1/models); "
+          "empty = the model path's file name without extension");
 
 namespace {
 std::atomic<bool> g_stop{false};
@@ -48,6 +60,14 @@ int main(int argc, char** argv) {
   o.max_batch = absl::GetFlag(FLAGS_max_batch);
   o.controller = absl::GetFlag(FLAGS_controller);
   o.defaults.max_tokens = absl::GetFlag(FLAGS_default_max_tokens);
+  o.http_port = absl::GetFlag(FLAGS_http_port);
+  o.served_model_name = absl::GetFlag(FLAGS_served_model_name);
+  o.expect_workers = absl::GetFlag(FLAGS_expect_workers);
+  o.expect_workers_timeout_ms = int64_t{absl::GetFlag(FLAGS_expect_workers_timeout_s)} * 1000;
+  o.on_waiting_for_workers = [](const std::string& address) {
+    std::printf("adore-server: waiting for workers to register on %s\n", address.c_str());
+    std::fflush(stdout);
+  };
   for (absl::string_view w : absl::StrSplit(absl::GetFlag(FLAGS_workers), ',', absl::SkipWhitespace())) {
     o.workers.push_back(std::string(absl::StripAsciiWhitespace(w)));
   }
@@ -68,6 +88,11 @@ int main(int argc, char** argv) {
   }
   o.defaults.release = {.kind = *kind, .kv_budget = absl::GetFlag(FLAGS_default_kv_budget),
                         .rebuild = absl::GetFlag(FLAGS_default_rebuild)};
+  if (o.expect_workers > 0 && o.worker_secret.empty() && o.listen != "127.0.0.1" && o.listen != "localhost" &&
+      o.listen != "::1") {
+    std::fprintf(stderr, "adore-server: warning: accepting worker registrations on %s without a secret "
+                         "(--worker_secret_file)\n", o.listen.c_str());
+  }
   std::fprintf(stderr, "adore-server: loading %s on %s ...\n", o.model.c_str(), o.backend.c_str());
   auto server = adore::EmbeddedServer::Start(o);
   if (!server.ok()) {
@@ -75,6 +100,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::printf("adore-server: serving adore.v1.Adore and grpc.health.v1 on %s\n", (*server)->address().c_str());
+  if ((*server)->http_port() >= 0) {
+    std::printf("adore-server: serving HTTP (OpenAI-compatible /v1, /health, /metrics) on http://%s:%d\n",
+                o.listen.c_str(), (*server)->http_port());
+  }
   std::fflush(stdout);
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "common/gguf.h"
 #include "common/model_weights.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -57,6 +58,35 @@ TEST(SafetensorsFileTest, ReadsDirectoryAndConvertsDtypes) {
   auto missing = f->ReadTensor("nope");
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(missing.status().message(), HasSubstr("x.safetensors"));
+}
+
+// Found by fuzz/safetensors_fuzzer (fuzz/regressions/safetensors/zero_element_f32_tensor): a tensor with a zero
+// dimension has no bytes, and converting it passed an empty vector's null data() to memcpy (undefined
+// behaviour, reported by UBSan). Empty tensors of every supported dtype read back empty, and Dequantize takes
+// zero elements with null buffers.
+TEST(SafetensorsFileTest, ZeroElementTensorsReadBackEmpty) {
+  const std::string dir = FreshDir("st_empty");
+  std::vector<float> one = {1.5f};
+  WriteFile(dir + "/e.safetensors",
+            adore::testing::SafetensorsBytes({{"f32", "F32", {0, 4}, ""},
+                                              {"f16", "F16", {3, 0}, ""},
+                                              {"bf16", "BF16", {0}, ""},
+                                              {"scalar", "F32", {}, adore::testing::EncodeAs("F32", &one)}}));
+  auto f = SafetensorsFile::Open(dir + "/e.safetensors");
+  ASSERT_TRUE(f.ok()) << f.status();
+  for (const auto& [name, shape] : std::vector<std::pair<std::string, std::vector<int64_t>>>{
+           {"f32", {0, 4}}, {"f16", {3, 0}}, {"bf16", {0}}}) {
+    auto t = f->ReadTensor(name);
+    ASSERT_TRUE(t.ok()) << name << ": " << t.status();
+    EXPECT_EQ(t->shape, shape) << name;
+    EXPECT_TRUE(t->data.empty()) << name;
+  }
+  auto scalar = f->ReadTensor("scalar");
+  ASSERT_TRUE(scalar.ok()) << scalar.status();
+  EXPECT_EQ(scalar->data, std::vector<float>{1.5f});
+  for (GgmlType type : {GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16, GgmlType::kQ8_0}) {
+    EXPECT_TRUE(Dequantize(type, nullptr, 0, nullptr).ok()) << GgmlTypeName(type);
+  }
 }
 
 // The llama.cpp converter's permute(w, n_head): w.reshape(n_head, 2, rows/n_head/2, cols)

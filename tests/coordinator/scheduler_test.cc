@@ -4,11 +4,15 @@
 #include "coordinator/scheduler.h"
 
 #include <atomic>
+#include <map>
 #include <chrono>
 #include <mutex>
 #include <thread>
 
 #include "common/model_weights.h"
+#include "common/stream_decoder.h"
+#include "common/synthetic_model.h"
+#include "common/unicode_util.h"
 #include "gtest/gtest.h"
 #include "tests/test_util.h"
 #include "worker/cpu_engine.h"
@@ -22,6 +26,7 @@ struct Collected {
   std::mutex mu;
   std::string text;
   std::vector<int32_t> tokens;
+  std::vector<StreamEvent> events;  // every event, the final one last
   int finals = 0;
   StreamEvent final_event;
   bool done = false;
@@ -30,6 +35,7 @@ struct Collected {
     std::lock_guard<std::mutex> lock(mu);
     text += e.text;
     tokens.insert(tokens.end(), e.tokens.begin(), e.tokens.end());
+    events.push_back(e);
     if (e.final) {
       ++finals;
       final_event = e;
@@ -211,6 +217,224 @@ TEST_F(SchedulerTest, StopStringEndsTheOutputBeforeIt) {
   ASSERT_TRUE(got.Wait(120));
   EXPECT_EQ(got.final_event.finish_reason, "stop");
   EXPECT_EQ(got.text, full.substr(0, full.find(stop)));
+}
+
+// A runner that plays scripted tokens: each started sequence samples script[0], then script[1], ... one per
+// step (the script of the i-th started sequence), after `delay_ms` per step.
+class ScriptedRunner final : public StepRunner {
+ public:
+  ScriptedRunner(std::vector<std::vector<int32_t>> scripts, int delay_ms = 0)
+      : scripts_(std::move(scripts)), delay_ms_(delay_ms) {}
+  absl::StatusOr<WorkerStepResult> Step(const WorkerStep& step) override {
+    if (delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms_));
+    WorkerStepResult out;
+    for (const SequenceStart& s : step.start) {
+      next_[s.id] = {started_++, 0};
+      out.sequences.push_back(Next(s.id));
+    }
+    for (const SequenceDecode& d : step.decode) out.sequences.push_back(Next(d.id));
+    return out;
+  }
+
+ private:
+  SequenceStepResult Next(uint64_t id) {
+    auto& [script, pos] = next_[id];
+    SequenceStepResult r;
+    r.id = id;
+    const std::vector<int32_t>& tokens = scripts_.at(script % scripts_.size());
+    r.token = pos < tokens.size() ? tokens[pos++] : tokens.back();
+    return r;
+  }
+  std::vector<std::vector<int32_t>> scripts_;
+  int delay_ms_;
+  size_t started_ = 0;
+  std::map<uint64_t, std::pair<size_t, size_t>> next_;  // id -> (script, position)
+};
+
+// SmolLM2 tokens by their bytes.
+constexpr int32_t kEndOfText = 0, kA = 81, kB = 82, kC = 83, kD = 84, kX = 104, kAb = 369, kCd = 13133,
+                  kParen = 24, kByteCE = 153, kByteA9 = 119, kSpaceCE = 5664, kSpaceA = 253;
+
+// Every delta (the final one included) is valid UTF-8 and carries at least one token; the deltas add up to
+// the tokens and to their bytes decoded with replacement (U+FFFD for each invalid part, the way Hugging
+// Face tokenizers and Python's errors="replace" decode).
+void ExpectWellFormed(const Collected& got, const Tokenizer& tok, const std::string& what) {
+  std::string bytes;
+  for (int32_t t : got.tokens) bytes += *tok.TokenBytes(t);
+  for (size_t i = 0; i < got.events.size(); ++i) {
+    const StreamEvent& e = got.events[i];
+    EXPECT_TRUE(IsValidUtf8(e.text)) << what << ": event " << i;
+    if (!e.final || !e.text.empty()) EXPECT_FALSE(e.tokens.empty()) << what << ": event " << i << " has no tokens";
+  }
+  EXPECT_TRUE(IsValidUtf8(got.text)) << what;
+  if (got.final_event.finish_reason != "stop" || got.final_event.matched_stop.empty()) {
+    EXPECT_EQ(got.text, Utf8Lossy(bytes)) << what;
+  }
+}
+
+class ScriptedSchedulerTest : public SchedulerTest {
+ protected:
+  // Runs one request over `script`; returns what its stream delivered.
+  void Run(const std::vector<int32_t>& script, GenerateOptions r, Collected* got) {
+    ScriptedRunner runner({script});
+    Scheduler scheduler(runner, *tokenizer_, Options(8));
+    if (r.prompt.empty()) r.prompt = {kA};
+    if (r.stop_ids.empty()) r.stop_ids = {kEndOfText};
+    ASSERT_TRUE(scheduler.Submit(r, [got](const StreamEvent& e) { got->Add(e); }).ok());
+    ASSERT_TRUE(got->Wait(30));
+  }
+};
+
+// The load test's case: bytes that can never make a character (a stray continuation byte, a lead byte
+// followed by ASCII, a lead byte left at the end) arrive as U+FFFD, never as invalid UTF-8.
+TEST_F(ScriptedSchedulerTest, InvalidBytesBecomeReplacementCharacters) {
+  GenerateOptions r;
+  r.max_tokens = 6;
+  Collected got;
+  Run({kByteA9, kParen, kByteCE, kByteA9, kByteCE, kParen, kByteCE}, r, &got);
+  EXPECT_EQ(got.final_event.finish_reason, "length");
+  EXPECT_EQ(got.text, "\xEF\xBF\xBD(\xCE\xA9\xEF\xBF\xBD(");  // python3: b"\xa9(\xce\xa9\xce(".decode(errors="replace")
+  ExpectWellFormed(got, *tokenizer_, "length");
+
+  // A lead byte still incomplete when generation ends is flushed as U+FFFD with its token.
+  Collected eos;
+  r.max_tokens = 10;
+  Run({kParen, kByteCE, kEndOfText}, r, &eos);
+  EXPECT_EQ(eos.final_event.finish_reason, "stop");
+  EXPECT_EQ(eos.text, "(\xEF\xBF\xBD");
+  EXPECT_EQ(eos.tokens, (std::vector<int32_t>{kParen, kByteCE}));
+  ExpectWellFormed(eos, *tokenizer_, "end token");
+}
+
+// Text held back because it might begin a stop string keeps a token with it, so the delta that releases it
+// at the end is not empty of tokens.
+TEST_F(ScriptedSchedulerTest, HeldBackTextComesWithItsToken) {
+  GenerateOptions r;
+  r.max_tokens = 10;
+  r.stop = {"ab"};
+  Collected got;
+  Run({kX, kSpaceA, kEndOfText}, r, &got);  // " a": the space goes out, the "a" waits
+  EXPECT_EQ(got.final_event.finish_reason, "stop");
+  EXPECT_EQ(got.text, "x a");
+  EXPECT_EQ(got.tokens, (std::vector<int32_t>{kX, kSpaceA}));
+  ExpectWellFormed(got, *tokenizer_, "held");
+}
+
+// Two stop strings completed by the same token: the output ends before the earlier occurrence, whatever
+// the list order, and matched_stop names that one. Bytes after the stop string are dropped, also an
+// incomplete character (no U+FFFD for it).
+TEST_F(ScriptedSchedulerTest, EarliestStopStringWinsAndIsReported) {
+  GenerateOptions r;
+  r.max_tokens = 10;
+  r.stop = {"cd", "bc"};
+  Collected got;
+  Run({kAb, kCd, kA}, r, &got);
+  EXPECT_EQ(got.final_event.finish_reason, "stop");
+  EXPECT_EQ(got.text, "a");
+  EXPECT_EQ(got.final_event.matched_stop, "bc");
+  EXPECT_EQ(got.tokens, (std::vector<int32_t>{kAb, kCd}));
+
+  Collected cut;
+  r.stop = {"x "};
+  Run({kX, kSpaceCE, kA}, r, &cut);
+  EXPECT_EQ(cut.final_event.finish_reason, "stop");
+  EXPECT_EQ(cut.final_event.matched_stop, "x ");
+  EXPECT_EQ(cut.text, "");
+
+  Collected by_token;  // ended by an end token
+  r.stop = {"zz"};
+  Run({kB, kEndOfText}, r, &by_token);
+  EXPECT_EQ(by_token.final_event.finish_reason, "stop");
+  EXPECT_EQ(by_token.final_event.matched_stop, "");
+  EXPECT_EQ(by_token.text, "b");
+}
+
+// Timing: ttft_ms is 0 when the first sampled token is an end token (nothing was generated); queue_ms is the
+// wait for a place in the batch (max_batch 1: the second request waits for the first).
+TEST_F(ScriptedSchedulerTest, TimingReportsTheQueueAndNoTtftWithoutTokens) {
+  {
+    GenerateOptions r;
+    Collected got;
+    Run({kEndOfText}, r, &got);
+    EXPECT_EQ(got.final_event.completion_tokens, 0);
+    EXPECT_EQ(got.final_event.ttft_ms, 0.0);
+    EXPECT_GT(got.final_event.total_ms, 0.0);
+  }
+  ScriptedRunner runner({{kA, kB, kC, kD, kA, kB}}, /*delay_ms=*/20);
+  Scheduler scheduler(runner, *tokenizer_, Options(/*max_batch=*/1));
+  Collected first, second;
+  GenerateOptions r;
+  r.prompt = {kA};
+  r.max_tokens = 6;
+  ASSERT_TRUE(scheduler.Submit(r, [&](const StreamEvent& e) { first.Add(e); }).ok());
+  ASSERT_TRUE(scheduler.Submit(r, [&](const StreamEvent& e) { second.Add(e); }).ok());
+  ASSERT_TRUE(first.Wait(30));
+  ASSERT_TRUE(second.Wait(30));
+  EXPECT_LT(first.final_event.queue_ms, 60.0);
+  EXPECT_GE(second.final_event.queue_ms, 100.0);  // the first took 6 steps of 20 ms
+  EXPECT_LE(second.final_event.queue_ms, second.final_event.ttft_ms);
+}
+
+// max_tokens is bounded by the context (prompt + max_tokens), not by a smaller fixed limit.
+TEST_F(ScriptedSchedulerTest, MaxTokensUpToTheContextIsAccepted) {
+  ScriptedRunner runner(std::vector<std::vector<int32_t>>{{kA}});
+  Scheduler scheduler(runner, *tokenizer_, Options(8));
+  GenerateOptions r;
+  r.prompt = {kA};
+  r.max_tokens = static_cast<int32_t>(engine_->config().max_context) - 1;
+  r.release = {.kind = PolicyKind::kWindow, .kv_budget = 64};
+  Collected got;
+  auto id = scheduler.Submit(r, [&](const StreamEvent& e) { got.Add(e); });
+  ASSERT_TRUE(id.ok()) << id.status();
+  scheduler.Cancel(*id);
+  ASSERT_TRUE(got.Wait(30));
+  r.max_tokens += 1;
+  EXPECT_EQ(scheduler.Submit(r, [](const StreamEvent&) {}).status().code(), absl::StatusCode::kOutOfRange);
+}
+
+// Found by fuzz/request_fuzzer (fuzz/regressions/request/cancel_races_the_loop): the loop walked the list of
+// cancelled ids while it released the lock to finish each cancelled request, so a Cancel() on another thread
+// could reallocate the list under it (heap-use-after-free under ASan), and an id appended meanwhile was
+// cleared unseen (a lost cancellation: the request ran on). Threads cancel many queued requests at once while
+// the loop is finishing earlier ones: every request ends exactly once, CANCELLED. No model needed.
+TEST(SchedulerCancelTest, ConcurrentCancelsAreNeitherLostNorRacy) {
+  auto tokenizer = Tokenizer::Create(SyntheticTokenizer(300));
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  constexpr int kRequests = 400, kThreads = 4;
+  std::vector<Collected> got(kRequests);  // outlives the scheduler, which ends what is left on destruction
+  ScriptedRunner runner({{'a'}}, /*delay_ms=*/1);  // never ends a sequence: only cancellation does
+  Scheduler scheduler(runner, **tokenizer, {.max_batch = 2, .kv_rows = 1 << 20, .max_context = 8192});
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < kRequests; ++i) {
+    GenerateOptions r;
+    r.prompt = {'b'};
+    r.max_tokens = 8000;
+    // A slow final callback (it runs on the loop's thread, outside the lock) holds the loop inside its walk
+    // over the cancelled ids while the other threads go on cancelling.
+    auto id = scheduler.Submit(r, [&got, i](const StreamEvent& e) {
+      got[i].Add(e);
+      if (e.final) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    });
+    ASSERT_TRUE(id.ok()) << id.status();
+    ids.push_back(*id);
+  }
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = t; i < kRequests; i += kThreads) {
+        scheduler.Cancel(ids[i]);
+        std::this_thread::sleep_for(std::chrono::microseconds(50));  // spread over the loop's walks
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int i = 0; i < kRequests; ++i) {
+    ASSERT_TRUE(got[i].Wait(10)) << "request " << i << " never ended (its cancellation was lost)";
+    std::lock_guard<std::mutex> lock(got[i].mu);
+    EXPECT_EQ(got[i].finals, 1) << "request " << i;
+    EXPECT_EQ(got[i].final_event.status.code(), absl::StatusCode::kCancelled) << "request " << i;
+  }
+  EXPECT_EQ(scheduler.stats().cancelled, kRequests);
 }
 
 }  // namespace

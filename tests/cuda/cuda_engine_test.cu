@@ -351,10 +351,11 @@ TEST_F(CudaEngineTest, PoliciesWithBudgetAboveContextEqualFull) {
         EXPECT_EQ(Argmax(&got[t][i * vocab], vocab), Argmax(&full[t][i * vocab], vocab))
             << PolicyKindName(kind) << " step " << t << " sequence " << i;
       }
-      worst = std::max(worst, MatrixRelDiff(got[t], full[t]));
+      worst = std::max(worst, WorstRowRelDiff(got[t], full[t], vocab));
     }
-    std::printf("%s with m above the context vs full: worst step logit rel diff %.2e\n", PolicyKindName(kind), worst);
-    EXPECT_LE(worst, 1e-2) << PolicyKindName(kind);
+    // The engine's bf16 tolerance at the worst position (measured on the H200: up to 2.3e-2 for adore).
+    std::printf("%s with m above the context vs full: worst row logit rel diff %.2e\n", PolicyKindName(kind), worst);
+    EXPECT_LE(worst, kWorstRowTol) << PolicyKindName(kind);
     EXPECT_EQ(pa->stats().released + pb->stats().released, 0) << PolicyKindName(kind);
   }
 }

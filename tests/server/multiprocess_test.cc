@@ -1,7 +1,9 @@
 // The distributed runtime as deployed: the built adore-server and adore-worker binaries as separate
 // processes on loopback. Two workers (Gloo, TP=2) and one worker (TP=1) must give the single-process
 // engine's one-at-a-time greedy tokens, under full attention and under adore (kv_budget below the prompt,
-// with and without rebuild), with the coordinator comparing the ranks' slot-map hashes every step.
+// with and without rebuild), with the coordinator comparing the ranks' slot-map hashes every step. The
+// workers are listed (adore-server --workers) or register themselves (adore-server --expect_workers 2,
+// adore-worker --coordinator, one asking for rank 1): both give the same tokens.
 //
 // SmolLM2's 9 query / 3 KV heads do not split over 2 ranks, so the model is first widened to 12 / 4 heads
 // with zero heads (tests/server/padded_heads_model.h: the same function; every run, the reference
@@ -26,6 +28,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
@@ -178,10 +181,16 @@ struct Deployment {
   std::string logs;                            // every process's output, for failure messages
 };
 
+// How the coordinator finds its workers.
+enum class Discovery {
+  kListed,      // the workers start first; adore-server --workers names them in rank order
+  kRegistered,  // adore-server --expect_workers starts first; each adore-worker --coordinator registers
+};
+
 // Starts `tp` adore-worker processes and adore-server over them, sends every case at once (continuous
-// batching mixes them), then reads the server's stats and the workers' health.
+// batching mixes them), then reads the server's stats and the workers' health (in rank order).
 void Deploy(int tp, const std::string& model, const std::string& dir, const std::vector<Case>& cases,
-            Deployment* out) {
+            Deployment* out, Discovery discovery = Discovery::kListed) {
   const auto t_start = std::chrono::steady_clock::now();
   const std::string secret_file = dir + "/secret";
   std::ofstream(secret_file) << kSecret << "\n";
@@ -193,9 +202,29 @@ void Deploy(int tp, const std::string& model, const std::string& dir, const std:
     for (const auto& w : workers) all += w->Logs();
     return all;
   };
+  const std::string tag = absl::StrCat(discovery == Discovery::kListed ? "tp" : "reg-tp", tp);
+  std::vector<std::string> server_args = {
+      ADORE_SERVER_BIN, "--model=" + model, "--port=0", "--kv_rows=2048", "--max_batch=8",
+      "--controller=" + std::string(ADORE_SOURCE_DIR) + "/tools/adore/controller.bin",
+      "--worker_secret_file=" + secret_file};
+  std::vector<std::string> worker_args = {ADORE_WORKER_BIN, "--port=0", "--secret_file=" + secret_file};
+  absl::StatusOr<std::unique_ptr<Child>> server = absl::UnknownError("not started");
+  if (discovery == Discovery::kRegistered) {
+    // The coordinator first: it serves the registration on its port and prints it.
+    server_args.push_back(absl::StrCat("--expect_workers=", tp));
+    server_args.push_back("--expect_workers_timeout_s=60");
+    server = Child::Start(tag + "-server", server_args, dir);
+    ASSERT_TRUE(server.ok()) << server.status();
+    absl::StatusOr<std::string> coordinator =
+        (*server)->WaitForWordAfter("waiting for workers to register on ", absl::Seconds(30));
+    ASSERT_TRUE(coordinator.ok()) << coordinator.status();
+    worker_args.push_back("--coordinator=" + *coordinator);
+  }
   for (int r = 0; r < tp; ++r) {
-    auto w = Child::Start(absl::StrCat("tp", tp, "-worker", r),
-                          {ADORE_WORKER_BIN, "--port=0", "--secret_file=" + secret_file}, dir);
+    std::vector<std::string> args = worker_args;
+    // Registered: the first worker asks for the last rank, the others take the lowest free one.
+    if (discovery == Discovery::kRegistered && r == 0 && tp > 1) args.push_back(absl::StrCat("--rank=", tp - 1));
+    auto w = Child::Start(absl::StrCat(tag, "-worker", r), args, dir);
     ASSERT_TRUE(w.ok()) << w.status();
     workers.push_back(*std::move(w));
   }
@@ -204,17 +233,34 @@ void Deploy(int tp, const std::string& model, const std::string& dir, const std:
     ASSERT_TRUE(addr.ok()) << addr.status();
     addresses.push_back(*addr);
   }
+  if (discovery == Discovery::kRegistered) {
+    // Each worker prints the rank it was given; the addresses go into rank order.
+    std::vector<std::string> by_rank(tp);
+    for (int i = 0; i < tp; ++i) {
+      absl::StatusOr<std::string> rank = workers[i]->WaitForWordAfter("as rank ", absl::Seconds(30));
+      ASSERT_TRUE(rank.ok()) << rank.status() << (*server)->Logs();
+      int r = -1;
+      ASSERT_TRUE(absl::SimpleAtoi(*rank, &r) && r >= 0 && r < tp) << *rank;
+      EXPECT_EQ(r, i == 0 ? tp - 1 : i - 1) << "worker " << i << ": the requested rank, else the lowest free";
+      ASSERT_TRUE(by_rank[r].empty()) << "rank " << r << " given twice";
+      by_rank[r] = addresses[i];
+    }
+    addresses = by_rank;
+  } else {
+    server_args.push_back("--workers=" + absl::StrJoin(addresses, ","));
+    server = Child::Start(tag + "-server", server_args, dir);
+    ASSERT_TRUE(server.ok()) << server.status();
+  }
   // The server bootstraps and loads every worker before it prints its own address.
-  auto server = Child::Start(
-      absl::StrCat("tp", tp, "-server"),
-      {ADORE_SERVER_BIN, "--model=" + model, "--port=0", "--kv_rows=2048", "--max_batch=8",
-       "--controller=" + std::string(ADORE_SOURCE_DIR) + "/tools/adore/controller.bin",
-       "--workers=" + absl::StrJoin(addresses, ","), "--worker_secret_file=" + secret_file},
-      dir);
-  ASSERT_TRUE(server.ok()) << server.status();
   absl::StatusOr<std::string> addr =
       (*server)->WaitForWordAfter("serving adore.v1.Adore and grpc.health.v1 on ", absl::Seconds(60));
   ASSERT_TRUE(addr.ok()) << addr.status() << logs(nullptr);
+  if (discovery == Discovery::kRegistered) {
+    const std::string server_log = (*server)->Logs();
+    for (int i = 1; i <= tp; ++i) {
+      EXPECT_NE(server_log.find(absl::StrCat("worker ", i, "/", tp, " registered: ")), std::string::npos) << server_log;
+    }
+  }
 
   const auto t_ready = std::chrono::steady_clock::now();
   auto channel = grpc::CreateChannel(*addr, grpc::InsecureChannelCredentials());
@@ -238,20 +284,39 @@ void Deploy(int tp, const std::string& model, const std::string& dir, const std:
   for (std::thread& t : clients) t.join();
   const auto t_done = std::chrono::steady_clock::now();
 
-  grpc::ClientContext sctx;
-  const grpc::Status st = stub->GetStats(&sctx, v1::GetStatsRequest(), &out->stats);
-  EXPECT_TRUE(st.ok()) << st.error_message();
-  for (size_t r = 0; r < addresses.size(); ++r) {
-    auto wstub = v1::Worker::NewStub(grpc::CreateChannel(addresses[r], grpc::InsecureChannelCredentials()));
-    grpc::ClientContext hctx;
-    hctx.AddMetadata(kWorkerSecretKey, kSecret);
-    out->health.emplace_back();
-    const grpc::Status hs = wstub->Health(&hctx, v1::WorkerHealthRequest(), &out->health.back());
-    EXPECT_TRUE(hs.ok()) << "rank " << r << ": " << hs.error_message();
+  // A stream's final message can reach its client before the scheduler has counted that step (it books a
+  // step's stats, slot-map checks included, after handing out its events): read the stats once no request
+  // is active any more.
+  const absl::Time stats_deadline = absl::Now() + absl::Seconds(10);
+  while (true) {
+    grpc::ClientContext sctx;
+    const grpc::Status st = stub->GetStats(&sctx, v1::GetStatsRequest(), &out->stats);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    if (out->stats.active_requests() == 0 && out->stats.queued_requests() == 0) break;
+    ASSERT_LT(absl::Now(), stats_deadline) << "requests still active: " << out->stats.ShortDebugString();
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  // The sequences that finished are ended on the workers by one more step, which may still be running:
+  // read the ranks' health once none holds a live sequence, all at the same step.
+  const absl::Time health_deadline = absl::Now() + absl::Seconds(10);
+  while (true) {
+    out->health.assign(addresses.size(), v1::WorkerHealthResponse());
+    bool settled = true;
+    for (size_t r = 0; r < addresses.size(); ++r) {
+      auto wstub = v1::Worker::NewStub(grpc::CreateChannel(addresses[r], grpc::InsecureChannelCredentials()));
+      grpc::ClientContext hctx;
+      hctx.AddMetadata(kWorkerSecretKey, kSecret);
+      const grpc::Status hs = wstub->Health(&hctx, v1::WorkerHealthRequest(), &out->health[r]);
+      ASSERT_TRUE(hs.ok()) << "rank " << r << ": " << hs.error_message();
+      settled = settled && out->health[r].live_sequences() == 0 &&
+                out->health[r].last_step_id() == out->health[0].last_step_id();
+    }
+    if (settled || absl::Now() > health_deadline) break;  // the test's expectations report what differs
+    absl::SleepFor(absl::Milliseconds(20));
   }
   (*server)->Stop();  // before the workers: it ends its streams first
   for (auto& w : workers) w->Stop();
-  std::printf("TP=%d: up in %.1f s, generation %.1f s, stop %.1f s\n", tp,
+  std::printf("%s: up in %.1f s, generation %.1f s, stop %.1f s\n", tag.c_str(),
               std::chrono::duration<double>(t_ready - t_start).count(),
               std::chrono::duration<double>(t_done - t_ready).count(),
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_done).count());
@@ -313,14 +378,20 @@ TEST(MultiProcessTest, TwoWorkerProcessesGenerateWhatOneWorkerAndOneEngineDo) {
   }
   const double reference_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
-  Deployment tp2, tp1;
+  Deployment tp2, tp1, reg2;
   Deploy(2, model, dir.string(), cases, &tp2);
   ASSERT_FALSE(::testing::Test::HasFatalFailure()) << tp2.logs;
   const double tp2_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - reference_s;
   Deploy(1, model, dir.string(), cases, &tp1);
   ASSERT_FALSE(::testing::Test::HasFatalFailure()) << tp1.logs;
-  std::printf("reference %.1f s, TP=2 deployment %.1f s, TP=1 deployment %.1f s\n", reference_s, tp2_s,
-              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - reference_s - tp2_s);
+  const double tp1_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - reference_s - tp2_s;
+  Deploy(2, model, dir.string(), cases, &reg2, Discovery::kRegistered);
+  ASSERT_FALSE(::testing::Test::HasFatalFailure()) << reg2.logs;
+  std::printf("reference %.1f s, TP=2 deployment %.1f s, TP=1 deployment %.1f s, registered TP=2 %.1f s\n",
+              reference_s, tp2_s, tp1_s,
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - reference_s - tp2_s -
+                  tp1_s);
 
   int64_t streamed = 0;
   for (size_t i = 0; i < cases.size(); ++i) {
@@ -331,6 +402,9 @@ TEST(MultiProcessTest, TwoWorkerProcessesGenerateWhatOneWorkerAndOneEngineDo) {
     ASSERT_TRUE(b.status.ok()) << "TP=1: " << b.status.error_message() << "\n" << tp1.logs;
     EXPECT_EQ(a.tokens, expected[i]) << "TP=2 vs the single-process engine";
     EXPECT_EQ(b.tokens, expected[i]) << "TP=1 vs the single-process engine";
+    const testing::StreamResult& c = reg2.results[i];
+    ASSERT_TRUE(c.status.ok()) << "registered TP=2: " << c.status.error_message() << "\n" << reg2.logs;
+    EXPECT_EQ(c.tokens, a.tokens) << "registered workers vs listed workers (TP=2)";
     streamed += static_cast<int64_t>(a.tokens.size());
     if (cases[i].policy != PolicyKind::kFull) {
       // Rank 0's release stats, which the coordinator reports, are those of one rank.
@@ -357,6 +431,16 @@ TEST(MultiProcessTest, TwoWorkerProcessesGenerateWhatOneWorkerAndOneEngineDo) {
     EXPECT_EQ(tp2.health[r].last_step_id(), tp2.health[0].last_step_id());
   }
   EXPECT_GE(tp2.health[0].last_step_id(), 10u);
+  // The registered group ran the same way: both ranks at the same step, each with the rank it was given.
+  EXPECT_EQ(reg2.stats.requests().ok(), static_cast<int64_t>(cases.size())) << reg2.logs;
+  EXPECT_GE(reg2.stats.slot_map_checks_total(), streamed) << reg2.logs;
+  ASSERT_EQ(reg2.health.size(), 2u);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(reg2.health[r].state(), v1::WORKER_STATE_READY) << "rank " << r;
+    EXPECT_EQ(reg2.health[r].rank(), r);
+    EXPECT_EQ(reg2.health[r].world_size(), 2);
+    EXPECT_EQ(reg2.health[r].last_step_id(), reg2.health[0].last_step_id());
+  }
   std::filesystem::remove_all(dir);
 }
 

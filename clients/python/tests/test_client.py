@@ -25,7 +25,7 @@ from adore_client import (
 )
 
 PROMPT = "The capital of France is"
-# ~40 tokens: longer than the smallest kv_budget (16), so a releasing policy has to release.
+# ~40 tokens: longer than the smallest kv_budget (21 with ADORE), so a releasing policy has to release.
 LONG_PROMPT = ("It was a bright cold day in April, and the clocks were striking thirteen. Winston Smith, his "
                "chin nuzzled into his breast in an effort to escape the vile wind, slipped quickly through.")
 
@@ -44,7 +44,8 @@ def test_health_and_model_info(client: Client) -> None:
     assert info.default_max_tokens == 16  # --default_max_tokens of the test server
     assert info.default_release.policy == Policy.FULL
     assert set(info.available_policies) >= {Policy.FULL, Policy.WINDOW, Policy.HEAVY_HITTER, Policy.ADORE}
-    assert (info.min_kv_budget, info.max_rebuild) == (16, 64)
+    # The budget every available policy accepts: ADORE's protected set (4 sinks + 16 recent) + the new token.
+    assert (info.min_kv_budget, info.max_rebuild) == (21, 64)
 
 
 def test_unknown_health_service_raises_not_found(client: Client) -> None:
@@ -119,7 +120,8 @@ def test_stop_string(client: Client) -> None:
     r = client.generate(PROMPT, max_tokens=12, temperature=0, stop=[stop])
     assert r.finish_reason == FinishReason.STOP
     assert r.text == full.text[: full.text.index(stop)]
-    assert r.matched_stop in (stop, "")  # the server leaves matched_stop empty today (proto: the stop string)
+    assert r.matched_stop == stop
+    assert full.matched_stop == ""
 
 
 def test_release_policies_report_their_stats(client: Client) -> None:
@@ -131,21 +133,67 @@ def test_release_policies_report_their_stats(client: Client) -> None:
     r = client.generate(LONG_PROMPT, max_tokens=4, temperature=0, policy=Policy.ADORE, kv_budget=24, rebuild=2)
     assert (r.adore.policy, r.adore.kv_budget, r.adore.rebuild) == (Policy.ADORE, 24, 2)
     assert r.adore.tokens_released > 0
+    # ModelInfo.min_kv_budget works for every policy, ADORE included; one less is refused up front.
+    low = client.model_info().min_kv_budget
+    for policy in (Policy.WINDOW, Policy.HEAVY_HITTER, Policy.ADORE):
+        r = client.generate(LONG_PROMPT, max_tokens=2, temperature=0, policy=policy, kv_budget=low)
+        assert r.adore.kv_budget == low and r.adore.tokens_released > 0 and r.adore.kv_slots_in_use <= low
+    with pytest.raises(AdoreError) as e:
+        client.generate(LONG_PROMPT, max_tokens=2, policy=Policy.ADORE, kv_budget=low - 1)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.message.startswith(f"release.kv_budget: must be in [{low}, "), e.value.message
+
+
+def test_unset_fields_take_the_documented_defaults(client: Client) -> None:
+    # temperature unset: 0, greedy.
+    greedy = client.generate(LONG_PROMPT, max_tokens=8, temperature=0)
+    assert client.generate(LONG_PROMPT, max_tokens=8).token_ids == greedy.token_ids
+    # seed unset: the server draws one, reports it, and it reproduces the sampled tokens.
+    a = client.generate(LONG_PROMPT, max_tokens=8, temperature=1.0)
+    b = client.generate(LONG_PROMPT, max_tokens=8, temperature=1.0)
+    assert a.seed != 0 and a.seed != b.seed
+    again = client.generate(LONG_PROMPT, max_tokens=8, temperature=1.0, seed=a.seed)
+    assert (again.seed, again.token_ids) == (a.seed, a.token_ids)
+    # request_id empty: the server assigns a random 32-digit hex one, the same in every message.
+    stream = client.generate_stream(PROMPT, max_tokens=4, temperature=0)
+    list(stream)
+    assert re.fullmatch(r"[0-9a-f]{32}", stream.request_id), stream.request_id
+    assert stream.result().request_id == stream.request_id
+    other = client.generate(PROMPT, max_tokens=1, temperature=0)
+    assert re.fullmatch(r"[0-9a-f]{32}", other.request_id) and other.request_id != stream.request_id
+    # timing: the queue time is part of the time to the first token.
+    assert 0 < greedy.timing.queue_ms <= greedy.timing.ttft_ms <= greedy.timing.total_ms
 
 
 @pytest.mark.parametrize(
     "kwargs, field",
     [
         (dict(prompt=PROMPT, temperature=-1.0), "sampling.temperature"),
+        (dict(prompt=PROMPT, temperature=101.0), "sampling.temperature"),
+        (dict(prompt=PROMPT, top_k=49153), "sampling.top_k"),
         (dict(prompt=PROMPT, top_p=1.5), "sampling.top_p"),
-        (dict(prompt=PROMPT, max_tokens=0), "max_tokens"),
+        (dict(prompt=PROMPT, max_tokens=0), "sampling.max_tokens"),
+        (dict(prompt=PROMPT, max_tokens=10**6), "sampling.max_tokens"),
+        (dict(prompt=PROMPT, stop=["a", ""]), "sampling.stop[1]"),
+        (dict(prompt=PROMPT, stop=[str(i) for i in range(9)]), "sampling.stop"),
         (dict(prompt=""), "text"),
         (dict(max_tokens=4), "prompt"),
-        (dict(token_ids=[1, -5]), "token_ids"),
+        (dict(token_ids=[]), "token_ids.ids"),
+        (dict(token_ids=[1, -5]), "token_ids.ids[1]"),
+        (dict(token_ids=[42] * 8192), "token_ids.ids"),
         (dict(prompt=PROMPT, policy="window", kv_budget=3), "release.kv_budget"),
+        (dict(prompt=PROMPT, policy="full", kv_budget=64), "release.kv_budget"),
         (dict(prompt=PROMPT, policy="adore", kv_budget=64, rebuild=1000), "release.rebuild"),
+        (dict(prompt=PROMPT, policy="window", kv_budget=64, rebuild=2), "release.rebuild"),
         (dict(prompt=PROMPT, policy=99), "release.policy"),
-        (dict(messages=[("robot", "hi")]), "chat.messages"),
+        (dict(messages=[("robot", "hi")]), "chat.messages[0].role"),
+        (dict(messages=[("user", "hi")] * 257), "chat.messages"),
+        (dict(prompt=PROMPT, request_id="has space"), "request_id"),
+        (dict(prompt=PROMPT, request_id="x" * 129), "request_id"),
+        # Several wrong fields: the first in field-number order is named.
+        (dict(prompt=PROMPT, max_tokens=0, temperature=-1.0), "sampling.max_tokens"),
+        (dict(prompt=PROMPT, temperature=-1.0, policy=99), "sampling.temperature"),
+        (dict(prompt=PROMPT, policy="window", kv_budget=3, request_id="has space"), "release.kv_budget"),
     ],
 )
 def test_invalid_arguments_raise_with_the_code_and_field(client: Client, kwargs: dict, field: str) -> None:
@@ -153,7 +201,8 @@ def test_invalid_arguments_raise_with_the_code_and_field(client: Client, kwargs:
         client.generate(**kwargs)
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT, e.value
     assert e.value.code_name == "INVALID_ARGUMENT"
-    assert field in e.value.message, e.value.message
+    # The message begins with the field's path as adore.proto writes it.
+    assert e.value.message.startswith(field + ": "), e.value.message
     assert str(e.value).startswith("INVALID_ARGUMENT: ")
 
 

@@ -70,7 +70,9 @@ class AdoreServicer:
         - FAILED_PRECONDITION: the request is well formed but this server cannot serve it (e.g. chat
         input for a model without a chat template, "chat"; policy ADORE without a trained controller
         loaded, "release.policy");
-        - RESOURCE_EXHAUSTED: the server's queue of waiting requests is full (retry later);
+        - RESOURCE_EXHAUSTED: the server's queue of waiting requests is full (retry later), or the request
+        alone needs more KV slots than the server holds ("the request needs N KV rows, more than the server
+        holds (M)": do not retry as is; lower max_tokens or choose a releasing policy);
         - UNAVAILABLE: the workers are not ready (loading, or a worker failed and is being restarted);
         - CANCELLED / DEADLINE_EXCEEDED: the client cancelled or its deadline passed; the sequence is
         ended on the workers and its KV slots are freed;
