@@ -6,10 +6,11 @@
 #   tools/fuzz.sh [-t SECONDS] [-b BUILD_DIR] [-o OUT_DIR] [TARGET...]
 #
 # Defaults: 600 s per target, build-fuzz/, BUILD_DIR/fuzz-runs/, every target built (gguf safetensors
-# tokenizer stream_decoder request). Each target starts from its seeds (fuzz/corpus/<target>/) and
-# regression inputs (fuzz/regressions/<target>/) plus the corpus it grew on earlier runs
-# (OUT/<target>/corpus/). Exit status 1 when any target found something. Needs the packages of
-# tools/setup.sh; installs clang (Debian 12: clang 14 with libFuzzer) and clang's OpenMP when missing.
+# tokenizer stream_decoder, and request http_request where gRPC is found). Each target starts from its
+# seeds (fuzz/corpus/<target>/) and regression inputs (fuzz/regressions/<target>/) plus the corpus it grew
+# on earlier runs (OUT/<target>/corpus/), with its dictionary (fuzz/dicts/<target>.dict). Exit status 1
+# when any target found something. Needs the packages of tools/setup.sh; installs clang (Debian 12:
+# clang 14 with libFuzzer) and clang's OpenMP when missing.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 seconds=600
@@ -62,7 +63,9 @@ declare -A max_len=([gguf]=16384 [safetensors]=16384)
 mkdir -p "$out"
 summary="$out/summary.md"
 {
-  echo "# Fuzzing summary ($(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown))"
+  commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  git -C "$root" diff --quiet HEAD 2>/dev/null || commit="$commit + uncommitted changes"
+  echo "# Fuzzing summary ($(date -u +%Y-%m-%dT%H:%M:%SZ), commit $commit)"
   echo
   echo "clang: $(clang++ --version | head -1); ${seconds} s per target; ASan + UBSan; one process per target."
   echo
