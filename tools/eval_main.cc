@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/model_weights.h"
 #include "common/status.h"
@@ -49,6 +50,9 @@ ABSL_FLAG(std::vector<std::string>, budgets, std::vector<std::string>({"256", "5
           "quality: KV budgets m of the releasing policies");
 ABSL_FLAG(std::vector<std::string>, rebuilds, std::vector<std::string>({"0", "8", "32"}),
           "quality: rebuild counts R of the adore policy");
+ABSL_FLAG(std::vector<std::string>, recents, std::vector<std::string>({"0"}),
+          "quality: protected recent window of adore and heavy_hitter, one config per value: N tokens, or P% "
+          "of m; 0 = the policy's default (adore: the controller's, heavy_hitter: m / 2)");
 ABSL_FLAG(bool, ppl_task, true, "quality: run the perplexity task (false: continuations only)");
 ABSL_FLAG(int64_t, gen_prompts, 0, "quality: greedy-continuation prompts (0 = skip the generation task)");
 ABSL_FLAG(int64_t, gen_prompt_tokens, 1536, "quality: tokens per continuation prompt");
@@ -232,11 +236,33 @@ absl::StatusOr<std::unique_ptr<adore::Engine>> CreateEngine(const std::string& b
 struct QualityConfig {
   adore::PolicyKind kind;
   int64_t m = 0, rebuild = 0;
+  int64_t recent = 0;  // 0 = the policy's default
   std::string Key() const {
-    return kind == adore::PolicyKind::kFull ? "full"
-                                            : absl::StrFormat("%s/m%d/R%d", adore::PolicyKindName(kind), m, rebuild);
+    if (kind == adore::PolicyKind::kFull) return "full";
+    std::string key = absl::StrFormat("%s/m%d/R%d", adore::PolicyKindName(kind), m, rebuild);
+    if (recent > 0) absl::StrAppend(&key, "/w", recent);
+    return key;
+  }
+  adore::ReleaseConfig Release(const adore::AdoreController* controller) const {
+    return {.kind = kind, .kv_budget = m, .rebuild = rebuild, .num_recent = recent, .controller = controller};
   }
 };
+
+// --recents values for budget m: "N" tokens or "P%" of m (0 = the policy's default).
+absl::StatusOr<std::vector<int64_t>> RecentWindows(const std::vector<std::string>& values, int64_t m) {
+  std::vector<int64_t> out;
+  for (const std::string& v : values) {
+    const bool percent = !v.empty() && v.back() == '%';
+    int64_t n = 0;
+    if (!absl::SimpleAtoi(percent ? v.substr(0, v.size() - 1) : v, &n) || n < 0 ||
+        (percent && n >= 100)) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("--recents: \"%s\" is not a token count >= 0 or a percentage in [0, 100)", v));
+    }
+    out.push_back(percent ? m * n / 100 : n);
+  }
+  return out;
+}
 
 // `quality`: the held-out text is tokenized once; perplexity streams are its first `streams` segments of
 // `context` tokens; continuation prompts are `gen_prompts` segments of `gen_prompt_tokens` spread evenly
@@ -262,8 +288,12 @@ absl::Status RunQuality(const Context& ctx) {
       ADORE_ASSIGN_OR_RETURN(controller, adore::AdoreController::Load(absl::GetFlag(FLAGS_controller)));
     }
     for (int64_t m : budgets) {
+      std::vector<int64_t> recents = {0};
+      if (kind == adore::PolicyKind::kAdore || kind == adore::PolicyKind::kHeavyHitter) {
+        ADORE_ASSIGN_OR_RETURN(recents, RecentWindows(absl::GetFlag(FLAGS_recents), m));
+      }
       for (int64_t r : kind == adore::PolicyKind::kAdore ? rebuilds : std::vector<int64_t>{0}) {
-        configs.push_back({kind, m, r});
+        for (int64_t w : recents) configs.push_back({kind, m, r, w});
       }
     }
   }
@@ -278,10 +308,7 @@ absl::Status RunQuality(const Context& ctx) {
         "--context %d or --gen_prompt_tokens + --gen_tokens %d exceed the model's context of %d", context,
         gen_prompt_tokens + gen_tokens, mc.max_context));
   }
-  for (const QualityConfig& q : configs) {
-    adore::ReleaseConfig rc{.kind = q.kind, .kv_budget = q.m, .rebuild = q.rebuild, .controller = controller.get()};
-    ADORE_RETURN_IF_ERROR(rc.Validate(mc.max_context));
-  }
+  for (const QualityConfig& q : configs) ADORE_RETURN_IF_ERROR(q.Release(controller.get()).Validate(mc.max_context));
   ADORE_ASSIGN_OR_RETURN(auto tokenizer, adore::Tokenizer::Create(weights.tokenizer));
   ADORE_ASSIGN_OR_RETURN(const std::vector<int32_t> ids,
                          tokenizer->Encode(text, /*parse_special=*/false, /*add_bos=*/false));
@@ -323,7 +350,7 @@ absl::Status RunQuality(const Context& ctx) {
   double full_ppl = 0.0;
   const bool tty = isatty(fileno(stderr));
   for (const QualityConfig& q : configs) {
-    const adore::ReleaseConfig rc{.kind = q.kind, .kv_budget = q.m, .rebuild = q.rebuild, .controller = controller.get()};
+    const adore::ReleaseConfig rc = q.Release(controller.get());
     const auto t0 = std::chrono::steady_clock::now();
     auto progress = [&](int64_t done, int64_t total, int64_t) {
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -335,7 +362,7 @@ absl::Status RunQuality(const Context& ctx) {
                            adore::ComputeStreamingPerplexityBatch(*engine, stream_spans, rc, progress));
     if (q.kind == adore::PolicyKind::kFull) full_ppl = r.ppl;
     rows.push_back({{"task", "ppl"}, {"backend", engine->backend()}, {"policy", adore::PolicyKindName(q.kind)},
-                    {"m", q.m}, {"R", q.rebuild}, {"context", context}, {"streams", streams},
+                    {"m", q.m}, {"R", q.rebuild}, {"recent", q.recent}, {"context", context}, {"streams", streams},
                     {"tokens_scored", r.num_scored}, {"nll", r.mean_nll}, {"ppl", r.ppl},
                     {"ppl_vs_full", full_ppl > 0 ? r.ppl / full_ppl - 1.0 : 0.0}, {"released", r.released},
                     {"rebuilt", r.rebuilt}, {"seconds", r.seconds}});
@@ -360,10 +387,10 @@ absl::Status RunQuality(const Context& ctx) {
       released += g.release_stats.released;
       rebuilt += g.release_stats.rebuilt;
     }
-    gen_out[q.Key()] = {{"policy", adore::PolicyKindName(q.kind)}, {"m", q.m}, {"R", q.rebuild},
+    gen_out[q.Key()] = {{"policy", adore::PolicyKindName(q.kind)}, {"m", q.m}, {"R", q.rebuild}, {"recent", q.recent},
                         {"texts", texts}, {"tokens", token_ids}};
     rows.push_back({{"task", "generation"}, {"backend", engine->backend()}, {"policy", adore::PolicyKindName(q.kind)},
-                    {"m", q.m}, {"R", q.rebuild}, {"prompts", gen_prompts}, {"prompt_tokens", gen_prompt_tokens},
+                    {"m", q.m}, {"R", q.rebuild}, {"recent", q.recent}, {"prompts", gen_prompts}, {"prompt_tokens", gen_prompt_tokens},
                     {"gen_tokens", gen_tokens}, {"released", released}, {"rebuilt", rebuilt},
                     {"seconds", gs.prefill_seconds + gs.decode_seconds}});
     std::printf("%-24s generation: %lld prompts, released %lld rebuilt %lld, %.1f s\n", q.Key().c_str(),

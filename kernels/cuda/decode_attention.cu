@@ -82,7 +82,7 @@ struct Params {
 // online-softmax state per head; the block merges them in shared memory at the end, and writes either
 // the final output (one split) or its split's partial for DecodeMergeKernel.
 template <int D, int GQ>
-__global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p) {
+__global__ void __launch_bounds__(kThreads) DecodeLanesKernel(const Params p) {
   constexpr int kTpr = D / 8;             // threads per slot row
   constexpr int kLanes = kThreads / kTpr;  // slots processed side by side
   __shared__ float sm_m[kLanes][GQ];
@@ -209,6 +209,289 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const Params p
   }
 }
 
+// ---- The pipelined kernel ----------------------------------------------------------------------------
+// Grid and Params as DecodeLanesKernel. A block walks its slot range in tiles of kTile slots: the K and V
+// rows of a tile are gathered through the slot table into shared memory by cp.async (16 bytes per
+// instruction, zero-filled for invalid slots), kStages tiles in flight, and the slot rows of the tile after
+// those are loaded into registers one iteration ahead, so no thread waits on the slot table. Per tile:
+// (A) every thread dots a D / kParts slice of one slot's K with the GQ queries; (B) one warp per head
+// finishes the scores, updates the running max and sum and writes the probabilities; (C) every thread
+// accumulates a pair of output dims over a share of the tile's slots for the GQ heads.
+namespace pipe {
+
+constexpr int kStages = 4;
+template <int D>
+constexpr int kTile = D == 128 ? 32 : 64;  // 8 KiB of K and 8 KiB of V per tile
+template <int D>
+constexpr int kRowElems = D + 8;  // 16-byte pad: the 8 threads of a quarter warp hit distinct banks
+template <int D>
+constexpr int kParts = kThreads / kTile<D>;  // threads per slot in phase A
+template <int D>
+constexpr int kChunksPerRow = D / 8;
+template <int D>
+constexpr int kChunks = kTile<D> * kChunksPerRow<D> / kThreads;  // K (and V) 16-byte copies per thread per tile
+template <int D>
+constexpr int kPairGroups = kThreads / (D / 2);  // slot groups in phase C
+constexpr int kWarps = kThreads / 32;
+template <int GQ>
+constexpr int kHeadsPerWarp = (GQ + kWarps - 1) / kWarps;
+
+template <int D, int GQ>
+struct Smem {
+  bf16 k[kStages][kTile<D>][kRowElems<D>];
+  bf16 v[kStages][kTile<D>][kRowElems<D>];
+  float q[GQ][D];
+  float part[kParts<D>][GQ][kTile<D>];
+  float prob[GQ][kTile<D>];
+  float alpha[GQ];
+  int valid[kStages][kTile<D>];
+  float red[kPairGroups<D>][GQ][D];
+  float m[GQ], l[GQ];
+};
+
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool fill) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(fill ? 16 : 0));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+template <int D, int GQ>
+__global__ void __launch_bounds__(kThreads, 2) DecodePipelinedKernel(const Params p) {
+  constexpr int T = kTile<D>, P = kParts<D>, C = kChunks<D>, G = kPairGroups<D>;
+  constexpr int kSlice = D / P;  // dims per thread in phase A
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  Smem<D, GQ>& sm = *reinterpret_cast<Smem<D, GQ>*>(smem_raw);
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int b = blockIdx.y, split = blockIdx.z, num_splits = gridDim.z;
+  const int group = p.num_heads / p.num_kv_heads;
+  const int tiles_per_kv = group / GQ;
+  const int kvh = blockIdx.x / tiles_per_kv;
+  const int h0 = kvh * group + (blockIdx.x % tiles_per_kv) * GQ;
+
+  const int64_t s_begin = p.slot_offsets[b];
+  const int64_t len = p.slot_offsets[b + 1] - s_begin;
+  const int64_t chunk = (len + num_splits - 1) / num_splits;
+  const int64_t lo = split * chunk;
+  const int64_t hi = min(len, lo + chunk);
+  const int num_tiles = hi > lo ? static_cast<int>((hi - lo + T - 1) / T) : 0;
+  const int32_t qpos = p.q_pos[b];
+  const int64_t kv_row_stride = static_cast<int64_t>(p.num_kv_heads) * D;
+  const bf16* k_base = p.k_cache + kvh * D;
+  const bf16* v_base = p.v_cache + kvh * D;
+
+  for (int i = tid; i < GQ * D; i += kThreads) {
+    const int g = i / D, e = i % D;
+    sm.q[g][e] = __bfloat162float(p.q[b * p.q_stride + (h0 + g) * D + e]) * p.scale_log2;
+  }
+
+  // This thread's copies: chunk c = tid + j * kThreads -> slot c / kChunksPerRow, column c % kChunksPerRow.
+  const int col = tid % kChunksPerRow<D>;
+  const int slot0 = tid / kChunksPerRow<D>;
+  constexpr int kSlotStep = kThreads / kChunksPerRow<D>;
+  int64_t next_row[C];  // element offset of the chunk's row, -1 = invalid
+  auto load_rows = [&](int tile) {
+#pragma unroll
+    for (int j = 0; j < C; ++j) {
+      const int64_t s = lo + static_cast<int64_t>(tile) * T + slot0 + j * kSlotStep;
+      next_row[j] = -1;
+      if (tile < num_tiles && s < hi) {
+        const int32_t row = p.slot_rows[s_begin + s];
+        if (row >= 0 && row < p.num_rows && p.slot_pos[s_begin + s] <= qpos) next_row[j] = row * kv_row_stride;
+      }
+    }
+  };
+  auto issue = [&](int tile) {
+    if (tile >= num_tiles) return;
+    const int st = tile % kStages;
+#pragma unroll
+    for (int j = 0; j < C; ++j) {
+      const int slot = slot0 + j * kSlotStep;
+      const bool ok = next_row[j] >= 0;
+      const int64_t off = (ok ? next_row[j] : 0) + col * 8;
+      CpAsync16(&sm.k[st][slot][col * 8], k_base + off, ok);
+      CpAsync16(&sm.v[st][slot][col * 8], v_base + off, ok);
+      if (col == 0) sm.valid[st][slot] = ok;
+    }
+  };
+
+  // Prologue: tiles 0 .. kStages - 2 in flight, the rows of tile kStages - 1 in registers.
+  load_rows(0);
+#pragma unroll
+  for (int t = 0; t < kStages - 1; ++t) {
+    issue(t);
+    CpAsyncCommit();
+    load_rows(t + 1);
+  }
+
+  float m_run[kHeadsPerWarp<GQ>], l_run[kHeadsPerWarp<GQ>];
+#pragma unroll
+  for (int i = 0; i < kHeadsPerWarp<GQ>; ++i) {
+    m_run[i] = -INFINITY;
+    l_run[i] = 0.0f;
+  }
+  float acc[GQ][2];
+#pragma unroll
+  for (int g = 0; g < GQ; ++g) acc[g][0] = acc[g][1] = 0.0f;
+  const int pair = tid % (D / 2), pgroup = tid / (D / 2);
+  const int a_slot = tid % T, a_part = tid / T;
+
+  for (int t = 0; t < num_tiles; ++t) {
+    issue(t + kStages - 1);
+    CpAsyncCommit();
+    load_rows(t + kStages);
+    CpAsyncWait<kStages - 1>();
+    __syncthreads();
+    const int st = t % kStages;
+
+    // (A) partial dot products.
+    {
+      float dot[GQ];
+#pragma unroll
+      for (int g = 0; g < GQ; ++g) dot[g] = 0.0f;
+      const bf16* krow = &sm.k[st][a_slot][a_part * kSlice];
+#pragma unroll
+      for (int c8 = 0; c8 < kSlice / 8; ++c8) {
+        float kf[8];
+        Bf16x8ToFloat(*reinterpret_cast<const uint4*>(krow + c8 * 8), kf);
+#pragma unroll
+        for (int g = 0; g < GQ; ++g) {
+          const float4 qa = *reinterpret_cast<const float4*>(&sm.q[g][a_part * kSlice + c8 * 8]);
+          const float4 qb = *reinterpret_cast<const float4*>(&sm.q[g][a_part * kSlice + c8 * 8 + 4]);
+          dot[g] = fmaf(qa.x, kf[0], dot[g]);
+          dot[g] = fmaf(qa.y, kf[1], dot[g]);
+          dot[g] = fmaf(qa.z, kf[2], dot[g]);
+          dot[g] = fmaf(qa.w, kf[3], dot[g]);
+          dot[g] = fmaf(qb.x, kf[4], dot[g]);
+          dot[g] = fmaf(qb.y, kf[5], dot[g]);
+          dot[g] = fmaf(qb.z, kf[6], dot[g]);
+          dot[g] = fmaf(qb.w, kf[7], dot[g]);
+        }
+      }
+#pragma unroll
+      for (int g = 0; g < GQ; ++g) sm.part[a_part][g][a_slot] = dot[g];
+    }
+    __syncthreads();
+
+    // (B) scores, running max and sum, probabilities: warp w owns heads w, w + kWarps, ...
+    const int64_t tile_lo = lo + static_cast<int64_t>(t) * T;
+#pragma unroll
+    for (int i = 0; i < kHeadsPerWarp<GQ>; ++i) {
+      const int g = warp + i * kWarps;
+      if (g < GQ) {
+        float sc[T / 32];
+        float tmax = -INFINITY;
+#pragma unroll
+        for (int r = 0; r < T / 32; ++r) {
+          const int j = lane + r * 32;
+          float v = 0.0f;
+#pragma unroll
+          for (int q = 0; q < P; ++q) v += sm.part[q][g][j];
+          sc[r] = sm.valid[st][j] ? v : -INFINITY;
+          if (p.ws.scores != nullptr && tile_lo + j < hi) p.ws.scores[(s_begin + tile_lo + j) * p.num_heads + h0 + g] = sc[r];
+          tmax = fmaxf(tmax, sc[r]);
+        }
+        tmax = WarpMax(tmax);
+        const float m_new = fmaxf(m_run[i], tmax);
+        const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m_run[i] - m_new);
+        float psum = 0.0f;
+#pragma unroll
+        for (int r = 0; r < T / 32; ++r) {
+          const float pr = sc[r] == -INFINITY ? 0.0f : exp2f(sc[r] - m_new);
+          sm.prob[g][lane + r * 32] = pr;
+          psum += pr;
+        }
+        psum = WarpSum(psum);
+        l_run[i] = l_run[i] * alpha + psum;
+        m_run[i] = m_new;
+        if (lane == 0) sm.alpha[g] = alpha;
+      }
+    }
+    __syncthreads();
+
+    // (C) weighted V: this thread's dim pair over slots pgroup, pgroup + G, ...
+    {
+#pragma unroll
+      for (int g = 0; g < GQ; ++g) {
+        const float a = sm.alpha[g];
+        acc[g][0] *= a;
+        acc[g][1] *= a;
+      }
+#pragma unroll
+      for (int jj = 0; jj < T / G; ++jj) {
+        const int j = pgroup + jj * G;
+        const float2 vf = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&sm.v[st][j][pair * 2]));
+#pragma unroll
+        for (int g = 0; g < GQ; ++g) {
+          const float pr = sm.prob[g][j];
+          acc[g][0] = fmaf(pr, vf.x, acc[g][0]);
+          acc[g][1] = fmaf(pr, vf.y, acc[g][1]);
+        }
+      }
+    }
+    __syncthreads();  // stage st is refilled by the next iteration's issue
+  }
+  CpAsyncWait<0>();  // no copy may land after the block exits
+
+  // Merge the slot groups; write the output or this split's partial.
+#pragma unroll
+  for (int g = 0; g < GQ; ++g) {
+    sm.red[pgroup][g][pair * 2] = acc[g][0];
+    sm.red[pgroup][g][pair * 2 + 1] = acc[g][1];
+  }
+#pragma unroll
+  for (int i = 0; i < kHeadsPerWarp<GQ>; ++i) {
+    const int g = warp + i * kWarps;
+    if (g < GQ && lane == 0) {
+      sm.m[g] = m_run[i];
+      sm.l[g] = l_run[i];
+    }
+  }
+  __syncthreads();
+  for (int idx = tid; idx < GQ * D; idx += kThreads) {
+    const int g = idx / D, e = idx % D;
+    float o = 0.0f;
+#pragma unroll
+    for (int q = 0; q < G; ++q) o += sm.red[q][g][e];
+    const float mx = sm.m[g], sum_l = sm.l[g];
+    const int h = h0 + g;
+    if (num_splits == 1) {
+      p.out[b * p.out_stride + h * D + e] = __float2bfloat16_rn(sum_l > 0.0f ? o / sum_l : 0.0f);
+      if (p.ws.lse != nullptr && e == 0) p.ws.lse[b * p.num_heads + h] = sum_l > 0.0f ? mx + log2f(sum_l) : -INFINITY;
+    } else {
+      const int64_t part = (static_cast<int64_t>(b) * p.num_heads + h) * num_splits + split;
+      p.ws.partial_o[part * D + e] = o;
+      if (e == 0) {
+        p.ws.partial_ml[part * 2] = mx;
+        p.ws.partial_ml[part * 2 + 1] = sum_l;
+      }
+    }
+  }
+}
+
+// Raises the kernel's dynamic shared-memory limit once per device.
+template <int D, int GQ>
+absl::Status PreparePipelined() {
+  static std::atomic<bool> done[64];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return absl::InternalError("DecodeAttention: cudaGetDevice failed");
+  if (dev >= 0 && dev < 64 && done[dev].load(std::memory_order_acquire)) return absl::OkStatus();
+  const cudaError_t e = cudaFuncSetAttribute(DecodePipelinedKernel<D, GQ>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(sizeof(Smem<D, GQ>)));
+  if (e != cudaSuccess) {
+    return absl::InternalError(absl::StrCat("DecodeAttention: cannot give the pipelined kernel ",
+                                            sizeof(Smem<D, GQ>), " bytes of shared memory: ", cudaGetErrorString(e)));
+  }
+  if (dev >= 0 && dev < 64) done[dev].store(true, std::memory_order_release);
+  return absl::OkStatus();
+}
+
+}  // namespace pipe
+
 // Grid (num_heads, batch), D threads: combines the splits' partial softmaxes of one (sequence, head).
 template <int D>
 __global__ void __launch_bounds__(D) DecodeMergeKernel(const Params p, int num_splits) {
@@ -246,6 +529,14 @@ __global__ void DecodeMassKernel(const Params p, float* __restrict__ mass) {
 }
 
 }  // namespace
+
+absl::StatusOr<DecodeAttentionKernel> ParseDecodeAttentionKernel(std::string_view name) {
+  if (name == "auto") return DecodeAttentionKernel::kAuto;
+  if (name == "lanes") return DecodeAttentionKernel::kLanes;
+  if (name == "pipelined") return DecodeAttentionKernel::kPipelined;
+  return absl::InvalidArgumentError(
+      absl::StrCat("decode attention kernel \"", std::string(name), "\": expected auto, lanes or pipelined"));
+}
 
 size_t DecodeAttentionWorkspaceBytes(int64_t batch, int64_t num_heads, int64_t head_dim, int max_splits,
                                      int64_t total_slots_with_mass) {
@@ -325,8 +616,15 @@ absl::Status DecodeAttention(const DecodeAttentionArgs& a, cudaStream_t stream) 
     return ADORE_DISPATCH_GROUP_TILE(group, GROUP_TILE, [&]() -> absl::Status {
       const dim3 grid(static_cast<unsigned>(a.num_heads / GROUP_TILE), static_cast<unsigned>(a.batch),
                       static_cast<unsigned>(splits));
-      DecodeAttentionKernel<HEAD_DIM, GROUP_TILE><<<grid, kThreads, 0, stream>>>(p);
-      ADORE_RETURN_IF_ERROR(LaunchStatus("DecodeAttentionKernel"));
+      if (a.kernel != DecodeAttentionKernel::kPipelined) {  // kAuto: lanes until the A/B on the H200 decides
+        DecodeLanesKernel<HEAD_DIM, GROUP_TILE><<<grid, kThreads, 0, stream>>>(p);
+        ADORE_RETURN_IF_ERROR(LaunchStatus("DecodeLanesKernel"));
+      } else {
+        ADORE_RETURN_IF_ERROR((pipe::PreparePipelined<HEAD_DIM, GROUP_TILE>()));
+        pipe::DecodePipelinedKernel<HEAD_DIM, GROUP_TILE>
+            <<<grid, kThreads, sizeof(pipe::Smem<HEAD_DIM, GROUP_TILE>), stream>>>(p);
+        ADORE_RETURN_IF_ERROR(LaunchStatus("DecodePipelinedKernel"));
+      }
       if (splits > 1) {
         DecodeMergeKernel<HEAD_DIM><<<dim3(static_cast<unsigned>(a.num_heads), static_cast<unsigned>(a.batch)),
                                       HEAD_DIM, 0, stream>>>(p, splits);

@@ -13,7 +13,10 @@
 #include <cstddef>
 #include <cstdint>
 
+#include <string_view>
+
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace adore::kernels {
 
@@ -94,6 +97,13 @@ absl::Status KvWrite(const KvWriteArgs& args, cudaStream_t stream);
 // to its slot table), flash-decoding style: each sequence's slots are split into chunks processed by
 // separate blocks, each computing a partial softmax (max, sum, weighted V), merged by a second kernel,
 // so a batch of a few long sequences still fills the GPU. Supported head_dim: 64, 128.
+// Two kernels compute the same result. kLanes: each thread group walks slots with direct 16-byte loads
+// from the slot table's rows. kPipelined: 32- or 64-slot K/V tiles gathered into shared memory by
+// cp.async, four tiles in flight per block, the next tiles' slot rows prefetched into registers, scores
+// and the weighted V sum computed from shared memory. kAuto = kLanes (for now).
+enum class DecodeAttentionKernel { kAuto, kLanes, kPipelined };
+absl::StatusOr<DecodeAttentionKernel> ParseDecodeAttentionKernel(std::string_view name);
+
 struct DecodeAttentionArgs {
   const bf16* q = nullptr;  // [batch, q_stride]; head h at q + b * q_stride + h * head_dim
   int64_t q_stride = 0;
@@ -118,6 +128,7 @@ struct DecodeAttentionArgs {
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   int num_splits = 0;  // 0 = choose from the SM count and max_slots; > 0 forces (tests)
+  DecodeAttentionKernel kernel = DecodeAttentionKernel::kAuto;
 };
 // Workspace bytes for `max_splits` chunks per sequence; total_slots only matters with slot_attn_mass.
 size_t DecodeAttentionWorkspaceBytes(int64_t batch, int64_t num_heads, int64_t head_dim, int max_splits,

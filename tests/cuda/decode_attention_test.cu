@@ -1,6 +1,6 @@
 // DecodeAttention (kernels/cuda/decode_attention.cu) against AttentionRef: a batch of sequences of
 // different lengths, GQA ratios 1/3/4/8, head_dim 64/128, empty and future slots, forced and automatic
-// split counts, and the per-slot attention mass.
+// split counts, the per-slot attention mass, both kernels (lanes, pipelined).
 #include <cmath>
 #include <vector>
 
@@ -72,9 +72,11 @@ TEST_P(DecodeAttentionTest, MatchesCpuReference) {
   DeviceBuffer<int32_t> d_qpos(q_pos), d_off(t.offsets), d_rows(t.rows), d_pos(t.pos);
   const size_t ws_bytes = DecodeAttentionWorkspaceBytes(batch, nh, hd, 64, total_slots);
   DeviceBuffer<char> d_ws(ws_bytes);
+  for (const DecodeAttentionKernel kernel : {DecodeAttentionKernel::kLanes, DecodeAttentionKernel::kPipelined})
   for (const int splits : {1, 3, 0}) {
     for (const bool mass : {false, true}) {
-      SCOPED_TRACE(::testing::Message() << shape << " splits " << splits << " mass " << mass);
+      SCOPED_TRACE(::testing::Message() << shape << " kernel " << static_cast<int>(kernel) << " splits " << splits
+                                        << " mass " << mass);
       DeviceBuffer<float> d_mass(std::vector<float>(total_slots, 0.5f));
       ADORE_ASSERT_CUDA(cudaMemset(d_out.get(), 0xff, d_out.size() * sizeof(bf16)));  // NaN garbage
       DecodeAttentionArgs a;
@@ -100,6 +102,7 @@ TEST_P(DecodeAttentionTest, MatchesCpuReference) {
       a.workspace = d_ws.get();
       a.workspace_bytes = ws_bytes;
       a.num_splits = splits;
+      a.kernel = kernel;
       const absl::Status st = DecodeAttention(a, nullptr);
       ASSERT_TRUE(st.ok()) << st;
       ADORE_ASSERT_CUDA(cudaDeviceSynchronize());

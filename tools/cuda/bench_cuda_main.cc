@@ -69,6 +69,7 @@ ABSL_FLAG(int32_t, tp, 1,
           "calls; rank 0 reports, with the time its collectives took)");
 ABSL_FLAG(std::string, commit, "", "commit to record in the JSON (default: git rev-parse in the working directory)");
 ABSL_FLAG(bool, cuda_graphs, true, "replay decode steps from captured CUDA graphs");
+ABSL_FLAG(std::string, decode_attention, "auto", "decode attention kernel: auto, lanes or pipelined (A/B runs)");
 ABSL_FLAG(uint64_t, seed, 1, "seed of the random prompt tokens and synthetic weights");
 ABSL_FLAG(std::string, json, "", "write the results as JSON to this file");
 
@@ -279,6 +280,7 @@ nlohmann::json NullRow(const std::string& model, int32_t batch, int32_t prompt, 
   nlohmann::json row = {{"engine", "adore"}, {"kind", kind}, {"model", model}, {"batch", batch},
                         {"prompt", prompt},  {"gen", gen},   {"note", ""},
                         {"cuda_graphs", absl::GetFlag(FLAGS_cuda_graphs)}, {"tp", absl::GetFlag(FLAGS_tp)},
+                        {"decode_attention", absl::GetFlag(FLAGS_decode_attention)},
                         {"policy", absl::GetFlag(FLAGS_policy)}, {"m", absl::GetFlag(FLAGS_kv_budget)},
                         {"R", absl::GetFlag(FLAGS_rebuild)}};
   for (const char* key :
@@ -560,6 +562,8 @@ absl::Status Run(int argc, char** argv) {
     options.max_logit_rows = options.max_batch;
     options.kv_memory_fraction = absl::GetFlag(FLAGS_kv_memory_fraction);
     options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
+    ADORE_ASSIGN_OR_RETURN(options.decode_attention,
+                           adore::kernels::ParseDecodeAttentionKernel(absl::GetFlag(FLAGS_decode_attention)));
     options.device = tp > 1 ? rank : device;
     options.tp_rank = rank;
     options.tp_size = tp;

@@ -748,6 +748,7 @@ absl::Status CudaEngine::RunLayers(const Plan& p) {
       a.out_stride = q_dim;
       a.workspace = attn_workspace_;
       a.workspace_bytes = attn_workspace_bytes_;
+      a.kernel = options_.decode_attention;
       if (pass == 0) {
         a.slot_attn_mass = mass_;
         a.total_slots = p.mass_slots;
