@@ -81,10 +81,16 @@ struct Params {
 // once and each K/V row is read once for the GQ query heads that share it. Each lane group keeps its own
 // online-softmax state per head; the block merges them in shared memory at the end, and writes either
 // the final output (one split) or its split's partial for DecodeMergeKernel.
-template <int D, int GQ>
+// kPrefetch: the slot-table entries of the next round of slots are loaded into registers before this
+// round's K/V are used, so the K/V loads never wait on a slot-table load; more slots in flight for small GQ.
+template <int GQ, bool kPrefetch>
+constexpr int kLanesUnroll = !kPrefetch ? kUnroll<GQ> : GQ <= 2 ? 8 : GQ <= 4 ? 4 : 2;
+
+template <int D, int GQ, bool kPrefetch>
 __global__ void __launch_bounds__(kThreads) DecodeLanesKernel(const Params p) {
   constexpr int kTpr = D / 8;             // threads per slot row
   constexpr int kLanes = kThreads / kTpr;  // slots processed side by side
+  constexpr int U = kLanesUnroll<GQ, kPrefetch>;
   __shared__ float sm_m[kLanes][GQ];
   __shared__ float sm_l[kLanes][GQ];
   __shared__ float sm_acc[kLanes][GQ][D];
@@ -121,26 +127,38 @@ __global__ void __launch_bounds__(kThreads) DecodeLanesKernel(const Params p) {
   }
 
   const int64_t kv_row_stride = static_cast<int64_t>(p.num_kv_heads) * D;
-  for (int64_t base = lo; base < hi; base += kLanes * kUnroll<GQ>) {
-    uint4 kr[kUnroll<GQ>], vr[kUnroll<GQ>];
-    bool valid[kUnroll<GQ>];
+  // Element offset of each of this lane group's next U slots' rows, -1 = invalid.
+  int64_t next_off[U];
+  auto fetch_rows = [&](int64_t base) {
 #pragma unroll
-    for (int u = 0; u < kUnroll<GQ>; ++u) {
+    for (int u = 0; u < U; ++u) {
       const int64_t s = base + u * kLanes + lg;
-      valid[u] = false;
+      next_off[u] = -1;
       if (s < hi) {
         const int32_t row = p.slot_rows[s_begin + s];
-        valid[u] = row >= 0 && row < p.num_rows && p.slot_pos[s_begin + s] <= qpos;
-        if (valid[u]) {
-          const int64_t off = row * kv_row_stride + kvh * D + sub * 8;
-          kr[u] = *reinterpret_cast<const uint4*>(p.k_cache + off);
-          vr[u] = *reinterpret_cast<const uint4*>(p.v_cache + off);
-        }
+        if (row >= 0 && row < p.num_rows && p.slot_pos[s_begin + s] <= qpos) next_off[u] = row * kv_row_stride;
       }
-      if (!valid[u]) kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
     }
+  };
+  if (kPrefetch) fetch_rows(lo);
+  for (int64_t base = lo; base < hi; base += kLanes * U) {
+    uint4 kr[U], vr[U];
+    bool valid[U];
+    if (!kPrefetch) fetch_rows(base);
 #pragma unroll
-    for (int u = 0; u < kUnroll<GQ>; ++u) {
+    for (int u = 0; u < U; ++u) {
+      valid[u] = next_off[u] >= 0;
+      if (valid[u]) {
+        const int64_t off = next_off[u] + kvh * D + sub * 8;
+        kr[u] = *reinterpret_cast<const uint4*>(p.k_cache + off);
+        vr[u] = *reinterpret_cast<const uint4*>(p.v_cache + off);
+      } else {
+        kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+    if (kPrefetch) fetch_rows(base + kLanes * U);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
       const int64_t s = base + u * kLanes + lg;
       float kf[8], vf[8];
       Bf16x8ToFloat(kr[u], kf);
@@ -534,8 +552,9 @@ absl::StatusOr<DecodeAttentionKernel> ParseDecodeAttentionKernel(std::string_vie
   if (name == "auto") return DecodeAttentionKernel::kAuto;
   if (name == "lanes") return DecodeAttentionKernel::kLanes;
   if (name == "pipelined") return DecodeAttentionKernel::kPipelined;
-  return absl::InvalidArgumentError(
-      absl::StrCat("decode attention kernel \"", std::string(name), "\": expected auto, lanes or pipelined"));
+  if (name == "lanes_prefetch") return DecodeAttentionKernel::kLanesPrefetch;
+  return absl::InvalidArgumentError(absl::StrCat("decode attention kernel \"", std::string(name),
+                                                 "\": expected auto, lanes, lanes_prefetch or pipelined"));
 }
 
 size_t DecodeAttentionWorkspaceBytes(int64_t batch, int64_t num_heads, int64_t head_dim, int max_splits,
@@ -616,8 +635,11 @@ absl::Status DecodeAttention(const DecodeAttentionArgs& a, cudaStream_t stream) 
     return ADORE_DISPATCH_GROUP_TILE(group, GROUP_TILE, [&]() -> absl::Status {
       const dim3 grid(static_cast<unsigned>(a.num_heads / GROUP_TILE), static_cast<unsigned>(a.batch),
                       static_cast<unsigned>(splits));
-      if (a.kernel != DecodeAttentionKernel::kPipelined) {  // kAuto: lanes until the A/B on the H200 decides
-        DecodeLanesKernel<HEAD_DIM, GROUP_TILE><<<grid, kThreads, 0, stream>>>(p);
+      if (a.kernel == DecodeAttentionKernel::kLanes || a.kernel == DecodeAttentionKernel::kAuto) {
+        DecodeLanesKernel<HEAD_DIM, GROUP_TILE, false><<<grid, kThreads, 0, stream>>>(p);
+        ADORE_RETURN_IF_ERROR(LaunchStatus("DecodeLanesKernel"));
+      } else if (a.kernel == DecodeAttentionKernel::kLanesPrefetch) {
+        DecodeLanesKernel<HEAD_DIM, GROUP_TILE, true><<<grid, kThreads, 0, stream>>>(p);
         ADORE_RETURN_IF_ERROR(LaunchStatus("DecodeLanesKernel"));
       } else {
         ADORE_RETURN_IF_ERROR((pipe::PreparePipelined<HEAD_DIM, GROUP_TILE>()));

@@ -97,11 +97,12 @@ absl::Status KvWrite(const KvWriteArgs& args, cudaStream_t stream);
 // to its slot table), flash-decoding style: each sequence's slots are split into chunks processed by
 // separate blocks, each computing a partial softmax (max, sum, weighted V), merged by a second kernel,
 // so a batch of a few long sequences still fills the GPU. Supported head_dim: 64, 128.
-// Two kernels compute the same result. kLanes: each thread group walks slots with direct 16-byte loads
-// from the slot table's rows. kPipelined: 32- or 64-slot K/V tiles gathered into shared memory by
+// The kernels compute the same result. kLanes: each thread group walks slots with direct 16-byte loads
+// from the slot table's rows. kLanesPrefetch: the same with the next round's slot-table entries loaded
+// ahead and more slots in flight for small GQ tiles. kAuto = kLanes. kPipelined: 32- or 64-slot K/V tiles gathered into shared memory by
 // cp.async, four tiles in flight per block, the next tiles' slot rows prefetched into registers, scores
-// and the weighted V sum computed from shared memory. kAuto = kLanes (for now).
-enum class DecodeAttentionKernel { kAuto, kLanes, kPipelined };
+// and the weighted V sum computed from shared memory.
+enum class DecodeAttentionKernel { kAuto, kLanes, kLanesPrefetch, kPipelined };
 absl::StatusOr<DecodeAttentionKernel> ParseDecodeAttentionKernel(std::string_view name);
 
 struct DecodeAttentionArgs {
