@@ -99,10 +99,10 @@ absl::Status KvWrite(const KvWriteArgs& args, cudaStream_t stream);
 // so a batch of a few long sequences still fills the GPU. Supported head_dim: 64, 128.
 // The kernels compute the same result. kLanes: each thread group walks slots with direct 16-byte loads
 // from the slot table's rows. kLanesPrefetch: the same with the next round's slot-table entries loaded
-// ahead and more slots in flight for small GQ tiles. kAuto = kLanes. kPipelined: 32- or 64-slot K/V tiles gathered into shared memory by
-// cp.async, four tiles in flight per block, the next tiles' slot rows prefetched into registers, scores
-// and the weighted V sum computed from shared memory.
-enum class DecodeAttentionKernel { kAuto, kLanes, kLanesPrefetch, kPipelined };
+// ahead. kLanesGq2: lanes_prefetch with at most 2 query heads per block. kPipelined: 32- or 64-slot K/V
+// tiles gathered into shared memory by cp.async, four tiles in flight per block, the next tiles' slot rows
+// prefetched into registers, scores and the weighted V sum computed from shared memory. kAuto = kLanes.
+enum class DecodeAttentionKernel { kAuto, kLanes, kLanesPrefetch, kLanesGq2, kPipelined };
 absl::StatusOr<DecodeAttentionKernel> ParseDecodeAttentionKernel(std::string_view name);
 
 struct DecodeAttentionArgs {
