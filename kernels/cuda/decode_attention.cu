@@ -83,14 +83,11 @@ struct Params {
 // the final output (one split) or its split's partial for DecodeMergeKernel.
 // kPrefetch: the slot-table entries of the next round of slots are loaded into registers before this
 // round's K/V are used, so the K/V loads never wait on a slot-table load.
-template <int GQ, bool kPrefetch>
-constexpr int kLanesUnroll = kUnroll<GQ>;
-
 template <int D, int GQ, bool kPrefetch>
 __global__ void __launch_bounds__(kThreads) DecodeLanesKernel(const Params p) {
   constexpr int kTpr = D / 8;             // threads per slot row
   constexpr int kLanes = kThreads / kTpr;  // slots processed side by side
-  constexpr int U = kLanesUnroll<GQ, kPrefetch>;
+  constexpr int U = kUnroll<GQ>;
   __shared__ float sm_m[kLanes][GQ];
   __shared__ float sm_l[kLanes][GQ];
   __shared__ float sm_acc[kLanes][GQ][D];
@@ -553,9 +550,8 @@ absl::StatusOr<DecodeAttentionKernel> ParseDecodeAttentionKernel(std::string_vie
   if (name == "lanes") return DecodeAttentionKernel::kLanes;
   if (name == "pipelined") return DecodeAttentionKernel::kPipelined;
   if (name == "lanes_prefetch") return DecodeAttentionKernel::kLanesPrefetch;
-  if (name == "lanes_gq2") return DecodeAttentionKernel::kLanesGq2;
   return absl::InvalidArgumentError(absl::StrCat("decode attention kernel \"", std::string(name),
-                                                 "\": expected auto, lanes, lanes_prefetch, lanes_gq2 or pipelined"));
+                                                 "\": expected auto, lanes, lanes_prefetch or pipelined"));
 }
 
 size_t DecodeAttentionWorkspaceBytes(int64_t batch, int64_t num_heads, int64_t head_dim, int max_splits,
@@ -632,16 +628,14 @@ absl::Status DecodeAttention(const DecodeAttentionArgs& a, cudaStream_t stream) 
   p.out_stride = a.out_stride;
   p.ws = Carve(a.workspace, a.batch, a.num_heads, a.head_dim, splits, mass);
 
-  // kLanesGq2: at most 2 query heads per block (more blocks, half the registers; K/V read once per pair).
-  const int64_t tile_group = a.kernel == DecodeAttentionKernel::kLanesGq2 && group % 2 == 0 ? 2 : group;
   return ADORE_DISPATCH_HEAD_DIM(a.head_dim, HEAD_DIM, [&] {
-    return ADORE_DISPATCH_GROUP_TILE(tile_group, GROUP_TILE, [&]() -> absl::Status {
+    return ADORE_DISPATCH_GROUP_TILE(group, GROUP_TILE, [&]() -> absl::Status {
       const dim3 grid(static_cast<unsigned>(a.num_heads / GROUP_TILE), static_cast<unsigned>(a.batch),
                       static_cast<unsigned>(splits));
-      if (a.kernel == DecodeAttentionKernel::kLanes || a.kernel == DecodeAttentionKernel::kAuto) {
+      if (a.kernel == DecodeAttentionKernel::kLanes) {
         DecodeLanesKernel<HEAD_DIM, GROUP_TILE, false><<<grid, kThreads, 0, stream>>>(p);
         ADORE_RETURN_IF_ERROR(LaunchStatus("DecodeLanesKernel"));
-      } else if (a.kernel == DecodeAttentionKernel::kLanesPrefetch || a.kernel == DecodeAttentionKernel::kLanesGq2) {
+      } else if (a.kernel == DecodeAttentionKernel::kLanesPrefetch || a.kernel == DecodeAttentionKernel::kAuto) {
         DecodeLanesKernel<HEAD_DIM, GROUP_TILE, true><<<grid, kThreads, 0, stream>>>(p);
         ADORE_RETURN_IF_ERROR(LaunchStatus("DecodeLanesKernel"));
       } else {

@@ -97,12 +97,13 @@ absl::Status KvWrite(const KvWriteArgs& args, cudaStream_t stream);
 // to its slot table), flash-decoding style: each sequence's slots are split into chunks processed by
 // separate blocks, each computing a partial softmax (max, sum, weighted V), merged by a second kernel,
 // so a batch of a few long sequences still fills the GPU. Supported head_dim: 64, 128.
-// The kernels compute the same result. kLanes: each thread group walks slots with direct 16-byte loads
-// from the slot table's rows. kLanesPrefetch: the same with the next round's slot-table entries loaded
-// ahead. kLanesGq2: lanes_prefetch with at most 2 query heads per block. kPipelined: 32- or 64-slot K/V
-// tiles gathered into shared memory by cp.async, four tiles in flight per block, the next tiles' slot rows
-// prefetched into registers, scores and the weighted V sum computed from shared memory. kAuto = kLanes.
-enum class DecodeAttentionKernel { kAuto, kLanes, kLanesPrefetch, kLanesGq2, kPipelined };
+// The kernels compute the same result (A/B on the H200: docs/BENCHMARKS.md). kLanes: each group of
+// head_dim / 8 threads walks slots with direct 16-byte K/V loads from the slot table's rows.
+// kLanesPrefetch (kAuto): the same with the next round's slot-table entries loaded while this round's K/V
+// are in flight, 1-5% faster. kPipelined: 32- or 64-slot K/V tiles gathered into shared memory by
+// cp.async, four tiles in flight per block, scores and the weighted V sum from shared memory; slower
+// (up to 1.6x) at every shape measured, kept as the base of a tensor-core (GQA heads as MMA rows) version.
+enum class DecodeAttentionKernel { kAuto, kLanes, kLanesPrefetch, kPipelined };
 absl::StatusOr<DecodeAttentionKernel> ParseDecodeAttentionKernel(std::string_view name);
 
 struct DecodeAttentionArgs {

@@ -1,6 +1,6 @@
 // DecodeAttention (kernels/cuda/decode_attention.cu) against AttentionRef: a batch of sequences of
 // different lengths, GQA ratios 1/3/4/8, head_dim 64/128, empty and future slots, forced and automatic
-// split counts, the per-slot attention mass, every kernel (lanes, lanes_prefetch, lanes_gq2, pipelined).
+// split counts, the per-slot attention mass, every kernel (lanes, lanes_prefetch, pipelined).
 #include <cmath>
 #include <vector>
 
@@ -73,7 +73,7 @@ TEST_P(DecodeAttentionTest, MatchesCpuReference) {
   const size_t ws_bytes = DecodeAttentionWorkspaceBytes(batch, nh, hd, 64, total_slots);
   DeviceBuffer<char> d_ws(ws_bytes);
   for (const DecodeAttentionKernel kernel : {DecodeAttentionKernel::kLanes, DecodeAttentionKernel::kLanesPrefetch,
-                                             DecodeAttentionKernel::kLanesGq2, DecodeAttentionKernel::kPipelined})
+                                             DecodeAttentionKernel::kPipelined})
   for (const int splits : {1, 3, 0}) {
     for (const bool mass : {false, true}) {
       SCOPED_TRACE(::testing::Message() << shape << " kernel " << static_cast<int>(kernel) << " splits " << splits
