@@ -102,7 +102,8 @@ absl::Status KvWrite(const KvWriteArgs& args, cudaStream_t stream);
 // kLanesPrefetch (kAuto): the same with the next round's slot-table entries loaded while this round's K/V
 // are in flight, 1-5% faster. kPipelined: 32- or 64-slot K/V tiles gathered into shared memory by
 // cp.async, four tiles in flight per block, scores and the weighted V sum from shared memory; slower
-// (up to 1.6x) at every shape measured, kept as the base of a tensor-core (GQA heads as MMA rows) version.
+// (up to 1.6x) at every shape measured, kept as the base of a tensor-core version (GQA heads as the MMA's
+// narrow dimension): the per-slot arithmetic, not DRAM, limits these kernels at GQA >= 3.
 enum class DecodeAttentionKernel { kAuto, kLanes, kLanesPrefetch, kPipelined };
 absl::StatusOr<DecodeAttentionKernel> ParseDecodeAttentionKernel(std::string_view name);
 
