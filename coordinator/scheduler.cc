@@ -347,6 +347,7 @@ void Scheduler::Loop() {
     stats_.prompt_tokens += new_prompt_tokens;
     stats_.completion_tokens += new_tokens;
     if (result.ok()) {
+      stats_.kv_slots_used = result->kv_slots_used;
       stats_.last_step_ms = result->step_ms;
       stats_.slot_map_checks += result->slot_map_checks;
     }

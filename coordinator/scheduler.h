@@ -86,7 +86,13 @@ struct SchedulerOptions {
 struct SchedulerStats {
   int64_t submitted = 0, completed = 0, failed = 0, cancelled = 0;
   int64_t prompt_tokens = 0, completion_tokens = 0, steps = 0;
-  int64_t active = 0, queued = 0, kv_rows_reserved = 0;
+  int64_t active = 0, queued = 0;
+  // KV rows set aside by admission for the running requests (prompt + max_tokens each, or the kv_budget):
+  // what admission counts against SchedulerOptions::kv_rows. 0 once every admitted request has ended.
+  int64_t kv_rows_reserved = 0;
+  // KV slots the runner's sequences hold after the latest step (WorkerStepResult::kv_slots_used): at most
+  // the reservation, and back to 0 only once the runner has freed every ended request's slots.
+  int64_t kv_slots_used = 0;
   int64_t slot_map_checks = 0;  // tensor parallelism: WorkerStepResult::slot_map_checks summed over steps
   double last_step_ms = 0.0;
   // Metrics (exposed on /metrics by coordinator/http/metrics.h).

@@ -56,6 +56,9 @@ absl::Status Validate(const LoadOptions& o) {
   if (o.channels < 0) return bad("channels", ">= 0", o.channels);
   if (!(o.connect_timeout_s >= 0.0)) return bad("connect_timeout_s", ">= 0", o.connect_timeout_s);
   if (!(o.progress_s >= 0.0)) return bad("progress_s", ">= 0", o.progress_s);
+  if (o.rounds < 1) return bad("rounds", ">= 1", o.rounds);
+  if (o.server_pid < 0) return bad("server_pid", ">= 0", o.server_pid);
+  if (!(o.rss_settle_s >= 0.0)) return bad("rss_settle_s", ">= 0", o.rss_settle_s);
   return absl::OkStatus();
 }
 
@@ -92,7 +95,8 @@ class Runner;
 // Here such a message makes the request an error and the stream is read on to its end.
 class StreamCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  StreamCall(Runner* runner, RequestRecord* record) : runner_(runner), record_(record) {}
+  StreamCall(Runner* runner, RequestRecord* record, bool keep_output)
+      : runner_(runner), record_(record), keep_output_(keep_output) {}
 
   void Start(grpc::GenericStub& stub, const v1::GenerateRequest& request, double deadline_s) {
     const std::string bytes = request.SerializeAsString();
@@ -125,6 +129,7 @@ class StreamCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::
  private:
   Runner* runner_;
   RequestRecord* record_;
+  const bool keep_output_;
   grpc::ClientContext ctx_;
   grpc::ByteBuffer request_;
   grpc::ByteBuffer response_;
@@ -142,10 +147,11 @@ class Runner {
   Runner(const LoadOptions& options, std::vector<std::unique_ptr<grpc::GenericStub>> stubs, v1::ModelInfo model)
       : options_(options), stubs_(std::move(stubs)), model_(std::move(model)) {}
 
-  // Runs `n` requests of `phase` (0 warmup, 1 measured); fills `records` (n, by index) and returns the
-  // wall time from the first call's start to the last one's end.
-  double RunPhase(int phase, int32_t n, std::vector<RequestRecord>* records) {
+  // Runs `n` requests of `phase` (0 warmup, 1 measured); fills `records` (n, by index, marked with
+  // `round`) and returns the wall time from the first call's start to the last one's end.
+  double RunPhase(int phase, int32_t n, std::vector<RequestRecord>* records, int32_t round = 1) {
     records->assign(n, RequestRecord());
+    for (RequestRecord& r : *records) r.round = round;
     std::vector<std::unique_ptr<StreamCall>> calls(n);
     tokens_ = 0;
     const Clock::time_point t0 = Clock::now();
@@ -159,7 +165,7 @@ class Runner {
         const int32_t i = next++;
         ++in_flight_;
         (*records)[i].index = i;
-        calls[i] = std::make_unique<StreamCall>(this, &(*records)[i]);
+        calls[i] = std::make_unique<StreamCall>(this, &(*records)[i], options_.keep_output);
         // Built and started outside the lock: the calls in flight report to OnCallDone (which takes it)
         // from gRPC's threads meanwhile, and a long prompt should not hold them up.
         mu_.Unlock();
@@ -268,6 +274,10 @@ void StreamCall::OnReadDone(bool ok) {
       }
       last_token_ = now;
       record_->output_tokens += n;
+      if (keep_output_) {
+        record_->tokens.insert(record_->tokens.end(), m.delta().token_ids().begin(), m.delta().token_ids().end());
+        record_->text += m.delta().text();
+      }
       runner_->AddTokens(n);
     }
   } else if (m.has_done()) {
@@ -329,6 +339,21 @@ std::string Ms(const Percentiles& p) {
 }
 
 }  // namespace
+
+absl::StatusOr<ProcessStatus> ReadProcessStatus(int64_t pid) {
+  const std::string path = absl::StrFormat("/proc/%d/status", pid);
+  FILE* f = std::fopen(path.c_str(), "r");
+  if (f == nullptr) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  char line[256];
+  long long kb = -1, threads = 0;
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    if (std::sscanf(line, "VmRSS: %lld kB", &kb) == 1) continue;
+    std::sscanf(line, "Threads: %lld", &threads);
+  }
+  std::fclose(f);
+  if (kb < 0) return absl::NotFoundError(absl::StrCat(path, ": no VmRSS line"));
+  return ProcessStatus{.rss_kb = kb, .threads = threads};
+}
 
 Percentiles ComputePercentiles(std::vector<double> samples) {
   Percentiles p;
@@ -404,6 +429,22 @@ absl::StatusOr<LoadReport> RunLoad(const LoadOptions& options) {
   }
 
   Runner runner(options, std::move(stubs), report.model);
+  // The server's status once it has settled (its thread count steady for 0.5 s, at most rss_settle_s), or
+  // -1s without a pid; a pid that cannot be read fails the run.
+  auto server_status = [&]() -> absl::StatusOr<ProcessStatus> {
+    if (options.server_pid == 0) return ProcessStatus{.rss_kb = -1, .threads = -1};
+    const auto give_up = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                            std::chrono::duration<double>(options.rss_settle_s));
+    ADORE_ASSIGN_OR_RETURN(ProcessStatus s, ReadProcessStatus(options.server_pid));
+    auto steady_since = Clock::now();
+    while (Clock::now() < give_up && Clock::now() - steady_since < std::chrono::milliseconds(500)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      ADORE_ASSIGN_OR_RETURN(ProcessStatus now, ReadProcessStatus(options.server_pid));
+      if (now.threads != s.threads) steady_since = Clock::now();
+      s = now;
+    }
+    return s;
+  };
   if (options.warmup > 0) {
     std::vector<RequestRecord> warmup;
     runner.RunPhase(0, options.warmup, &warmup);
@@ -415,9 +456,29 @@ absl::StatusOr<LoadReport> RunLoad(const LoadOptions& options) {
       }
     }
   }
-  report.wall_s = runner.RunPhase(1, options.requests, &report.records);
+  ADORE_ASSIGN_OR_RETURN(const ProcessStatus before, server_status());
+  report.server_rss_kb_after_warmup = before.rss_kb;
+  for (int32_t round = 1; round <= options.rounds; ++round) {
+    std::vector<RequestRecord> records;
+    RoundReport rr;
+    rr.round = round;
+    rr.wall_s = runner.RunPhase(1, options.requests, &records, round);
+    ADORE_ASSIGN_OR_RETURN(const ProcessStatus after, server_status());
+    rr.server_rss_kb = after.rss_kb;
+    rr.server_threads = after.threads;
+    std::vector<double> ttft;
+    for (const RequestRecord& r : records) {
+      ++(r.ok ? rr.ok : rr.errors);
+      if (r.ok && r.ttft_ms >= 0.0) ttft.push_back(r.ttft_ms);
+    }
+    rr.ttft_ms = ComputePercentiles(std::move(ttft));
+    report.wall_s += rr.wall_s;
+    report.rounds.push_back(rr);
+    report.records.insert(report.records.end(), std::make_move_iterator(records.begin()),
+                          std::make_move_iterator(records.end()));
+  }
 
-  report.requests = options.requests;
+  report.requests = options.requests * options.rounds;
   std::vector<double> ttft, itl, latency, server_ttft;
   const RequestRecord* first_ok = nullptr;
   for (const RequestRecord& r : report.records) {
@@ -486,6 +547,19 @@ std::string FormatSummary(const LoadOptions& options, const LoadReport& r) {
   absl::StrAppendFormat(&out, "server ttft  %s\n", Ms(r.server_ttft_ms));
   absl::StrAppendFormat(&out, "tokens/req   %.1f mean (finished: %d length, %d stop)\n", r.mean_output_tokens,
                         r.finished_length, r.finished_stop);
+  if (options.rounds > 1 || options.server_pid > 0) {
+    if (r.server_rss_kb_after_warmup >= 0) {
+      absl::StrAppendFormat(&out, "server rss   %d kB before round 1\n", r.server_rss_kb_after_warmup);
+    }
+    for (const RoundReport& rr : r.rounds) {
+      absl::StrAppendFormat(&out, "round %-6d %d ok, %d failed, wall %.3f s, ttft ms p50 %.2f p99 %.2f", rr.round,
+                            rr.ok, rr.errors, rr.wall_s, rr.ttft_ms.p50, rr.ttft_ms.p99);
+      if (rr.server_rss_kb >= 0) {
+        absl::StrAppendFormat(&out, ", server rss %d kB (%d threads)", rr.server_rss_kb, rr.server_threads);
+      }
+      out += "\n";
+    }
+  }
   return out;
 }
 
@@ -530,6 +604,24 @@ nlohmann::json ReportRow(const LoadOptions& o, const LoadReport& r, const std::s
   row["kv_budget"] = r.kv_budget;
   row["rebuild"] = r.rebuild;
   row["label"] = label;
+  if (o.rounds > 1 || o.server_pid > 0) {
+    row["rounds"] = o.rounds;
+    row["requests_per_round"] = o.requests;
+    row["server_rss_kb_after_warmup"] =
+        r.server_rss_kb_after_warmup >= 0 ? nlohmann::json(r.server_rss_kb_after_warmup) : nlohmann::json(nullptr);
+    nlohmann::json rounds = nlohmann::json::array();
+    for (const RoundReport& rr : r.rounds) {
+      rounds.push_back({{"round", rr.round},
+                        {"ok", rr.ok},
+                        {"errors", rr.errors},
+                        {"wall_s", rr.wall_s},
+                        {"ttft_ms_p50", OrNull(rr.ttft_ms.p50)},
+                        {"ttft_ms_p99", OrNull(rr.ttft_ms.p99)},
+                        {"server_rss_kb", rr.server_rss_kb >= 0 ? nlohmann::json(rr.server_rss_kb) : nlohmann::json(nullptr)},
+                        {"server_threads", rr.server_threads >= 0 ? nlohmann::json(rr.server_threads) : nlohmann::json(nullptr)}});
+    }
+    row["per_round"] = rounds;
+  }
   return row;
 }
 

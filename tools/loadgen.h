@@ -40,11 +40,22 @@ struct LoadOptions {
   int32_t channels = 0;
   double connect_timeout_s = 30.0;  // how long to wait for the server to be up and SERVING
   double progress_s = 5.0;          // a progress line on stderr this often; 0 = none
+  // Rounds of the measured requests, back to back. Every round sends the same `requests` requests (the
+  // same prompts and seeds), so rounds compare: a soak, or a leak check with `server_pid`.
+  int32_t rounds = 1;
+  // > 0: the server's process id on this machine; its resident memory (VmRSS in /proc/<pid>/status) is
+  // read after the warmup and after each round (RoundReport::server_rss_kb), once the server has settled:
+  // its thread count (a stream's handler thread ends after the stream) unchanged for 0.5 s, or
+  // `rss_settle_s` passed.
+  int64_t server_pid = 0;
+  double rss_settle_s = 5.0;
+  bool keep_output = false;  // keep each request's tokens and text in its record (RequestRecord::tokens)
 };
 
 // One measured request as the client saw it.
 struct RequestRecord {
-  int32_t index = 0;
+  int32_t index = 0;        // within its round
+  int32_t round = 1;        // 1..LoadOptions::rounds
   grpc::StatusCode code = grpc::StatusCode::UNKNOWN;
   bool ok = false;          // status OK with exactly one `done`, consistent with the deltas
   std::string error;        // why not ok (gRPC code name and message, or the protocol fault)
@@ -58,6 +69,9 @@ struct RequestRecord {
   std::vector<double> itl_ms;
   v1::AdoreStats adore;        // what the server's release policy did (done.adore)
   double server_ttft_ms = 0.0; // done.timing.ttft_ms (the server's own measure, from arrival)
+  // With LoadOptions::keep_output: the deltas' tokens and text, concatenated.
+  std::vector<int32_t> tokens;
+  std::string text;
 };
 
 // Percentiles with linear interpolation between closest ranks (numpy's default); NaN with no samples.
@@ -67,12 +81,22 @@ struct Percentiles {
 };
 Percentiles ComputePercentiles(std::vector<double> samples);
 
+// One round of the measured requests.
+struct RoundReport {
+  int32_t round = 1;
+  int32_t ok = 0, errors = 0;
+  double wall_s = 0.0;
+  Percentiles ttft_ms;
+  int64_t server_rss_kb = -1;   // the server's VmRSS after the round; -1 without LoadOptions::server_pid
+  int64_t server_threads = -1;  // its thread count then
+};
+
 struct LoadReport {
   v1::ModelInfo model;  // GetModelInfo of the server
-  int32_t requests = 0, ok = 0, errors = 0;
+  int32_t requests = 0, ok = 0, errors = 0;  // over all rounds (requests = LoadOptions::requests x rounds)
   int32_t warmup_errors = 0;       // failed warmup requests (not in the figures, but a failed run)
   std::string first_warmup_error;  // the first of them, as "warmup request I: ..."
-  double wall_s = 0.0;  // from the first measured call's start to the last one's end
+  double wall_s = 0.0;  // from the first measured call's start to the last one's end, summed over rounds
   int64_t input_tokens = 0, output_tokens = 0;  // over the ok requests
   double input_tok_s = 0.0, output_tok_s = 0.0; // those over wall_s
   double mean_output_tokens = 0.0;              // over the ok requests
@@ -83,8 +107,18 @@ struct LoadReport {
   // with ModelInfo's defaults for the unset ones, when none succeeded).
   std::string policy;
   int64_t kv_budget = 0, rebuild = 0;
-  std::vector<RequestRecord> records;  // measured requests, by index
+  std::vector<RequestRecord> records;  // measured requests, by round, then index
+  std::vector<RoundReport> rounds;     // per round, in order
+  int64_t server_rss_kb_after_warmup = -1;  // with server_pid (and before round 1 when there is no warmup)
 };
+
+// What /proc/<pid>/status says of a process of this machine: VmRSS (resident memory, kB) and Threads.
+struct ProcessStatus {
+  int64_t rss_kb = 0;
+  int64_t threads = 0;
+};
+// NOT_FOUND when the process is gone or has no VmRSS line (a kernel thread).
+absl::StatusOr<ProcessStatus> ReadProcessStatus(int64_t pid);
 
 // The random prompt of request `index` in `phase` (0 warmup, 1 measured): `length` ids uniform in
 // [0, vocab_size) from a generator seeded by (seed, phase, index), so the measured prompts do not depend
@@ -106,7 +140,9 @@ std::string FormatSummary(const LoadOptions& options, const LoadReport& report);
 // One row of a bench/results file: requests, concurrency, prompt_tokens, max_tokens, ok, errors, wall_s,
 // output_tok_s, input_tok_s, ttft_ms_p50/p90/p99, itl_ms_p50/p90/p99, mean_output_tokens, policy,
 // kv_budget, rebuild, label, plus the model, backend and tensor-parallel size the server reported.
-// Percentiles without samples are null.
+// Percentiles without samples are null. With several rounds or a server_pid also `rounds` and
+// `per_round` (round, ok, errors, wall_s, ttft_ms_p50, ttft_ms_p99, server_rss_kb, server_threads) and
+// `server_rss_kb_after_warmup`.
 nlohmann::json ReportRow(const LoadOptions& options, const LoadReport& report, const std::string& label);
 
 }  // namespace adore::loadgen

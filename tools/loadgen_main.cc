@@ -6,6 +6,8 @@
 //
 //   adore-loadgen --server 127.0.0.1:50051 --requests 256 --concurrency 32 --prompt_tokens 512
 //     --max_tokens 128 --warmup 8 --json /tmp/load.json --label "tp2 h200"
+//   adore-loadgen --requests 500 --concurrency 500 --rounds 3 --server_pid $(pidof adore-server) ...  (soak:
+//     per-round figures and the server's resident memory after each round)
 #include <cstdio>
 #include <fstream>
 #include <optional>
@@ -38,6 +40,11 @@ ABSL_FLAG(double, deadline_s, 0.0, "per-request deadline in seconds; 0 = none");
 ABSL_FLAG(int32_t, channels, 0, "gRPC connections the streams are spread over; 0 = one per 64 streams");
 ABSL_FLAG(double, connect_timeout_s, 30.0, "wait this long for the server to answer GetModelInfo (SERVING)");
 ABSL_FLAG(double, progress_s, 5.0, "a progress line on stderr this often; 0 = none");
+ABSL_FLAG(int32_t, rounds, 1, "run the measured requests this many times, back to back (the same prompts each round)");
+ABSL_FLAG(int64_t, server_pid, 0,
+          "the server's pid on this machine: report its resident memory (VmRSS, /proc/<pid>/status) after each round");
+ABSL_FLAG(double, rss_settle_s, 5.0,
+          "with --server_pid: before reading it, wait up to this long for the server's thread count to hold for 0.5 s");
 ABSL_FLAG(std::string, json, "", "write the results (bench/results format, one row) to this file");
 ABSL_FLAG(std::string, label, "", "free text copied into the JSON row");
 ABSL_FLAG(std::string, commit, "", "commit recorded in the JSON; default: git rev-parse HEAD of the working directory");
@@ -109,6 +116,9 @@ int main(int argc, char** argv) {
   o.channels = absl::GetFlag(FLAGS_channels);
   o.connect_timeout_s = absl::GetFlag(FLAGS_connect_timeout_s);
   o.progress_s = absl::GetFlag(FLAGS_progress_s);
+  o.rounds = absl::GetFlag(FLAGS_rounds);
+  o.server_pid = absl::GetFlag(FLAGS_server_pid);
+  o.rss_settle_s = absl::GetFlag(FLAGS_rss_settle_s);
 
   auto report = adore::loadgen::RunLoad(o);
   if (!report.ok()) return Fail(report.status());
@@ -135,7 +145,7 @@ int main(int argc, char** argv) {
   for (const adore::loadgen::RequestRecord& r : report->records) {
     if (r.ok) continue;
     if (shown++ == kErrorsShown) break;
-    std::fprintf(stderr, "adore-loadgen: request %d: %s\n", r.index, r.error.c_str());
+    std::fprintf(stderr, "adore-loadgen: round %d request %d: %s\n", r.round, r.index, r.error.c_str());
   }
   if (report->warmup_errors > 0) std::fprintf(stderr, "adore-loadgen: %s\n", report->first_warmup_error.c_str());
   std::fprintf(stderr, "adore-loadgen: FAILED: %d of %d requests failed (%d of %d warmup requests)\n", report->errors,

@@ -183,6 +183,7 @@ absl::StatusOr<WorkerStepResult> StepExecutor::Step(const WorkerStep& step) {
   };
   for (const SequenceStart& s : step.start) report(s.id);
   for (const SequenceDecode& d : step.decode) report(d.id);
+  for (const auto& [id, live] : seqs_) out.kv_slots_used += OccupiedSlots(live->kv);
   out.step_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   return out;
 }

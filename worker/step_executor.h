@@ -46,6 +46,9 @@ struct WorkerStepResult {
   std::vector<SequenceStepResult> sequences;  // one per started or decoded sequence, in plan order
   double step_ms = 0.0;
   int64_t forward_calls = 0;
+  // KV slots held by every sequence still live on the runner after the step (rank 0's with tensor
+  // parallelism): what the sequences use now, ended and failed ones no longer counted.
+  int64_t kv_slots_used = 0;
   // Tensor parallelism (set by the coordinator's RemoteStepRunner, 0 otherwise): sequences whose slot-map
   // hashes the runner compared across all ranks this step, all equal to rank 0's (a mismatch fails the
   // step instead).

@@ -4,11 +4,18 @@
 #include <cctype>
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <random>
 
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/unknown_field_set.h>
+#include <grpcpp/support/proto_buffer_reader.h>
+
 #include "absl/strings/str_format.h"
 #include "common/status.h"
+#include "common/unicode_util.h"
+#include "coordinator/grpc/bearer_auth.h"
 
 namespace adore {
 
@@ -57,11 +64,92 @@ std::string NewRequestId() {
   return id;
 }
 
+namespace {
+
+// The path (adore.v1's error convention: "chat.messages[1].content") of the first string field in the
+// wire-format `bytes` of a `type` message that is not valid UTF-8, with the offset of its first bad byte;
+// empty when there is none.
+std::string FirstInvalidUtf8Field(const google::protobuf::Descriptor& type, const std::string& bytes,
+                                  const std::string& prefix, size_t* offset) {
+  google::protobuf::UnknownFieldSet fields;  // every field as its number and raw value
+  if (!fields.ParseFromString(bytes)) return "";
+  std::map<int, int> seen;  // occurrences per field number: a repeated field's element index
+  for (int i = 0; i < fields.field_count(); ++i) {
+    const google::protobuf::UnknownField& u = fields.field(i);
+    const int index = seen[u.number()]++;
+    const google::protobuf::FieldDescriptor* f = type.FindFieldByNumber(u.number());
+    if (f == nullptr || u.type() != google::protobuf::UnknownField::TYPE_LENGTH_DELIMITED) continue;
+    const std::string path = prefix + f->name() + (f->is_repeated() ? absl::StrFormat("[%d]", index) : "");
+    if (f->type() == google::protobuf::FieldDescriptor::TYPE_STRING) {
+      if (!IsValidUtf8(u.length_delimited())) {
+        *offset = FirstInvalidUtf8Offset(u.length_delimited());
+        return path;
+      }
+    } else if (f->type() == google::protobuf::FieldDescriptor::TYPE_MESSAGE) {
+      std::string inner = FirstInvalidUtf8Field(*f->message_type(), u.length_delimited(), path + ".", offset);
+      if (!inner.empty()) return inner;
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
+absl::StatusOr<v1::GenerateRequest> ParseGenerateRequest(const grpc::ByteBuffer& bytes) {
+  v1::GenerateRequest request;
+  grpc::ByteBuffer copy(bytes);  // a reader consumes its buffer
+  {
+    grpc::ProtoBufferReader reader(&copy);
+    if (reader.status().ok() && request.ParseFromZeroCopyStream(&reader)) return request;
+  }
+  std::vector<grpc::Slice> slices;
+  std::string flat;
+  if (bytes.Dump(&slices).ok()) {
+    for (const grpc::Slice& slice : slices) flat.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  }
+  size_t offset = 0;
+  const std::string field = FirstInvalidUtf8Field(*v1::GenerateRequest::descriptor(), flat, "", &offset);
+  if (!field.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: must be valid UTF-8 (a proto3 string); byte %d is not", field, offset));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrFormat("request: %d bytes that do not parse as an adore.v1.GenerateRequest", flat.size()));
+}
+
 AdoreService::AdoreService(Scheduler& scheduler, const Tokenizer& tokenizer, ServiceInfo info,
                            ServiceDefaults defaults)
     : scheduler_(scheduler), tokenizer_(tokenizer), info_(std::move(info)), defaults_(defaults),
       started_(std::chrono::steady_clock::now()) {
   stop_ids_ = EndOfGenerationIds(tokenizer_);
+  // Generate takes its request as bytes and parses it itself (ParseGenerateRequest): a request gRPC
+  // cannot parse would otherwise end as INTERNAL with an empty message, before any handler runs. On the
+  // wire nothing changes (one request message, then the stream), so every client is served as before.
+  const int generate = v1::GenerateRequest::descriptor()->file()->FindServiceByName("Adore")->FindMethodByName(
+      "Generate")->index();
+  MarkMethodStreamed(generate, new grpc::internal::SplitServerStreamingHandler<grpc::ByteBuffer, v1::GenerateResponse>(
+                                   [this](grpc::ServerContext* context, Writer* stream) {
+                                     return GenerateFromBytes(context, stream);
+                                   }));
+}
+
+grpc::Status AdoreService::GenerateFromBytes(grpc::ServerContext* context, Writer* stream) {
+  if (grpc::Status st = CheckBearerMetadata(*context, auth_token_); !st.ok()) return st;
+  grpc::ByteBuffer bytes;
+  if (!stream->Read(&bytes)) {
+    // No request: the client went away first, or gRPC refused the message (over the server's maximum
+    // receive size), in which case the client already has RESOURCE_EXHAUSTED and this status is dropped.
+    const grpc::Status st(grpc::StatusCode::CANCELLED, "the call ended before its request arrived");
+    Count(st);
+    return st;
+  }
+  absl::StatusOr<v1::GenerateRequest> request = ParseGenerateRequest(bytes);
+  if (!request.ok()) {
+    const grpc::Status st = ToGrpc(request.status());
+    Count(st);
+    return st;
+  }
+  return Stream(context, *request, [stream](const v1::GenerateResponse& r) { return stream->Write(r); });
 }
 
 absl::StatusOr<GenerateOptions> AdoreService::Convert(const v1::GenerateRequest& r) const {
@@ -130,7 +218,13 @@ void AdoreService::Count(const grpc::Status& status) {
 
 grpc::Status AdoreService::Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                                     grpc::ServerWriter<v1::GenerateResponse>* writer) {
-  absl::StatusOr<GenerateOptions> options = Convert(*request);
+  if (grpc::Status st = CheckBearerMetadata(*context, auth_token_); !st.ok()) return st;
+  return Stream(context, *request, [writer](const v1::GenerateResponse& r) { return writer->Write(r); });
+}
+
+grpc::Status AdoreService::Stream(grpc::ServerContext* context, const v1::GenerateRequest& req,
+                                  const std::function<bool(const v1::GenerateResponse&)>& write) {
+  absl::StatusOr<GenerateOptions> options = Convert(req);
   if (!options.ok()) {
     const grpc::Status st = ToGrpc(options.status());
     Count(st);
@@ -145,7 +239,7 @@ grpc::Status AdoreService::Generate(grpc::ServerContext* context, const v1::Gene
   auto box = std::make_shared<Mailbox>();
   const ReleaseConfig release = options->release;
   const uint64_t seed = options->sampling.seed;  // the request's, or the one drawn for it
-  const std::string request_id = request->request_id().empty() ? NewRequestId() : request->request_id();
+  const std::string request_id = req.request_id().empty() ? NewRequestId() : req.request_id();
   absl::StatusOr<uint64_t> id = scheduler_.Submit(*std::move(options), [box](const StreamEvent& e) {
     std::lock_guard<std::mutex> lock(box->mu);
     box->events.push_back(e);
@@ -178,7 +272,7 @@ grpc::Status AdoreService::Generate(grpc::ServerContext* context, const v1::Gene
       v1::TokenDelta* d = out.mutable_delta();
       d->set_text(e.text);
       for (int32_t t : e.tokens) d->add_token_ids(t);
-      if (!writer->Write(out) && !cancel_sent) {  // the client is gone
+      if (!write(out) && !cancel_sent) {  // the client is gone
         scheduler_.Cancel(*id);
         cancel_sent = true;
       }
@@ -201,7 +295,7 @@ grpc::Status AdoreService::Generate(grpc::ServerContext* context, const v1::Gene
       last.set_request_id(request_id);
       last.mutable_delta()->set_text(e.text);
       for (int32_t t : e.tokens) last.mutable_delta()->add_token_ids(t);
-      writer->Write(last);
+      write(last);
     }
     v1::GenerateDone* done = out.mutable_done();
     done->set_finish_reason(e.finish_reason == "length" ? v1::FINISH_REASON_LENGTH : v1::FINISH_REASON_STOP);
@@ -219,13 +313,15 @@ grpc::Status AdoreService::Generate(grpc::ServerContext* context, const v1::Gene
     a->set_tokens_rebuilt(e.release_stats.rebuilt);
     a->set_kv_slots_in_use(e.kv_slots);
     done->set_seed(seed);
-    writer->Write(out);
+    write(out);
     Count(grpc::Status::OK);
     return grpc::Status::OK;
   }
 }
 
-grpc::Status AdoreService::GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*, v1::ModelInfo* m) {
+grpc::Status AdoreService::GetModelInfo(grpc::ServerContext* context, const v1::GetModelInfoRequest*,
+                                        v1::ModelInfo* m) {
+  if (grpc::Status st = CheckBearerMetadata(*context, auth_token_); !st.ok()) return st;
   const ModelConfig& c = info_.config;
   m->set_name(c.name);
   m->set_architecture("llama");
@@ -251,7 +347,8 @@ grpc::Status AdoreService::GetModelInfo(grpc::ServerContext*, const v1::GetModel
   return grpc::Status::OK;
 }
 
-grpc::Status AdoreService::GetStats(grpc::ServerContext*, const v1::GetStatsRequest*, v1::ServerStats* s) {
+grpc::Status AdoreService::GetStats(grpc::ServerContext* context, const v1::GetStatsRequest*, v1::ServerStats* s) {
+  if (grpc::Status st = CheckBearerMetadata(*context, auth_token_); !st.ok()) return st;
   const SchedulerStats st = scheduler_.stats();
   s->set_uptime_s(std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count());
   v1::RequestCounts* c = s->mutable_requests();
@@ -266,8 +363,8 @@ grpc::Status AdoreService::GetStats(grpc::ServerContext*, const v1::GetStatsRequ
   s->set_completion_tokens_total(st.completion_tokens);
   s->set_active_requests(st.active);
   s->set_queued_requests(st.queued);
-  s->set_kv_slots_used(st.kv_rows_reserved);
-  s->set_kv_slots_free(info_.kv_rows - st.kv_rows_reserved);
+  s->set_kv_slots_used(st.kv_slots_used);
+  s->set_kv_slots_free(info_.kv_rows - st.kv_slots_used);
   s->set_tokens_released_total(released_total_);
   s->set_tokens_rebuilt_total(rebuilt_total_);
   s->set_slot_map_checks_total(st.slot_map_checks);
@@ -277,6 +374,8 @@ grpc::Status AdoreService::GetStats(grpc::ServerContext*, const v1::GetStatsRequ
   w->set_healthy(true);
   w->set_steps(st.steps);
   w->set_last_step_ms(st.last_step_ms);
+  w->set_kv_slots_used(st.kv_slots_used);
+  w->set_kv_slots_free(info_.kv_rows - st.kv_slots_used);
   return grpc::Status::OK;
 }
 

@@ -158,17 +158,29 @@ absl::StatusOr<v1::RegisterWorkerResponse> WorkerRegistry::Register(const v1::Re
     }
     resp.set_rank(rank);
     resp.set_registered(registered_);
+    resp.set_known(true);
     resp.set_message(absl::StrFormat("%s is registered already as rank %d (%d/%d registered)", address, rank,
                                      registered_, n));
     lock.unlock();
-    Log(absl::StrFormat("worker %s registered again (rank %d; %s)", address, rank, who));
+    if (!req.renewal()) Log(absl::StrFormat("worker %s registered again (rank %d; %s)", address, rank, who));
     return resp;
   }
   if (registered_ >= n) {
+    // A worker restarted at a new address takes over the rank of one that does not answer any more.
+    const int rank = ReplaceDeadLocked(lock, address, requested);
+    if (rank >= 0) {
+      resp.set_rank(rank);
+      resp.set_registered(registered_);
+      resp.set_message(absl::StrFormat("worker %s replaces rank %d's, which does not answer (%d/%d registered)",
+                                       address, rank, registered_, n));
+      Log(absl::StrFormat("%s [%s]", resp.message(), who));
+      lock.unlock();
+      if (options_.on_replaced) options_.on_replaced(rank, address);
+      return resp;
+    }
     const std::string msg = absl::StrFormat(
-        "all %d workers are registered already (%s): %s is not taken; a worker restarted after the group formed "
-        "is not taken back, restart the deployment",
-        n, DescribeLocked(), address);
+        "all %d workers are registered already (%s): %s is not taken; every registered worker%s answers",
+        n, DescribeLocked(), address, requested >= 0 ? absl::StrFormat(" of rank %d", requested) : "");
     lock.unlock();
     Log("refused a registration: " + msg);
     return absl::ResourceExhaustedError(msg);
@@ -191,6 +203,29 @@ absl::StatusOr<v1::RegisterWorkerResponse> WorkerRegistry::Register(const v1::Re
   lock.unlock();
   cv_.notify_all();
   return resp;
+}
+
+int WorkerRegistry::ReplaceDeadLocked(std::unique_lock<std::mutex>& lock, const std::string& address,
+                                      int requested) {
+  if (!options_.is_alive) return -1;
+  std::vector<std::pair<int, std::string>> candidates;
+  for (int r = 0; r < static_cast<int>(addresses_.size()); ++r) {
+    if (requested < 0 || r == requested) candidates.emplace_back(r, addresses_[r]);
+  }
+  lock.unlock();  // a probe takes up to a second: other registrations go on meanwhile
+  int dead = -1;
+  for (const auto& [rank, held_by] : candidates) {
+    if (!options_.is_alive(rank, held_by)) {
+      dead = rank;
+      break;
+    }
+  }
+  lock.lock();
+  // Taken only if nobody changed the rank meanwhile (a concurrent registration may have replaced it).
+  if (dead < 0 || closed_ || addresses_[dead] != candidates[requested < 0 ? dead : 0].second) return -1;
+  if (std::find(addresses_.begin(), addresses_.end(), address) != addresses_.end()) return -1;
+  addresses_[dead] = address;
+  return dead;
 }
 
 absl::StatusOr<std::vector<std::string>> WorkerRegistry::WaitForAll(absl::Duration timeout) {

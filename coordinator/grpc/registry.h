@@ -2,6 +2,11 @@
 // `adore-worker --coordinator host:port` processes to call Coordinator.RegisterWorker, assigns their
 // ranks, and then drives them in rank order through RemoteStepRunner exactly as it drives a --workers list.
 //
+// Once the group is complete, a registration from a new address takes the rank of a registered worker that
+// no longer answers (WorkerRegistryOptions::is_alive; a worker restarted at another port) and is handed on
+// through on_replaced (the server points RemoteStepRunner at it); renewals of a held registration (the
+// workers repeat theirs every second or so) are answered quietly.
+//
 // WorkerRegistry is the bookkeeping (no gRPC: validation, rank assignment, waiting for the group);
 // CoordinatorService is the adore.v1.Coordinator service over it (authentication with the workers' shared
 // secret, the caller's address for an address without a host).
@@ -32,6 +37,12 @@ struct WorkerRegistryOptions {
   // One line per registration and refusal (without a trailing newline). Empty: stderr, prefixed
   // "adore-server: ".
   std::function<void(const std::string&)> log;
+  // Whether the worker registered as `rank` at `address` still answers (called without the registry's lock,
+  // on the registering call's thread; should take about a second at most). Null: every registered worker
+  // counts as alive, and a complete group refuses every new address.
+  std::function<bool(int rank, const std::string& address)> is_alive;
+  // Called (without the lock) after a new address took over `rank` from a worker that did not answer.
+  std::function<void(int rank, const std::string& address)> on_replaced;
 };
 
 class WorkerRegistry {
@@ -57,6 +68,10 @@ class WorkerRegistry {
 
  private:
   std::string DescribeLocked() const;  // "rank 0: a:1, rank 1: (missing)"
+  // A complete group: the rank (`requested`, else the lowest) whose worker does not answer is_alive, now
+  // held by `address`; -1 when every candidate answers (or there is no is_alive). Takes and returns `lock`
+  // locked; releases it while probing.
+  int ReplaceDeadLocked(std::unique_lock<std::mutex>& lock, const std::string& address, int requested);
 
   WorkerRegistryOptions options_;
   mutable std::mutex mu_;

@@ -4,7 +4,9 @@
 #include "coordinator/grpc/adore_service.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <thread>
 
 #include "absl/strings/str_format.h"
@@ -28,25 +30,46 @@ bool IsTransportFailure(grpc::StatusCode code) {
 
 absl::StatusOr<std::unique_ptr<RemoteStepRunner>> RemoteStepRunner::Connect(const RemoteRunnerOptions& o) {
   if (o.workers.empty()) return absl::InvalidArgumentError("workers: no worker address given");
+  if (!o.devices.empty() && o.devices.size() != o.workers.size()) {
+    return absl::InvalidArgumentError(absl::StrFormat("devices: %d given for %d workers", o.devices.size(), o.workers.size()));
+  }
   std::unique_ptr<RemoteStepRunner> r(new RemoteStepRunner());
   r->options_ = o;
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(256 << 20);
-  args.SetMaxSendMessageSize(256 << 20);
   for (const std::string& addr : o.workers) {
     const size_t colon = addr.rfind(':');
     if (colon == std::string::npos || colon == 0 || colon + 1 == addr.size()) {
       return absl::InvalidArgumentError(absl::StrFormat("workers: '%s' is not host:port", addr));
     }
-    Rank rank;
-    rank.address = addr;
-    rank.channel = grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args);
-    rank.stub = v1::Worker::NewStub(rank.channel);
-    r->ranks_.push_back(std::move(rank));
+    r->ranks_.push_back(r->Dial(addr));
   }
-  if (r->ranks_.size() > 1) ADORE_RETURN_IF_ERROR(r->Bootstrap());
-  ADORE_RETURN_IF_ERROR(r->Load());
+  std::lock_guard<std::mutex> lock(r->mu_);
+  ADORE_RETURN_IF_ERROR(r->Form());
   return r;
+}
+
+RemoteStepRunner::Rank RemoteStepRunner::Dial(const std::string& address) const {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(256 << 20);
+  args.SetMaxSendMessageSize(256 << 20);
+  // A worker that went away is dialed again within a second of coming back (gRPC's own backoff grows to
+  // two minutes), so that CheckWorkers sees it return.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  Rank rank;
+  rank.address = address;
+  rank.channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  rank.stub = v1::Worker::NewStub(rank.channel);
+  return rank;
+}
+
+void RemoteStepRunner::Log(const std::string& line) const {
+  if (options_.log) {
+    options_.log(line);
+  } else {
+    std::fprintf(stderr, "adore-server: %s\n", line.c_str());
+    std::fflush(stderr);
+  }
 }
 
 void RemoteStepRunner::Prepare(grpc::ClientContext* context, int64_t timeout_ms) const {
@@ -61,17 +84,70 @@ absl::Status RemoteStepRunner::RpcError(const grpc::Status& st, int rank, const 
                                             st.error_message()));
 }
 
-absl::Status RemoteStepRunner::ForAllRanks(const std::function<absl::Status(int)>& fn) const {
+absl::Status RemoteStepRunner::ForAllRanks(int64_t timeout_ms,
+                                           const std::function<absl::Status(int, grpc::ClientContext*)>& fn) const {
   const int n = static_cast<int>(ranks_.size());
-  if (n == 1) return fn(0);
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts(n);
+  for (auto& c : contexts) {
+    c = std::make_unique<grpc::ClientContext>();
+    Prepare(c.get(), timeout_ms);
+  }
+  if (n == 1) return fn(0, contexts[0].get());
+  // A rank that fails makes the others' calls pointless (a Gloo peer would wait for it until its timeout):
+  // they are cancelled, and the first failure is the step's error rather than a "cancelled".
   std::vector<absl::Status> results(n);
+  std::atomic<int> first_failed{-1};
   std::vector<std::thread> threads;
   threads.reserve(n);
-  for (int i = 0; i < n; ++i) threads.emplace_back([&, i] { results[i] = fn(i); });
-  for (std::thread& t : threads) t.join();
-  for (const absl::Status& st : results) {
-    if (!st.ok()) return st;
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      results[i] = fn(i, contexts[i].get());
+      int none = -1;
+      if (!results[i].ok() && first_failed.compare_exchange_strong(none, i)) {
+        for (int j = 0; j < n; ++j) {
+          if (j != i) contexts[j]->TryCancel();  // thread-safe; also before that call has started
+        }
+      }
+    });
   }
+  for (std::thread& t : threads) t.join();
+  return first_failed.load() < 0 ? absl::OkStatus() : results[first_failed.load()];
+}
+
+absl::Status RemoteStepRunner::HealthAll(std::vector<v1::WorkerHealthResponse>* health) const {
+  health->assign(ranks_.size(), v1::WorkerHealthResponse());
+  return ForAllRanks(options_.health_timeout_ms, [&](int rank, grpc::ClientContext* ctx) -> absl::Status {
+    const grpc::Status st = ranks_[rank].stub->Health(ctx, v1::WorkerHealthRequest(), &(*health)[rank]);
+    if (!st.ok()) return RpcError(st, rank, "Health");
+    return absl::OkStatus();
+  });
+}
+
+absl::Status RemoteStepRunner::Form() {
+  // The new generation is newer than every rank's: a restarted coordinator counts from 0 again, and its
+  // workers may be in a group of the one before.
+  std::vector<v1::WorkerHealthResponse> health;
+  ADORE_RETURN_IF_ERROR(HealthAll(&health));
+  const bool connecting = epoch_ == 0;
+  for (int rank = 0; rank < static_cast<int>(health.size()); ++rank) {
+    const v1::WorkerHealthResponse& h = health[rank];
+    if (connecting && h.state() == v1::WORKER_STATE_READY) {
+      Log(absl::StrFormat("worker %s (rank %d) is loaded already (epoch %d, step %d, %d live sequences): taking it "
+                          "over from an earlier coordinator; its sequences end",
+                          ranks_[rank].address, rank, h.epoch(), h.last_step_id(), h.live_sequences()));
+    }
+    epoch_ = std::max<uint64_t>(epoch_, h.epoch());
+  }
+  ++epoch_;
+  if (ranks_.size() > 1) {
+    ADORE_RETURN_IF_ERROR(Bootstrap());
+    ADORE_RETURN_IF_ERROR(Load());
+  } else {
+    ADORE_RETURN_IF_ERROR(Load());
+    ADORE_RETURN_IF_ERROR(Reset());
+  }
+  broken_ = false;
+  SetLastCheck(absl::OkStatus());
   return absl::OkStatus();
 }
 
@@ -92,9 +168,9 @@ absl::Status RemoteStepRunner::Bootstrap() {
         "workers: %d CUDA workers need an NCCL group, and this coordinator is built without NCCL", ranks_.size()));
 #endif
   }
-  ++epoch_;  // a fresh key namespace in the store
   const int n = static_cast<int>(ranks_.size());
-  return ForAllRanks([&](int rank) -> absl::Status {
+  // The epoch is the group's key namespace in the store: every formation uses a fresh one.
+  return ForAllRanks(options_.bootstrap_timeout_ms + 10000, [&](int rank, grpc::ClientContext* ctx) -> absl::Status {
     v1::BootstrapRequest req;
     if (nccl_id.empty()) {
       req.set_gloo_rendezvous(rendezvous);
@@ -105,10 +181,8 @@ absl::Status RemoteStepRunner::Bootstrap() {
     req.set_world_size(n);
     req.set_epoch(epoch_);
     req.set_timeout_ms(options_.bootstrap_timeout_ms);
-    grpc::ClientContext ctx;
-    Prepare(&ctx, options_.bootstrap_timeout_ms + 10000);
     v1::BootstrapResponse resp;
-    const grpc::Status st = ranks_[rank].stub->Bootstrap(&ctx, req, &resp);
+    const grpc::Status st = ranks_[rank].stub->Bootstrap(ctx, req, &resp);
     if (!st.ok()) return RpcError(st, rank, "Bootstrap");
     return absl::OkStatus();
   });
@@ -117,13 +191,12 @@ absl::Status RemoteStepRunner::Bootstrap() {
 absl::Status RemoteStepRunner::Load() {
   const int n = static_cast<int>(ranks_.size());
   std::vector<v1::LoadResponse> responses(n);
-  ADORE_RETURN_IF_ERROR(ForAllRanks([&](int rank) -> absl::Status {
+  ADORE_RETURN_IF_ERROR(ForAllRanks(options_.load_timeout_ms, [&](int rank, grpc::ClientContext* ctx) -> absl::Status {
     v1::LoadRequest req = options_.load;
     req.set_tp_rank(rank);
     req.set_tp_size(n);
-    grpc::ClientContext ctx;
-    Prepare(&ctx, options_.load_timeout_ms);
-    const grpc::Status st = ranks_[rank].stub->Load(&ctx, req, &responses[rank]);
+    if (!options_.devices.empty()) req.set_device(options_.devices[rank]);
+    const grpc::Status st = ranks_[rank].stub->Load(ctx, req, &responses[rank]);
     if (!st.ok()) return RpcError(st, rank, "Load");
     return absl::OkStatus();
   }));
@@ -138,38 +211,123 @@ absl::Status RemoteStepRunner::Load() {
   return absl::OkStatus();
 }
 
-absl::Status RemoteStepRunner::Resync() {
-  const int n = static_cast<int>(ranks_.size());
-  std::vector<v1::WorkerHealthResponse> health(n);
-  ADORE_RETURN_IF_ERROR(ForAllRanks([&](int rank) -> absl::Status {
-    grpc::ClientContext ctx;
-    Prepare(&ctx, options_.health_timeout_ms);
-    const grpc::Status st = ranks_[rank].stub->Health(&ctx, v1::WorkerHealthRequest(), &health[rank]);
-    if (!st.ok()) return RpcError(st, rank, "Health");
-    return absl::OkStatus();
-  }));
-  for (int rank = 0; rank < n; ++rank) {
+absl::Status RemoteStepRunner::Reset() {
+  grpc::ClientContext ctx;
+  Prepare(&ctx, options_.bootstrap_timeout_ms);
+  v1::BootstrapRequest req;
+  req.set_rank(0);
+  req.set_world_size(1);
+  req.set_epoch(epoch_);
+  v1::BootstrapResponse resp;
+  const grpc::Status st = ranks_[0].stub->Bootstrap(&ctx, req, &resp);
+  if (!st.ok()) return RpcError(st, 0, "Bootstrap");
+  next_step_id_ = 1;
+  live_.clear();
+  orphans_.clear();
+  return absl::OkStatus();
+}
+
+absl::Status RemoteStepRunner::Probe() const {
+  std::vector<v1::WorkerHealthResponse> health;
+  ADORE_RETURN_IF_ERROR(HealthAll(&health));
+  for (int rank = 0; rank < static_cast<int>(ranks_.size()); ++rank) {
     const v1::WorkerHealthResponse& h = health[rank];
-    if (h.state() == v1::WORKER_STATE_EMPTY && n == 1) {  // restarted: load it again, nothing of ours lives there
-      ADORE_RETURN_IF_ERROR(Load());
-      broken_ = false;
-      return absl::OkStatus();
-    }
-    if (h.state() != v1::WORKER_STATE_READY) {
-      return absl::UnavailableError(absl::StrFormat("worker %s (rank %d): not ready (state %s%s%s)",
-                                                    ranks_[rank].address, rank, v1::WorkerState_Name(h.state()),
-                                                    h.error().empty() ? "" : ": ", h.error()));
-    }
-    if (n > 1 && (h.last_step_id() != health[0].last_step_id() || h.epoch() != epoch_)) {
+    if (h.state() != v1::WORKER_STATE_READY || h.epoch() != epoch_ || h.last_step_id() + 1 != next_step_id_) {
       return absl::UnavailableError(absl::StrFormat(
-          "worker %s (rank %d): out of step with the group (step %d epoch %d; rank 0: step %d, group epoch %d); "
-          "rebuilding a tensor-parallel group is not built yet: restart the workers",
-          ranks_[rank].address, rank, h.last_step_id(), h.epoch(), health[0].last_step_id(), epoch_));
+          "worker %s (rank %d): %s, epoch %d, at step %d (the group: epoch %d, step %d)", ranks_[rank].address, rank,
+          v1::WorkerState_Name(h.state()), h.epoch(), h.last_step_id(), epoch_, next_step_id_ - 1));
     }
   }
-  next_step_id_ = health[0].last_step_id() + 1;
+  return absl::OkStatus();
+}
+
+absl::Status RemoteStepRunner::Resync() {
+  const int n = static_cast<int>(ranks_.size());
+  std::vector<v1::WorkerHealthResponse> health;
+  ADORE_RETURN_IF_ERROR(HealthAll(&health));
+  std::string reform;  // why the group is formed again; empty: it goes on where it was
+  for (int rank = 0; rank < n; ++rank) {
+    const v1::WorkerHealthResponse& h = health[rank];
+    if (h.state() == v1::WORKER_STATE_LOADING) {  // someone else's Load: wait for it
+      return absl::UnavailableError(
+          absl::StrFormat("worker %s (rank %d): not ready (loading)", ranks_[rank].address, rank));
+    }
+    if (!reform.empty()) continue;
+    if (h.state() != v1::WORKER_STATE_READY) {
+      reform = absl::StrFormat("worker %s (rank %d) is %s%s%s (restarted?)", ranks_[rank].address, rank,
+                               v1::WorkerState_Name(h.state()), h.error().empty() ? "" : ": ", h.error());
+    } else if (h.epoch() != epoch_) {
+      reform = absl::StrFormat("worker %s (rank %d) is in epoch %d, the group in %d", ranks_[rank].address, rank,
+                               h.epoch(), epoch_);
+    } else if (h.last_step_id() != health[0].last_step_id()) {
+      reform = absl::StrFormat("worker %s (rank %d) is at step %d, rank 0 at step %d", ranks_[rank].address, rank,
+                               h.last_step_id(), health[0].last_step_id());
+    }
+  }
+  if (!reform.empty()) {
+    Log(absl::StrFormat("%s: forming the group of %d worker%s again", reform, n, n == 1 ? "" : "s"));
+    const auto t0 = std::chrono::steady_clock::now();
+    if (absl::Status st = Form(); !st.ok()) {
+      Log(absl::StrFormat("forming the group again failed: %s", st.ToString()));
+      return st;
+    }
+    Log(absl::StrFormat("the group of %d worker%s is formed again (epoch %d) in %.0f ms", n, n == 1 ? "" : "s",
+                        epoch_, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count()));
+    return absl::OkStatus();
+  }
+  next_step_id_ = health[0].last_step_id() + 1;  // the sequences the failed step left behind end with the next
   broken_ = false;
   return absl::OkStatus();
+}
+
+void RemoteStepRunner::ApplyReplacements() {
+  std::map<int, std::string> replacements;
+  {
+    std::lock_guard<std::mutex> lock(replace_mu_);
+    replacements.swap(replacements_);
+  }
+  for (const auto& [rank, address] : replacements) {
+    if (ranks_[rank].address == address) continue;
+    Log(absl::StrFormat("rank %d is now served at %s (was %s)", rank, address, ranks_[rank].address));
+    ranks_[rank] = Dial(address);
+    broken_ = true;
+  }
+}
+
+void RemoteStepRunner::ReplaceWorker(int rank, const std::string& address) {
+  if (rank < 0 || rank >= static_cast<int>(options_.workers.size())) return;
+  std::lock_guard<std::mutex> lock(replace_mu_);
+  replacements_[rank] = address;
+}
+
+void RemoteStepRunner::SetLastCheck(const absl::Status& status) {
+  std::lock_guard<std::mutex> lock(state_mu_);
+  last_check_ = status;
+}
+
+absl::Status RemoteStepRunner::CheckWorkers() {
+  std::unique_lock<std::mutex> lock(mu_, std::try_to_lock);
+  if (!lock.owns_lock()) {  // a step runs (or a check): what the latest one found
+    std::lock_guard<std::mutex> state_lock(state_mu_);
+    return last_check_;
+  }
+  ApplyReplacements();
+  absl::Status st;
+  if (!broken_) {
+    if (std::chrono::steady_clock::now() - last_step_ok_ < std::chrono::milliseconds(options_.check_skip_after_step_ms)) {
+      return absl::OkStatus();  // the workers answered a step just now
+    }
+    st = Probe();
+    if (!st.ok()) broken_ = true;
+  }
+  if (broken_) st = Resync();
+  SetLastCheck(st);
+  return st;
+}
+
+std::vector<double> RemoteStepRunner::last_rank_step_ms() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return rank_step_ms_;
 }
 
 absl::StatusOr<WorkerStepResult> RemoteStepRunner::Step(const WorkerStep& step) {
@@ -180,10 +338,21 @@ absl::StatusOr<WorkerStepResult> RemoteStepRunner::Step(const WorkerStep& step) 
     for (uint64_t id : step.end) orphans_.push_back(id);
     live_.clear();
   };
+  std::lock_guard<std::mutex> lock(mu_);
+  ApplyReplacements();
   if (broken_) {
     if (absl::Status st = Resync(); !st.ok()) {
       abandon();
+      SetLastCheck(st);
       return st;
+    }
+  }
+  // A group formed again (by CheckWorkers, between steps) has lost the sequences of the one before.
+  for (const SequenceDecode& d : step.decode) {
+    if (!live_.count(d.id)) {
+      abandon();
+      return absl::UnavailableError(absl::StrFormat(
+          "sequence %d was lost: the worker group was formed again (a worker restarted) while it ran", d.id));
     }
   }
   v1::StepRequest req;
@@ -212,10 +381,8 @@ absl::StatusOr<WorkerStepResult> RemoteStepRunner::Step(const WorkerStep& step) 
   const int n = static_cast<int>(ranks_.size());
   std::vector<v1::StepResult> responses(n);
   const size_t expected = step.start.size() + step.decode.size();
-  absl::Status st = ForAllRanks([&](int rank) -> absl::Status {
-    grpc::ClientContext ctx;
-    Prepare(&ctx, options_.step_timeout_ms);
-    const grpc::Status s = ranks_[rank].stub->Step(&ctx, req, &responses[rank]);
+  absl::Status st = ForAllRanks(options_.step_timeout_ms, [&](int rank, grpc::ClientContext* ctx) -> absl::Status {
+    const grpc::Status s = ranks_[rank].stub->Step(ctx, req, &responses[rank]);
     if (!s.ok()) {
       absl::Status e = RpcError(s, rank, absl::StrFormat("step %d", req.step_id()));
       // A rank that failed leaves the group out of step: every failure of a group is UNAVAILABLE.
@@ -233,11 +400,13 @@ absl::StatusOr<WorkerStepResult> RemoteStepRunner::Step(const WorkerStep& step) 
     // It may or may not have run (on some ranks): ask first.
     if (n > 1 || st.code() == absl::StatusCode::kUnavailable || st.code() == absl::StatusCode::kInternal) {
       broken_ = true;
+      SetLastCheck(st);  // not ready until a check or step resynchronizes
     }
     abandon();
     return st;
   }
   ++next_step_id_;
+  last_step_ok_ = std::chrono::steady_clock::now();
   orphans_.clear();
   for (uint64_t id : step.end) live_.erase(id);
   const v1::StepResult& resp = responses[0];
@@ -248,6 +417,7 @@ absl::StatusOr<WorkerStepResult> RemoteStepRunner::Step(const WorkerStep& step) 
       if (a.seq_id() != b.seq_id() || a.slot_map_hash() != b.slot_map_hash() || a.error_code() != b.error_code()) {
         broken_ = true;
         abandon();
+        SetLastCheck(absl::UnavailableError("the ranks diverged at the latest step"));
         return absl::InternalError(absl::StrFormat(
             "step %d: sequence %d: rank %d (%s) diverged from rank 0 (%s): slot map hash %x vs %x, error %d vs %d",
             req.step_id(), a.seq_id(), rank, ranks_[rank].address, ranks_[0].address, b.slot_map_hash(),
@@ -279,7 +449,9 @@ absl::StatusOr<WorkerStepResult> RemoteStepRunner::Step(const WorkerStep& step) 
     }
     out.sequences.push_back(std::move(r));
   }
+  out.kv_slots_used = resp.kv_slots_used();  // rank 0's: every rank holds the same slot map
   out.step_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  SetLastCheck(absl::OkStatus());
   return out;
 }
 

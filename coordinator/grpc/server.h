@@ -1,11 +1,17 @@
 // adore-server's core, usable in-process (tests, embedding): loads the model, creates the engine, the
 // scheduler over an embedded worker, the AdoreService and the standard health service, and serves gRPC;
-// optionally also the OpenAI-compatible HTTP API with /health and /metrics over the same scheduler.
+// optionally also the OpenAI-compatible HTTP API with /health and /metrics over the same scheduler. Over
+// worker processes, a monitor thread keeps the health services' readiness true to the workers' state and
+// recovers a broken group (docs/RELIABILITY.md, "Faults").
 #pragma once
 
+#include <atomic>
+#include <condition_variable>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
@@ -25,7 +31,11 @@ struct ServerOptions {
   std::string listen = "127.0.0.1";      // address to bind; 127.0.0.1 unless asked otherwise
   int port = 50051;                      // 0 = pick a free port (see EmbeddedServer::port)
   std::string backend = "cpu";           // cpu or cuda
-  int embedded_workers = 1;              // tensor-parallel ranks run in-process (only 1 is built so far)
+  // Tensor-parallel ranks run in this process. 1: one engine driven directly. N > 1: N worker actors
+  // (worker/grpc/WorkerServer, rank r on device r with the cuda backend) on loopback ports with a random
+  // shared secret, driven exactly like external workers (Gloo over TCP on 127.0.0.1 for cpu, NCCL for
+  // cuda); not with `workers` or `expect_workers`.
+  int embedded_workers = 1;
   int64_t kv_rows = 0;                   // KV pool rows; 0 = 8 x the model's context (cpu) / memory budget (cuda)
   int64_t max_batch = 64;
   std::string controller;                // ADORE controller file; empty or missing = no adore policy
@@ -45,19 +55,42 @@ struct ServerOptions {
   // With expect_workers: called on Start's thread once the server listens for registrations, with its
   // address (adore-server prints it; a test started with port 0 learns the port from it).
   std::function<void(const std::string& address)> on_waiting_for_workers;
+  // External workers: how often the readiness monitor checks them (RemoteStepRunner::CheckWorkers). While
+  // they cannot take steps (a worker died or is being loaded again) grpc.health.v1 answers NOT_SERVING for
+  // "" and adore.v1.Adore and /health 503; a broken group is recovered by these checks (a restarted worker
+  // is loaded again, a tensor-parallel group formed again), after which both serve again. The health
+  // service "liveness" answers SERVING throughout (for liveness probes: restarting the coordinator would
+  // not bring a worker back).
+  int64_t worker_check_interval_ms = 250;
   // The OpenAI-compatible HTTP API, /health and /metrics (coordinator/http/http_server.h) on `listen`:
   // -1 = off, 0 = any free port (see EmbeddedServer::http_port).
   int http_port = -1;
   std::string served_model_name;         // the model's id on the HTTP API; empty = the model path's stem
   ServiceDefaults defaults;
+  // TLS on the gRPC port and on the HTTP API: PEM files of the certificate chain and its private key, both
+  // or neither (INVALID_ARGUMENT); NOT_FOUND / INVALID_ARGUMENT naming the file when one cannot be read or
+  // does not hold what it should. Not with expect_workers (adore-worker registers in plaintext).
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // Bearer token that every adore.v1.Adore call (metadata "authorization: Bearer <token>") and every HTTP
+  // route but /health must carry, else UNAUTHENTICATED / 401. grpc.health.v1 stays open, and
+  // adore.v1.Coordinator (registrations) is guarded by worker_secret instead. Empty: no authentication.
+  std::string auth_token;
+  // sha256 of the model file (64 hex digits; a directory as common/sha256.h hashes it): checked before
+  // the model is loaded, a mismatch fails Start with FAILED_PRECONDITION naming both digests; external
+  // workers are asked to check it too (LoadRequest.expected_sha256). Reported in ModelInfo.model_sha256.
+  // Empty: no check.
+  std::string model_sha256;
 };
 
 class AdoreGate;  // server.cc: adore.v1.Adore answering UNAVAILABLE until the service behind it exists
+class RemoteStepRunner;
+class WorkerServer;  // worker/grpc/worker_service.h: the embedded ranks when embedded_workers > 1
 
 class EmbeddedServer {
  public:
   // Everything up and serving, or the first error (NOT_FOUND model, INVALID_ARGUMENT option,
-  // UNAVAILABLE when the address cannot be bound, UNIMPLEMENTED for more than one embedded worker,
+  // UNAVAILABLE when the address cannot be bound,
   // DEADLINE_EXCEEDED when expect_workers did not all register in time). With expect_workers it blocks
   // while the workers register.
   static absl::StatusOr<std::unique_ptr<EmbeddedServer>> Start(const ServerOptions& options);
@@ -79,11 +112,16 @@ class EmbeddedServer {
   absl::Status Listen(const std::vector<grpc::Service*>& services);
   // expect_workers: serves the registration, waits for every rank, returns their addresses in rank order.
   absl::StatusOr<std::vector<std::string>> WaitForWorkers();
+  // External workers: sets readiness (grpc.health.v1, /health) from RemoteStepRunner::CheckWorkers every
+  // worker_check_interval_ms until Shutdown, logging each change.
+  void MonitorWorkers();
   ServerOptions options_;
+  std::string tls_cert_pem_, tls_key_pem_;  // read from options_.tls_*_file; empty: plaintext
   std::unique_ptr<AdoreController> controller_;
   std::unique_ptr<Tokenizer> tokenizer_;
   ModelConfig model_config_;  // what the HTTP API serves
   std::unique_ptr<Engine> engine_;
+  std::vector<std::unique_ptr<WorkerServer>> embedded_workers_;  // embedded_workers > 1; rank order
   std::unique_ptr<StepRunner> runner_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<AdoreService> service_;
@@ -96,6 +134,12 @@ class EmbeddedServer {
   std::unique_ptr<http::HttpServer> http_;
   int port_ = 0;
   bool shut_down_ = false;
+  // The runner when it drives worker processes (else null): registrations replacing a rank reach it here.
+  std::atomic<RemoteStepRunner*> remote_{nullptr};
+  std::mutex monitor_mu_;
+  std::condition_variable monitor_cv_;
+  bool monitor_stop_ = false;  // under monitor_mu_
+  std::thread monitor_;        // MonitorWorkers; joined first by Shutdown
 };
 
 }  // namespace adore

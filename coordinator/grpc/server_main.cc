@@ -2,6 +2,7 @@
 // grpc.health.v1 on 127.0.0.1 by default, and with --http_port the OpenAI-compatible HTTP API and metrics.
 // External workers (adore-worker) are either listed (--workers host:port,... in rank order) or register
 // themselves (--expect_workers N: adore.v1.Coordinator on the same port, adore-worker --coordinator).
+// Security (docs/RELIABILITY.md): --tls_cert_file/--tls_key_file, --auth_token_file, --model_sha256.
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -13,6 +14,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_split.h"
+#include "common/security.h"
 #include "coordinator/grpc/server.h"
 
 ABSL_FLAG(std::string, model, "models/SmolLM2-135M-Instruct.Q4_1.gguf", "GGUF file or HF checkpoint directory, or synthetic:<shape>[:<max_context>] (random weights of "
@@ -20,7 +22,7 @@ ABSL_FLAG(std::string, model, "models/SmolLM2-135M-Instruct.Q4_1.gguf", "GGUF fi
 ABSL_FLAG(std::string, listen, "127.0.0.1", "address to listen on (0.0.0.0 to accept remote clients)");
 ABSL_FLAG(int32_t, port, 50051, "port; 0 = any free port (printed at start)");
 ABSL_FLAG(std::string, backend, "cpu", "engine: cpu or cuda");
-ABSL_FLAG(int32_t, embedded_workers, 1, "tensor-parallel workers run in this process (1 today)");
+ABSL_FLAG(int32_t, embedded_workers, 1, "tensor-parallel ranks run in this process: 1 = one engine; N > 1 = N worker actors on loopback (Gloo for cpu, NCCL over devices 0..N-1 for cuda)");
 ABSL_FLAG(int64_t, kv_rows, 0, "KV pool rows (tokens over all sequences); 0 = 8 x context (cpu), memory budget (cuda)");
 ABSL_FLAG(int64_t, max_batch, 64, "sequences per step");
 ABSL_FLAG(std::string, controller, "tools/adore/controller.bin", "ADORE controller (adore policy available if it loads)");
@@ -38,6 +40,14 @@ ABSL_FLAG(std::string, worker_secret_file, "", "file holding the workers' shared
           "--expect_workers: sent to the workers, and required of registrations)");
 ABSL_FLAG(int32_t, http_port, -1, "OpenAI-compatible HTTP API, /health and /metrics on --listen at this port; "
           "-1 = off, 0 = any free port (printed at start)");
+ABSL_FLAG(std::string, tls_cert_file, "", "PEM certificate chain: serve gRPC (and the HTTP API) over TLS; needs "
+          "--tls_key_file");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file");
+ABSL_FLAG(std::string, auth_token_file, "", "file holding a bearer token (trailing whitespace stripped): every "
+          "adore.v1.Adore call and every HTTP route but /health must send \"authorization: Bearer <token>\"; "
+          "grpc.health.v1 stays open");
+ABSL_FLAG(std::string, model_sha256, "", "sha256 of the model file (64 hex digits): refuse to start when the file "
+          "differs (external workers check it too); empty = no check");
 ABSL_FLAG(std::string, served_model_name, "", "the model's id on the HTTP API (\"model\" field, /v1/models); "
           "empty = the model path's file name without extension");
 
@@ -81,6 +91,17 @@ int main(int argc, char** argv) {
     ss << in.rdbuf();
     o.worker_secret = std::string(absl::StripAsciiWhitespace(ss.str()));
   }
+  o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  o.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  o.model_sha256 = absl::GetFlag(FLAGS_model_sha256);
+  if (const std::string f = absl::GetFlag(FLAGS_auth_token_file); !f.empty()) {
+    absl::StatusOr<std::string> token = adore::ReadTokenFile(f);
+    if (!token.ok()) {
+      std::fprintf(stderr, "adore-server: --auth_token_file: %s\n", std::string(token.status().message()).c_str());
+      return 2;
+    }
+    o.auth_token = *std::move(token);
+  }
   auto kind = adore::ParsePolicyKind(absl::GetFlag(FLAGS_default_policy));
   if (!kind.ok()) {
     std::fprintf(stderr, "adore-server: --default_policy: %s\n", std::string(kind.status().message()).c_str());
@@ -93,16 +114,22 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "adore-server: warning: accepting worker registrations on %s without a secret "
                          "(--worker_secret_file)\n", o.listen.c_str());
   }
+  if (o.auth_token.empty() && o.listen != "127.0.0.1" && o.listen != "localhost" && o.listen != "::1") {
+    std::fprintf(stderr, "adore-server: warning: serving on %s without authentication (--auth_token_file)\n",
+                 o.listen.c_str());
+  }
   std::fprintf(stderr, "adore-server: loading %s on %s ...\n", o.model.c_str(), o.backend.c_str());
   auto server = adore::EmbeddedServer::Start(o);
   if (!server.ok()) {
     std::fprintf(stderr, "adore-server: %s\n", server.status().ToString().c_str());
     return 1;
   }
-  std::printf("adore-server: serving adore.v1.Adore and grpc.health.v1 on %s\n", (*server)->address().c_str());
+  const bool tls = !o.tls_cert_file.empty();
+  std::printf("adore-server: serving adore.v1.Adore and grpc.health.v1%s%s on %s\n", tls ? " over TLS" : "",
+              o.auth_token.empty() ? "" : " (bearer token required)", (*server)->address().c_str());
   if ((*server)->http_port() >= 0) {
-    std::printf("adore-server: serving HTTP (OpenAI-compatible /v1, /health, /metrics) on http://%s:%d\n",
-                o.listen.c_str(), (*server)->http_port());
+    std::printf("adore-server: serving HTTP (OpenAI-compatible /v1, /health, /metrics) on %s://%s:%d\n",
+                tls ? "https" : "http", o.listen.c_str(), (*server)->http_port());
   }
   std::fflush(stdout);
   std::signal(SIGINT, OnSignal);

@@ -9,9 +9,12 @@
 #include <ctime>
 #include <deque>
 #include <mutex>
+#include <optional>
+#include <string_view>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/security.h"
 #include "coordinator/http/openai.h"
 
 namespace adore::http {
@@ -215,8 +218,20 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   // cpp-httplib writes with send() and no MSG_NOSIGNAL: a client that disconnects mid-response would raise
   // SIGPIPE and kill the process. Writes then fail with EPIPE instead, which ends (and cancels) the stream.
   std::signal(SIGPIPE, SIG_IGN);
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("http: tls_cert_file, tls_key_file: give both (HTTPS) or neither (HTTP)");
+  }
   std::unique_ptr<HttpServer> s(new HttpServer(options, scheduler, tokenizer, config, defaults));
-  s->server_ = std::make_unique<httplib::Server>();
+  if (options.tls_cert_file.empty()) {
+    s->server_ = std::make_unique<httplib::Server>();
+  } else {
+    auto tls = std::make_unique<httplib::SSLServer>(options.tls_cert_file.c_str(), options.tls_key_file.c_str());
+    if (!tls->is_valid()) {
+      return absl::InvalidArgumentError(absl::StrFormat("http: cannot serve HTTPS with the certificate %s and key %s",
+                                                        options.tls_cert_file, options.tls_key_file));
+    }
+    s->server_ = std::move(tls);
+  }
   httplib::Server& srv = *s->server_;
   const size_t threads = static_cast<size_t>(std::max(4, options.threads));
   srv.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
@@ -279,6 +294,22 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
     }
     SendError(res, absl::InternalError(what));
   });
+  // The bearer token, before routing: an unauthenticated caller learns nothing but 401 (not even which
+  // routes exist). /health stays open for probes.
+  if (!options.auth_token.empty()) {
+    srv.set_pre_routing_handler([self](const httplib::Request& req, httplib::Response& res) {
+      if (req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
+      const bool sent = req.has_header(kAuthorizationKey);  // header names are case-insensitive here
+      const std::string header = sent ? req.get_header_value(kAuthorizationKey) : std::string();
+      std::optional<std::string_view> value;
+      if (sent) value.emplace(header);
+      const absl::Status st = CheckBearerAuthorization(value, self->options_.auth_token);
+      if (st.ok()) return httplib::Server::HandlerResponse::Unhandled;
+      res.set_header("WWW-Authenticate", "Bearer");
+      SendError(res, ApiError{401, "invalid_request_error", std::string(st.message()), "", "invalid_api_key"});
+      return httplib::Server::HandlerResponse::Handled;
+    });
+  }
   srv.set_logger([self](const httplib::Request& req, const httplib::Response& res) {
     self->requests_.Add(RouteLabel(req.path), res.status);
   });

@@ -4,6 +4,7 @@
 //   GET  /v1/models, /v1/models/{id}                  the served model
 //   GET  /health                                      200 while serving, 503 otherwise
 //   GET  /metrics                                     Prometheus text exposition (coordinator/http/metrics.h)
+// Optionally over TLS (HTTPS, cpp-httplib's SSLServer) and with a bearer token on everything but /health.
 // A client that disconnects from a stream has its request cancelled (its KV freed at the next step); a
 // non-streaming request runs to its end. docs/HTTP.md has the fields, errors and metric names.
 #pragma once
@@ -34,12 +35,18 @@ struct HttpServerOptions {
   std::string model_id;    // the model's name in /v1/models and in every response
   int threads = 16;        // connections served at once (each stream holds one for its duration)
   int64_t kv_rows = 0;     // the scheduler's KV budget (adore_kv_slots_free)
+  // HTTPS: PEM files of the certificate chain and its key, both or neither (plaintext HTTP).
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // Non-empty: every route but /health answers 401 (an OpenAI-style error body, WWW-Authenticate: Bearer)
+  // unless the request has the header "Authorization: Bearer <auth_token>".
+  std::string auth_token;
 };
 
 class HttpServer {
  public:
-  // Binds and starts serving; UNAVAILABLE when the address cannot be bound. `scheduler`, `tokenizer` and
-  // `config` must outlive the server.
+  // Binds and starts serving; UNAVAILABLE when the address cannot be bound, INVALID_ARGUMENT when the TLS
+  // files do not load. `scheduler`, `tokenizer` and `config` must outlive the server.
   static absl::StatusOr<std::unique_ptr<HttpServer>> Start(const HttpServerOptions& options, Scheduler& scheduler,
                                                            const Tokenizer& tokenizer, const ModelConfig& config,
                                                            const ServiceDefaults& defaults);

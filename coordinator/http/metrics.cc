@@ -109,9 +109,12 @@ std::string RenderMetrics(const SchedulerStats& s, const MetricsContext& c) {
   scalar("adore_batch_size", "gauge", "Sequences in the latest step.", static_cast<double>(s.batch_size));
   scalar("adore_requests_running", "gauge", "Requests admitted to the running batch.", static_cast<double>(s.active));
   scalar("adore_queue_length", "gauge", "Requests waiting for admission.", static_cast<double>(s.queued));
-  scalar("adore_kv_slots_used", "gauge", "KV slots reserved by admitted requests.",
+  scalar("adore_kv_slots_used", "gauge", "KV slots the running sequences hold after the latest step.",
+         static_cast<double>(s.kv_slots_used));
+  scalar("adore_kv_slots_free", "gauge", "KV slots no sequence holds.", static_cast<double>(c.kv_rows - s.kv_slots_used));
+  scalar("adore_kv_slots_reserved", "gauge",
+         "KV slots admission sets aside for the running requests (prompt + max_tokens, or the kv_budget).",
          static_cast<double>(s.kv_rows_reserved));
-  scalar("adore_kv_slots_free", "gauge", "KV slots not reserved.", static_cast<double>(c.kv_rows - s.kv_rows_reserved));
   scalar("adore_tokens_released_total", "counter", "Tokens whose KV slots the release policies freed.",
          static_cast<double>(s.tokens_released));
   scalar("adore_tokens_rebuilt_total", "counter", "Released tokens recomputed into the KV cache.",

@@ -149,14 +149,23 @@ TEST_F(SchedulerTest, CancelMidStreamEndsTheRequestAndFreesItsKv) {
   });
   ASSERT_TRUE(id.ok()) << id.status();
   while (deltas < 3) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  // Mid-stream the sequence holds its prompt and the tokens so far (what the runner reports), far less
+  // than admission reserved for it (prompt + 400).
+  const SchedulerStats during = scheduler.stats();
+  EXPECT_GT(during.kv_slots_used, static_cast<int64_t>(r.prompt.size()));
+  EXPECT_LT(during.kv_slots_used, during.kv_rows_reserved);
+  EXPECT_EQ(during.kv_rows_reserved, static_cast<int64_t>(r.prompt.size()) + 400);
   scheduler.Cancel(*id);
   ASSERT_TRUE(got.Wait(60));
   EXPECT_EQ(got.final_event.status.code(), absl::StatusCode::kCancelled);
   EXPECT_EQ(got.final_event.finish_reason, "cancelled");
-  for (int i = 0; i < 200 && (scheduler.stats().kv_rows_reserved != 0 || runner.executor().num_sequences() != 0); ++i) {
+  for (int i = 0; i < 200 && (scheduler.stats().kv_rows_reserved != 0 || scheduler.stats().kv_slots_used != 0 ||
+                              runner.executor().num_sequences() != 0);
+       ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_EQ(scheduler.stats().kv_rows_reserved, 0);
+  EXPECT_EQ(scheduler.stats().kv_slots_used, 0);  // the runner freed the slots (the step after the cancel)
   EXPECT_EQ(runner.executor().num_sequences(), 0);
   EXPECT_EQ(scheduler.stats().cancelled, 1);
 }

@@ -1,9 +1,11 @@
 // adore-loadgen's core (tools/loadgen.h) against an in-process adore-server on 127.0.0.1 (CPU engine):
 // every request of a concurrent run is timed and counted, the JSON row carries the bench/results fields,
-// the release settings reach the server, server-side failures are counted with their gRPC codes, and a
-// run that cannot start says why; against a scripted server, the protocol faults a real one should never
+// the release settings reach the server, server-side failures are counted with their gRPC codes, rounds
+// repeat the requests with figures (and the server's memory) per round, and a run that cannot start says why; against a scripted server, the protocol faults a real one should never
 // commit are errors, not hangs.
 #include "tools/loadgen.h"
+
+#include <unistd.h>
 
 #include <grpcpp/grpcpp.h>
 
@@ -176,6 +178,58 @@ TEST_F(LoadgenTest, DeadlineEndsStreamsAsErrors) {
   ASSERT_TRUE(report.ok()) << report.status();
   EXPECT_EQ(report->errors, 2);
   for (const RequestRecord& rec : report->records) EXPECT_EQ(rec.code, grpc::StatusCode::DEADLINE_EXCEEDED);
+}
+
+// Rounds send the same requests again (greedy: the same tokens), with figures per round and, given the
+// server's pid (here this process's), its resident memory and threads after each round.
+TEST_F(LoadgenTest, RoundsRepeatTheRequestsAndReadTheServersMemory) {
+  LoadOptions o = Options();
+  o.requests = 3;
+  o.concurrency = 3;
+  o.max_tokens = 4;
+  o.rounds = 2;
+  o.server_pid = ::getpid();
+  o.rss_settle_s = 0.0;  // this process's threads come and go with the test's
+  o.keep_output = true;
+  auto report = loadgen::RunLoad(o);
+  ASSERT_TRUE(report.ok()) << report.status();
+  const LoadReport& r = *report;
+  EXPECT_EQ(r.requests, 6);
+  EXPECT_EQ(r.ok, 6);
+  ASSERT_EQ(r.records.size(), 6u);
+  ASSERT_EQ(r.rounds.size(), 2u);
+  EXPECT_GT(r.server_rss_kb_after_warmup, 0);
+  for (int round = 0; round < 2; ++round) {
+    EXPECT_EQ(r.rounds[round].round, round + 1);
+    EXPECT_EQ(r.rounds[round].ok, 3);
+    EXPECT_GT(r.rounds[round].server_rss_kb, 0);
+    EXPECT_GT(r.rounds[round].server_threads, 0);
+    EXPECT_EQ(r.rounds[round].ttft_ms.count, 3);
+  }
+  for (int i = 0; i < 3; ++i) {
+    const RequestRecord &first = r.records[i], &second = r.records[3 + i];
+    EXPECT_EQ(first.round, 1);
+    EXPECT_EQ(second.round, 2);
+    EXPECT_EQ(second.index, i);
+    EXPECT_FALSE(first.tokens.empty());
+    EXPECT_EQ(first.output_tokens, static_cast<int64_t>(first.tokens.size()));
+    EXPECT_EQ(first.tokens, second.tokens) << "request " << i;
+    EXPECT_EQ(first.text, second.text) << "request " << i;
+  }
+  EXPECT_NEAR(r.wall_s, r.rounds[0].wall_s + r.rounds[1].wall_s, 1e-9);
+  const nlohmann::json row = loadgen::ReportRow(o, r, "");
+  EXPECT_EQ(row["rounds"], 2);
+  EXPECT_EQ(row["requests_per_round"], 3);
+  ASSERT_EQ(row["per_round"].size(), 2u);
+  EXPECT_EQ(row["per_round"][1]["ok"], 3);
+  EXPECT_TRUE(row["per_round"][1]["server_rss_kb"].is_number());
+  EXPECT_NE(loadgen::FormatSummary(o, r).find("round 2"), std::string::npos);
+
+  EXPECT_EQ(loadgen::ReadProcessStatus(-1).status().code(), absl::StatusCode::kNotFound);
+  o.rounds = 0;
+  auto bad = loadgen::RunLoad(o);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(bad.status().message().rfind("rounds:", 0), 0u) << bad.status();
 }
 
 TEST_F(LoadgenTest, RunsThatCannotStartSayWhy) {

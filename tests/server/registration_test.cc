@@ -1,6 +1,7 @@
 // Worker registration (coordinator/grpc/registry.h, proto/adore/v1/coordinator.proto): the registry's rank
 // assignment (a requested rank when free, else the lowest free one), refusals (a held rank, a full group,
-// malformed requests, another backend), idempotent retries, the wait for the whole group and its timeout;
+// malformed requests, another backend), idempotent retries and quiet renewals, a new address taking over the
+// rank of a worker that does not answer, the wait for the whole group and its timeout;
 // the Coordinator service's shared-secret check over gRPC; and an EmbeddedServer with expect_workers
 // serving registrations (not ready meanwhile), then generating through the registered worker.
 // The multi-process path (adore-server --expect_workers 2 and two adore-worker --coordinator processes,
@@ -163,6 +164,74 @@ TEST(WorkerRegistryTest, RefusesRegistrationsBeyondTheGroup) {
   auto a = reg.Register(Req("a:1"), "");
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_EQ(a->rank(), 0);
+}
+
+// A worker restarted at a new address (adore-worker --port 0 --coordinator) gets back the rank of the one
+// that no longer answers; a rank whose worker answers is not given away.
+TEST(WorkerRegistryTest, ACompleteGroupGivesANewAddressTheRankOfAWorkerThatDoesNotAnswer) {
+  Logged log;
+  std::vector<std::pair<int, std::string>> probed, replaced;
+  WorkerRegistryOptions o{.world_size = 2, .log = log.Sink()};
+  o.is_alive = [&](int rank, const std::string& address) {
+    probed.emplace_back(rank, address);
+    return address != "b:1";  // rank 1's worker is gone
+  };
+  o.on_replaced = [&](int rank, const std::string& address) { replaced.emplace_back(rank, address); };
+  WorkerRegistry reg(std::move(o));
+  ASSERT_TRUE(reg.Register(Req("a:1"), "").ok());
+  ASSERT_TRUE(reg.Register(Req("b:1"), "").ok());
+  EXPECT_TRUE(probed.empty()) << "nobody is probed while ranks are free";
+  // Asking for rank 0, whose worker answers: refused, and nothing changes.
+  auto taken = reg.Register(Req("c:1", 0), "");
+  EXPECT_EQ(taken.status().code(), absl::StatusCode::kResourceExhausted) << taken.status();
+  EXPECT_NE(taken.status().message().find("every registered worker of rank 0 answers"), std::string::npos)
+      << taken.status();
+  EXPECT_TRUE(replaced.empty());
+  // Any rank: rank 1's worker does not answer, so c:1 takes rank 1.
+  auto c = reg.Register(Req("c:1"), "");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rank(), 1);
+  EXPECT_EQ(c->registered(), 2);
+  EXPECT_FALSE(c->known());
+  EXPECT_EQ(c->message(), "worker c:1 replaces rank 1's, which does not answer (2/2 registered)");
+  ASSERT_EQ(replaced.size(), 1u);
+  EXPECT_EQ(replaced[0], std::make_pair(1, std::string("c:1")));
+  auto all = reg.WaitForAll(absl::Seconds(1));
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ(*all, (std::vector<std::string>{"a:1", "c:1"}));
+  // c:1 is registered now: its repeats are answered without a probe.
+  probed.clear();
+  auto again = reg.Register(Req("c:1"), "");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->rank(), 1);
+  EXPECT_TRUE(again->known());
+  EXPECT_TRUE(probed.empty());
+  // Every worker answers: a newcomer is refused.
+  auto d = reg.Register(Req("d:1"), "");
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kResourceExhausted) << d.status();
+}
+
+// A registered worker renews its registration every second or so: answered as a repeat, without a log line;
+// a renewal reaching a coordinator that does not know it (restarted) is a new registration.
+TEST(WorkerRegistryTest, RenewalsOfAHeldRegistrationAreAnsweredQuietly) {
+  Logged log;
+  WorkerRegistry reg({.world_size = 2, .log = log.Sink()});
+  v1::RegisterWorkerRequest renewal = Req("a:1", 1);
+  renewal.set_renewal(true);
+  auto first = reg.Register(renewal, "");  // e.g. the coordinator was restarted since a:1 registered
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_FALSE(first->known());
+  EXPECT_EQ(first->rank(), 1);
+  ASSERT_EQ(log.lines.size(), 1u);
+  for (int i = 0; i < 3; ++i) {
+    auto r = reg.Register(renewal, "");
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_TRUE(r->known());
+    EXPECT_EQ(r->rank(), 1);
+  }
+  EXPECT_EQ(log.lines.size(), 1u) << "renewals are not logged";
+  ASSERT_TRUE(reg.Register(Req("a:1", 1), "").ok());  // a plain repeat (a retry) is
+  EXPECT_EQ(log.lines.size(), 2u);
 }
 
 TEST(WorkerRegistryTest, RefusesMalformedRequestsNamingTheField) {

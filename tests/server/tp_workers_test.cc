@@ -2,6 +2,8 @@
 // ephemeral ports, the coordinator (EmbeddedServer) over them as ranks 0..2 of SmolLM2 (9 heads, 3 KV heads).
 // Greedy generation, requests under heavy_hitter and adore (rebuild 4) with a budget below their prompt, equals the single-process
 // engine's own; two ranks (which do not divide 9 heads) are refused with INVALID_ARGUMENT naming num_heads.
+// The same group as embedded workers (ServerOptions::embedded_workers = 3: the server starts the ranks
+// itself) generates the same tokens.
 #include <grpcpp/grpcpp.h>
 
 #include <memory>
@@ -129,6 +131,66 @@ TEST(TpWorkersTest, ThreeRanksGenerateWhatOneEngineDoes) {
   }
   server->reset();
   workers.clear();
+}
+
+TEST(TpWorkersTest, ThreeEmbeddedRanksGenerateWhatOneEngineDoes) {
+  if (!testing::ModelAvailable()) GTEST_SKIP() << "model not fetched: run tools/fetch-model.sh";
+  ServerOptions o = Options({});
+  o.worker_secret.clear();
+  o.embedded_workers = 3;
+  auto server = EmbeddedServer::Start(o);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::Adore::NewStub(grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
+  auto controller = AdoreController::Load(o.controller);
+  ASSERT_TRUE(controller.ok()) << controller.status();
+  auto weights = LoadModelWeights(testing::ModelPath());
+  ASSERT_TRUE(weights.ok());
+  auto tok = Tokenizer::Create(weights->tokenizer);
+  ASSERT_TRUE(tok.ok());
+  auto engine = CpuEngine::Create(*std::move(weights), {.kv_rows = 2048});
+  ASSERT_TRUE(engine.ok());
+  std::string long_text;
+  for (int i = 0; i < 3; ++i) long_text += "It was a bright cold day in April, and the clocks were striking thirteen. ";
+  for (const Case& c : std::vector<Case>{{"The quick brown fox", 12}, {long_text, 10, PolicyKind::kAdore}}) {
+    ReleaseConfig release;
+    v1::GenerateRequest req;
+    req.set_text(c.text);
+    req.mutable_sampling()->set_max_tokens(c.max_tokens);
+    req.mutable_sampling()->set_temperature(0.0f);
+    if (c.policy == PolicyKind::kAdore) {
+      release = {.kind = c.policy, .kv_budget = 32, .rebuild = 4, .controller = controller->get()};
+      req.mutable_release()->set_policy(PolicyToProto(c.policy));
+      req.mutable_release()->set_kv_budget(32);
+      req.mutable_release()->set_rebuild(4);
+    }
+    const std::vector<int32_t> expected = testing::ReferenceGreedy(**engine, **tok, c.text, c.max_tokens, release);
+    const testing::StreamResult got = testing::ReadGenerate(*stub, req, /*deadline_ms=*/60000);
+    ASSERT_TRUE(got.status.ok()) << got.status.error_message();
+    EXPECT_EQ(got.tokens, expected) << c.text.substr(0, 20);
+    if (c.policy == PolicyKind::kAdore) EXPECT_GT(got.done.adore().tokens_released(), 0);
+  }
+  v1::GetModelInfoRequest mreq;
+  v1::ModelInfo info;
+  grpc::ClientContext mctx;
+  ASSERT_TRUE(stub->GetModelInfo(&mctx, mreq, &info).ok());
+  EXPECT_EQ(info.backend(), v1::BACKEND_CPU);
+}
+
+TEST(TpWorkersTest, EmbeddedWorkersOptionsAreChecked) {
+  ServerOptions o;
+  o.model = "unused";
+  o.port = 0;
+  o.embedded_workers = 0;
+  auto bad = EmbeddedServer::Start(o);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("embedded_workers"), std::string::npos) << bad.status();
+  o.embedded_workers = 2;
+  o.workers = {"127.0.0.1:1"};
+  bad = EmbeddedServer::Start(o);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("embedded_workers"), std::string::npos) << bad.status();
 }
 
 TEST(TpWorkersTest, TwoRanksAreRefusedNamingNumHeads) {

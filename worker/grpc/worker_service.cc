@@ -11,6 +11,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "common/model_weights.h"
+#include "common/security.h"
+#include "common/sha256.h"
 #include "common/synthetic_model.h"
 #include "worker/comm/gloo_communicator.h"
 #include "worker/cpu_engine.h"
@@ -34,17 +36,6 @@ grpc::Status Invalid(const std::string& message) { return Err(grpc::StatusCode::
 grpc::Status FromAbsl(const absl::Status& st, const std::string& prefix = "") {
   if (st.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(st.code()), prefix + std::string(st.message()));
-}
-
-bool ConstantTimeEquals(const std::string& a, const std::string& b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  const size_t n = std::max(a.size(), b.size());
-  for (size_t i = 0; i < n; ++i) {
-    const unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
-    const unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
-    diff |= x ^ y;
-  }
-  return diff == 0;
 }
 
 absl::StatusOr<PolicyKind> FromProto(v1::Policy p) {
@@ -212,13 +203,26 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
   if (r.cpu_threads() < 0 || r.cpu_threads() > 4096) {
     return Invalid(absl::StrFormat("cpu_threads: %d is not in [0, 4096]", r.cpu_threads()));
   }
+  // The digest the file must have: the request's, and this worker's own pin (--model_sha256), which wins.
+  std::string expected_sha256;
   if (!r.expected_sha256().empty()) {
     bool hex = r.expected_sha256().size() == 64;
     for (char ch : r.expected_sha256()) hex = hex && ((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f'));
     if (!hex) return Invalid("expected_sha256: must be 64 lower-case hex digits");
-    return Err(grpc::StatusCode::UNIMPLEMENTED, "expected_sha256: model hashing is not built yet (leave it empty)");
+    expected_sha256 = r.expected_sha256();
+  }
+  if (!options_.model_sha256.empty()) {
+    if (!expected_sha256.empty() && expected_sha256 != options_.model_sha256) {
+      return Err(grpc::StatusCode::FAILED_PRECONDITION,
+                 absl::StrFormat("expected_sha256: the coordinator expects %s, this worker only loads %s "
+                                 "(its --model_sha256)", expected_sha256, options_.model_sha256));
+    }
+    expected_sha256 = options_.model_sha256;
   }
   const bool synthetic = IsSyntheticModel(r.model_path());
+  if (synthetic && !expected_sha256.empty()) {
+    return Invalid(absl::StrFormat("expected_sha256: %s has no file to hash", r.model_path()));
+  }
   if (synthetic) {
     if (r.backend() != v1::BACKEND_CUDA) {
       return Invalid(absl::StrFormat("model_path: %s (random weights generated on the GPU) needs BACKEND_CUDA",
@@ -244,6 +248,12 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
     health_.set_error(st.error_message());
     return st;
   };
+  std::string model_sha256;  // computed when checked
+  if (!expected_sha256.empty()) {
+    absl::StatusOr<std::string> digest = VerifyModelSha256(r.model_path(), expected_sha256);
+    if (!digest.ok()) return fail_load(FromAbsl(digest.status(), "expected_sha256: "));
+    model_sha256 = *std::move(digest);
+  }
   std::unique_ptr<AdoreController> controller;
   if (!r.controller_path().empty()) {
     auto c = AdoreController::Load(r.controller_path());
@@ -347,6 +357,7 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
   m->set_num_kv_heads(static_cast<int32_t>(config.num_kv_heads));
   m->set_tensor_parallel_size(r.tp_size());
   m->set_backend(backend);
+  m->set_model_sha256(model_sha256);
   *m->mutable_default_release() = r.default_release();
   for (v1::Policy p : {v1::POLICY_FULL, v1::POLICY_WINDOW, v1::POLICY_HEAVY_HITTER}) m->add_available_policies(p);
   if (controller_ != nullptr) m->add_available_policies(v1::POLICY_ADORE);
@@ -421,10 +432,14 @@ grpc::Status WorkerService::DoBootstrapGroup(const v1::BootstrapRequest& r, v1::
       response->set_communicator(comm_->backend());  // the same Bootstrap again: nothing to do
       return grpc::Status::OK;
     }
-    return Err(grpc::StatusCode::FAILED_PRECONDITION,
-               absl::StrFormat("epoch: this worker is in group epoch %d (rank %d of %d); rebuilding a tensor-parallel "
-                               "group is not built yet: restart the worker",
-                               epoch_, comm_->rank(), comm_->world_size()));
+    if (r.epoch() <= epoch_) {
+      return Err(grpc::StatusCode::FAILED_PRECONDITION,
+                 absl::StrFormat("epoch: %d is not newer than this worker's group epoch %d (rank %d of %d)", r.epoch(),
+                                 epoch_, comm_->rank(), comm_->world_size()));
+    }
+    // A newer generation (a rank failed or restarted, or a new coordinator took the group over): the
+    // group and everything built over it go; the coordinator loads this worker again after the rendezvous.
+    LeaveGroup();
   }
   if (loaded_) {
     return Err(grpc::StatusCode::FAILED_PRECONDITION,
@@ -456,6 +471,29 @@ grpc::Status WorkerService::DoBootstrapGroup(const v1::BootstrapRequest& r, v1::
   return grpc::Status::OK;
 }
 
+void WorkerService::LeaveGroup() {
+  executor_.reset();  // releases the live sequences' rows before the engine goes
+  engine_.reset();
+  controller_.reset();
+  comm_.reset();
+  loaded_ = false;
+  load_request_bytes_.clear();
+  load_response_.Clear();
+  kv_capacity_ = 0;
+  last_step_id_ = 0;
+  last_result_.Clear();
+  totals_.clear();
+  slots_.clear();
+  slots_used_ = 0;
+  std::lock_guard<std::mutex> lock(health_mu_);
+  health_.set_state(v1::WORKER_STATE_EMPTY);
+  health_.set_last_step_id(0);
+  health_.set_live_sequences(0);
+  health_.set_kv_slots_used(0);
+  health_.set_kv_slots_free(0);
+  health_.clear_model_sha256();
+}
+
 // A CUDA tensor-parallel group: joins the NCCL communicator on this worker's --device with the unique id the
 // coordinator made (ncclGetUniqueId runs there, so its bootstrap root lives as long as the coordinator).
 grpc::Status WorkerService::DoBootstrapNccl(const v1::BootstrapRequest& r, v1::BootstrapResponse* response,
@@ -475,8 +513,8 @@ grpc::Status WorkerService::DoBootstrapNccl(const v1::BootstrapRequest& r, v1::B
       return grpc::Status::OK;
     }
     return Err(grpc::StatusCode::FAILED_PRECONDITION,
-               absl::StrFormat("epoch: this worker is in group epoch %d (rank %d of %d); rebuilding a tensor-parallel "
-                               "group is not built yet: restart the worker",
+               absl::StrFormat("epoch: this worker is in NCCL group epoch %d (rank %d of %d); leaving an NCCL group "
+                               "is not built yet: restart the worker",
                                epoch_, comm_->rank(), comm_->world_size()));
   }
   if (loaded_) {
@@ -506,6 +544,9 @@ grpc::Status WorkerService::DoBootstrapNccl(const v1::BootstrapRequest& r, v1::B
 }
 
 grpc::Status WorkerService::DoStep(const v1::StepRequest& r, v1::StepResult* response) {
+  if (options_.debug_step_delay_ms > 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(options_.debug_step_delay_ms));
+  }
   const auto t0 = std::chrono::steady_clock::now();
   if (!loaded_) return Err(grpc::StatusCode::FAILED_PRECONDITION, "step: the worker is not loaded (call Load first)");
   if (r.epoch() != epoch_) {
@@ -636,10 +677,17 @@ grpc::Status WorkerService::DoStep(const v1::StepRequest& r, v1::StepResult* res
 
 absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(const WorkerServerOptions& o) {
   if (o.port < 0 || o.port > 65535) return absl::InvalidArgumentError(absl::StrFormat("port: %d is not in [0, 65535]", o.port));
+  std::string model_sha256;
+  if (!o.model_sha256.empty()) {
+    absl::StatusOr<std::string> parsed = ParseSha256Hex(o.model_sha256, "model_sha256");
+    if (!parsed.ok()) return parsed.status();
+    model_sha256 = *std::move(parsed);
+  }
   std::unique_ptr<WorkerServer> s(new WorkerServer());
   s->options_ = o;
   s->service_ = std::make_unique<WorkerService>(
-      WorkerServiceOptions{.secret = o.secret, .comm_listen_host = o.comm_listen_host, .device = o.device});
+      WorkerServiceOptions{.secret = o.secret, .comm_listen_host = o.comm_listen_host, .device = o.device,
+                           .model_sha256 = model_sha256, .debug_step_delay_ms = o.debug_step_delay_ms});
   grpc::ServerBuilder builder;
   const std::string addr = absl::StrFormat("%s:%d", o.listen, o.port);
   builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &s->port_);

@@ -3,7 +3,9 @@
 // figure; the gRPC handlers only post a message to its mailbox and wait for the reply (Health reads a
 // snapshot instead and never waits on a running step). Tensor parallelism (CPU backend, Gloo): Bootstrap with
 // world_size > 1 comes before Load and joins the group (the actor thread runs the rendezvous and owns the
-// communicator); Load then builds this rank's shard of the engine over it.
+// communicator); Load then builds this rank's shard of the engine over it. A Bootstrap of a newer epoch (the
+// coordinator rebuilding the group after a rank failed or restarted) leaves the old group first, dropping the
+// engine and its sequences: the coordinator loads the worker again afterwards.
 #pragma once
 
 #include <chrono>
@@ -39,6 +41,13 @@ struct WorkerServiceOptions {
   // CUDA device this worker runs on (its --device): a CUDA tensor-parallel group's NCCL communicator is
   // created on it at Bootstrap, before Load names a device.
   int device = 0;
+  // sha256 the model file must have (64 lower-case hex digits, its --model_sha256): every Load hashes the
+  // file it names and fails FAILED_PRECONDITION "expected_sha256" when it differs, or when the request's
+  // expected_sha256 is another digest. Empty: only the request's expected_sha256 is checked.
+  std::string model_sha256;
+  // Testing only (the fault tests): every step waits this long before it runs, so that a stream of the
+  // tiny test model lasts long enough to be interrupted. 0: off.
+  int64_t debug_step_delay_ms = 0;
 };
 
 class WorkerService final : public adore::v1::Worker::Service {
@@ -71,6 +80,8 @@ class WorkerService final : public adore::v1::Worker::Service {
   grpc::Status DoBootstrapNccl(const adore::v1::BootstrapRequest& request, adore::v1::BootstrapResponse* response,
                                std::chrono::steady_clock::time_point t0);
   grpc::Status DoStep(const adore::v1::StepRequest& request, adore::v1::StepResult* response);
+  // A Bootstrap of a newer epoch: drops the group, the engine and every sequence (state EMPTY).
+  void LeaveGroup();
   void PublishHealth();
 
   WorkerServiceOptions options_;
@@ -112,11 +123,14 @@ struct WorkerServerOptions {
   std::string secret;
   std::string comm_listen_host;  // see WorkerServiceOptions
   int device = 0;                // see WorkerServiceOptions
+  std::string model_sha256;      // see WorkerServiceOptions
+  int64_t debug_step_delay_ms = 0;  // see WorkerServiceOptions
 };
 
 class WorkerServer {
  public:
-  // UNAVAILABLE when the address cannot be bound.
+  // UNAVAILABLE when the address cannot be bound; INVALID_ARGUMENT for a model_sha256 that is not 64 hex
+  // digits (either case).
   static absl::StatusOr<std::unique_ptr<WorkerServer>> Start(const WorkerServerOptions& options);
   ~WorkerServer();
   int port() const { return port_; }

@@ -78,6 +78,10 @@ struct Client::Impl {
     generic = std::make_unique<grpc::GenericStub>(channel);
   }
 
+  // Every call's context starts here: the bearer token, when there is one.
+  void Prepare(grpc::ClientContext* ctx) const {
+    if (!options.bearer_token.empty()) ctx->AddMetadata("authorization", "Bearer " + options.bearer_token);
+  }
   std::optional<absl::Duration> GenerateTimeout(const GenerateOptions& o) const {
     return o.timeout.has_value() ? o.timeout : options.timeout;
   }
@@ -88,8 +92,13 @@ struct Client::Impl {
 };
 
 Client::Client(std::string server, ClientOptions options) {
-  std::shared_ptr<grpc::ChannelCredentials> creds =
-      options.credentials != nullptr ? options.credentials : grpc::InsecureChannelCredentials();
+  std::shared_ptr<grpc::ChannelCredentials> creds = options.credentials;
+  if (creds == nullptr && (options.tls || !options.tls_root_certs.empty())) {
+    grpc::SslCredentialsOptions tls;
+    tls.pem_root_certs = options.tls_root_certs;  // empty: the system's roots
+    creds = grpc::SslCredentials(tls);
+  }
+  if (creds == nullptr) creds = grpc::InsecureChannelCredentials();
   std::shared_ptr<grpc::Channel> channel = grpc::CreateChannel(server, creds);
   impl_ = std::make_shared<const Impl>(std::move(server), std::move(options), std::move(channel));
 }
@@ -208,6 +217,7 @@ std::string GenerateStream::request_id() const { return state_ == nullptr ? std:
 ::adore::client::GenerateStream Client::GenerateStream(const Prompt& prompt, const GenerateOptions& options) const {
   auto st = std::make_unique<::adore::client::GenerateStream::State>();
   st->client = impl_;
+  impl_->Prepare(&st->ctx);
   SetTimeout(&st->ctx, impl_->GenerateTimeout(options));
   st->reader = impl_->stub->Generate(&st->ctx, internal::BuildRequest(prompt, options));
   return ::adore::client::GenerateStream(std::move(st));
@@ -233,6 +243,7 @@ absl::StatusOr<GenerateResult> Client::GenerateWithCallback(const Prompt& prompt
 
 absl::StatusOr<ModelInfo> Client::GetModelInfo(std::optional<absl::Duration> timeout) const {
   grpc::ClientContext ctx;
+  impl_->Prepare(&ctx);
   SetTimeout(&ctx, impl_->UnaryTimeout(timeout));
   v1::ModelInfo info;
   const grpc::Status s = impl_->stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info);
@@ -242,6 +253,7 @@ absl::StatusOr<ModelInfo> Client::GetModelInfo(std::optional<absl::Duration> tim
 
 absl::StatusOr<ServerStats> Client::GetStats(std::optional<absl::Duration> timeout) const {
   grpc::ClientContext ctx;
+  impl_->Prepare(&ctx);
   SetTimeout(&ctx, impl_->UnaryTimeout(timeout));
   v1::ServerStats stats;
   const grpc::Status s = impl_->stub->GetStats(&ctx, v1::GetStatsRequest(), &stats);
@@ -252,6 +264,7 @@ absl::StatusOr<ServerStats> Client::GetStats(std::optional<absl::Duration> timeo
 absl::StatusOr<ServingStatus> Client::Health(std::string_view service, std::optional<absl::Duration> timeout,
                                              bool wait_for_ready) const {
   grpc::ClientContext ctx;
+  impl_->Prepare(&ctx);
   SetTimeout(&ctx, impl_->UnaryTimeout(timeout));
   ctx.set_wait_for_ready(wait_for_ready);
   const std::string body = internal::EncodeHealthCheckRequest(service);

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Optional
 
 import pytest
 
@@ -30,6 +31,11 @@ STARTUP_TIMEOUT_S = 90
 class Server:
     address: str
     log: pathlib.Path
+    # A secured server's (secure_server): its CA certificate (PEM bytes and file) and bearer token (and file).
+    ca: bytes = b""
+    ca_file: str = ""
+    token: str = ""
+    token_file: str = ""
 
 
 def _path(var: str, default: pathlib.Path, what: str, hint: str) -> str:
@@ -45,8 +51,10 @@ def _adore_cmd() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "adore_client"]
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def _run_server(tmp_path_factory: pytest.TempPathFactory, extra_args: tuple[str, ...] = (),
+                client_kwargs: Optional[dict] = None):
+    """Starts adore-server with `extra_args`, yields its Server once it reports SERVING (asked through a
+    Client made with `client_kwargs`), and stops it."""
     binary = _path("ADORE_SERVER_BIN", REPO / "build" / "adore-server", "adore-server",
                    "build it with cmake --build build --target adore-server")
     model = _path("ADORE_MODEL", REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf", "the model",
@@ -56,7 +64,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     log = tmp_path_factory.mktemp("adore-server") / "adore-server.log"
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     cmd = [binary, "--model", model, "--controller", controller, "--backend", "cpu", "--listen", "127.0.0.1",
-           "--port", "0", "--kv_rows", "2048", "--max_batch", "8", "--default_max_tokens", "16"]
+           "--port", "0", "--kv_rows", "2048", "--max_batch", "8", "--default_max_tokens", "16", *extra_args]
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, env=env, text=True)
     lines: "queue.Queue[str]" = queue.Queue()
@@ -89,7 +97,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         if m:
             address = m.group(1)
     try:
-        with Client(address) as c:
+        with Client(address, **(client_kwargs or {})) as c:
             c.wait_ready(timeout=max(1.0, deadline - time.monotonic()))
     except Exception as e:  # noqa: BLE001 - any failure here is a failed start
         fail(f"at {address} never reported SERVING ({e})")
@@ -100,6 +108,33 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    yield from _run_server(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def secure_server(tmp_path_factory: pytest.TempPathFactory):
+    """An adore-server with TLS (a self-signed certificate for 127.0.0.1 made by the openssl CLI) and a
+    bearer token (--auth_token_file)."""
+    d = tmp_path_factory.mktemp("adore-secure")
+    cert, key, token_file = d / "cert.pem", d / "key.pem", d / "token"
+    try:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                       check=True, capture_output=True, timeout=60)
+    except (OSError, subprocess.CalledProcessError) as e:
+        pytest.fail(f"cannot make a test certificate with the openssl CLI (apt-get install openssl): {e}",
+                    pytrace=False)
+    token = "py-token-5d1e7a"
+    token_file.write_text(token + "\n")
+    ca = cert.read_bytes()
+    args = ("--tls_cert_file", str(cert), "--tls_key_file", str(key), "--auth_token_file", str(token_file))
+    for s in _run_server(tmp_path_factory, args, {"root_certificates": ca}):
+        yield dataclasses.replace(s, ca=ca, ca_file=str(cert), token=token, token_file=str(token_file))
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ._pb import adore_pb2 as pb
 from ._pb import adore_pb2_grpc as pb_grpc
-from .client import ADORE_SERVICE, DEFAULT_SERVER, _StreamState
+from .client import ADORE_SERVICE, DEFAULT_SERVER, _StreamState, auth_metadata
 from .errors import AdoreError
 from .types import (
     ChatMessageLike,
@@ -106,7 +106,8 @@ class AsyncClient:
                 print(delta.text, end="", flush=True)
             r = await c.generate("The capital of France is", max_tokens=8)
 
-    Make it inside the running event loop (grpc.aio channels belong to one loop).
+    Make it inside the running event loop (grpc.aio channels belong to one loop). The arguments are
+    Client's (`token`, `tls`, `root_certificates` for a secured server).
     """
 
     def __init__(
@@ -117,9 +118,15 @@ class AsyncClient:
         credentials: Optional[grpc.ChannelCredentials] = None,
         options: Optional[Sequence[tuple[str, Any]]] = None,
         channel: Optional[grpc.aio.Channel] = None,
+        token: Optional[str] = None,
+        tls: bool = False,
+        root_certificates: Optional[bytes] = None,
     ):
         self.server = server
         self.timeout = timeout
+        self._metadata = auth_metadata(token)
+        if credentials is None and (tls or root_certificates is not None):
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
         if channel is None:
             opts = list(options or [])
             if credentials is not None:
@@ -175,7 +182,7 @@ class AsyncClient:
     def generate_request_stream(self, request: pb.GenerateRequest, *,
                                 timeout: Optional[float] = None) -> AsyncGenerateStream:
         t = timeout if timeout is not None else self.timeout
-        return AsyncGenerateStream(self._stub.Generate(request, timeout=t))
+        return AsyncGenerateStream(self._stub.Generate(request, timeout=t, metadata=self._metadata))
 
     async def generate(
         self,
@@ -203,14 +210,16 @@ class AsyncClient:
 
     async def model_info(self, *, timeout: Optional[float] = None) -> ModelInfo:
         try:
-            m = await self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self._unary_timeout(timeout))
+            m = await self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self._unary_timeout(timeout),
+                                         metadata=self._metadata)
         except grpc.RpcError as e:
             raise AdoreError.from_rpc_error(e) from None
         return model_info_from_pb(m)
 
     async def stats(self, *, timeout: Optional[float] = None) -> ServerStats:
         try:
-            s = await self._stub.GetStats(pb.GetStatsRequest(), timeout=self._unary_timeout(timeout))
+            s = await self._stub.GetStats(pb.GetStatsRequest(), timeout=self._unary_timeout(timeout),
+                                     metadata=self._metadata)
         except grpc.RpcError as e:
             raise AdoreError.from_rpc_error(e) from None
         return server_stats_from_pb(s)

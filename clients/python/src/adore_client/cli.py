@@ -1,9 +1,11 @@
 """`adore`: the command line of adore-server (generate, chat, bench, health, stats, model-info).
 
-    adore [--server HOST:PORT] [--timeout S] COMMAND [options]
+    adore [--server HOST:PORT] [--timeout S] [--token-file F] [--tls | --tls-ca PEM] COMMAND [options]
 
 The server defaults to $ADORE_SERVER, else 127.0.0.1:50051. Failed calls print
-"adore: CODE: message" on stderr and exit with status 1.
+"adore: CODE: message" on stderr and exit with status 1. A server started with --auth_token_file needs
+--token-file (default $ADORE_TOKEN_FILE); one with --tls_cert_file needs --tls (the system's root
+certificates) or --tls-ca (the CA certificate the server's chains to, default $ADORE_TLS_CA).
 """
 from __future__ import annotations
 
@@ -57,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="host:port of adore-server (default: $ADORE_SERVER or %(default)s)")
     ap.add_argument("--timeout", type=float, help="deadline of each call in seconds (default: none for "
                     "generation, 30 s for the others)")
+    ap.add_argument("--token-file", default=os.environ.get("ADORE_TOKEN_FILE") or None, metavar="F",
+                    help="file holding the server's bearer token (default: $ADORE_TOKEN_FILE)")
+    ap.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's root certificates")
+    ap.add_argument("--tls-ca", default=os.environ.get("ADORE_TLS_CA") or None, metavar="PEM",
+                    help="connect with TLS, trusting this CA certificate file (default: $ADORE_TLS_CA)")
     ap.add_argument("--version", action="version", version=f"adore {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     samp = _sampling_parent()
@@ -268,7 +275,8 @@ class ProgressBar:
 
 
 async def run_bench(server: str, prompts: list[str], requests: int, concurrency: int, kwargs: dict[str, Any],
-                    timeout: Optional[float], progress: ProgressBar) -> dict[str, Any]:
+                    timeout: Optional[float], progress: ProgressBar,
+                    connection: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Runs the load; returns the summary (times in milliseconds, measured at the client)."""
     ttft: list[float] = []
     itl: list[float] = []
@@ -278,7 +286,7 @@ async def run_bench(server: str, prompts: list[str], requests: int, concurrency:
     counters = {"done": 0, "tokens": 0, "failed": 0, "prompt_tokens": 0, "completion_tokens": 0}
     sem = asyncio.Semaphore(concurrency)
 
-    async with AsyncClient(server, timeout=timeout) as client:
+    async with AsyncClient(server, timeout=timeout, **(connection or {})) as client:
         async def one(i: int) -> None:
             async with sem:
                 t0 = time.perf_counter()
@@ -371,7 +379,7 @@ def cmd_bench(args: argparse.Namespace, client: Client) -> int:
         kwargs["max_tokens"] = args.max_tokens_default
     progress = ProgressBar(args.requests, sys.stderr, enabled=args.progress)
     summary = asyncio.run(run_bench(args.server, prompts, args.requests, concurrency, kwargs, args.timeout,
-                                    progress))
+                                    progress, connection_kwargs(args)))
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -431,10 +439,31 @@ def cmd_model_info(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+def connection_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Client arguments from --token-file, --tls and --tls-ca (SystemExit naming a file it cannot read)."""
+    out: dict[str, Any] = {}
+    try:
+        if args.token_file:
+            with open(args.token_file, encoding="utf-8") as f:
+                token = f.read().rstrip()
+            if not token:
+                raise SystemExit(f"adore: --token-file: {args.token_file} is empty")
+            out["token"] = token
+        if args.tls_ca:
+            with open(args.tls_ca, "rb") as f:
+                out["root_certificates"] = f.read()
+    except OSError as e:
+        raise SystemExit(f"adore: cannot read {e.filename}: {e.strerror}") from None
+    if args.tls:
+        out["tls"] = True
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    connection = connection_kwargs(args)
     try:
-        with Client(args.server, timeout=args.timeout) as client:
+        with Client(args.server, timeout=args.timeout, **connection) as client:
             return args.func(args, client)
     except AdoreError as e:
         sys.stdout.flush()

@@ -31,6 +31,13 @@ DEFAULT_SERVER = "127.0.0.1:50051"
 ADORE_SERVICE = "adore.v1.Adore"  # its health status is SERVING once the model is loaded on every worker
 
 
+def auth_metadata(token: Optional[str]) -> tuple[tuple[str, str], ...]:
+    """The call metadata that carries a bearer token (adore-server --auth_token_file): empty without one."""
+    if not token:
+        return ()
+    return (("authorization", f"Bearer {token}"),)
+
+
 class _StreamState:
     """What a Generate stream has delivered so far (shared by the sync and asyncio streams)."""
 
@@ -133,6 +140,11 @@ class Client:
     `timeout` (seconds) is the default deadline of every call; None means none for Generate and 30 s for
     the other calls. `credentials` (grpc.ChannelCredentials) makes a secure channel; `options` are
     grpc channel options; `channel` uses an existing grpc.Channel instead of making one.
+
+    A server started with --tls_cert_file: `tls=True` (the system's root certificates) or
+    `root_certificates` (PEM bytes, e.g. the CA file's contents; implies TLS). With --auth_token_file:
+    `token`, sent as "authorization: Bearer <token>" on every call (also over a given `channel`); a call
+    without it raises AdoreError UNAUTHENTICATED (health needs none).
     """
 
     def __init__(
@@ -143,9 +155,15 @@ class Client:
         credentials: Optional[grpc.ChannelCredentials] = None,
         options: Optional[Sequence[tuple[str, Any]]] = None,
         channel: Optional[grpc.Channel] = None,
+        token: Optional[str] = None,
+        tls: bool = False,
+        root_certificates: Optional[bytes] = None,
     ):
         self.server = server
         self.timeout = timeout
+        self._metadata = auth_metadata(token)
+        if credentials is None and (tls or root_certificates is not None):
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
         if channel is None:
             opts = list(options or [])
             if credentials is not None:
@@ -213,7 +231,7 @@ class Client:
                                 timeout: Optional[float] = None) -> GenerateStream:
         """generate_stream for a ready-made adore.v1.GenerateRequest."""
         t = timeout if timeout is not None else self.timeout
-        return GenerateStream(self._stub.Generate(request, timeout=t))
+        return GenerateStream(self._stub.Generate(request, timeout=t, metadata=self._metadata))
 
     def generate(
         self,
@@ -244,7 +262,8 @@ class Client:
     def model_info(self, *, timeout: Optional[float] = None) -> ModelInfo:
         """The served model, its limits and the server's defaults."""
         try:
-            m = self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self._unary_timeout(timeout))
+            m = self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self._unary_timeout(timeout),
+                                   metadata=self._metadata)
         except grpc.RpcError as e:
             raise AdoreError.from_rpc_error(e) from None
         return model_info_from_pb(m)
@@ -252,7 +271,8 @@ class Client:
     def stats(self, *, timeout: Optional[float] = None) -> ServerStats:
         """The server's counters and gauges since it started."""
         try:
-            s = self._stub.GetStats(pb.GetStatsRequest(), timeout=self._unary_timeout(timeout))
+            s = self._stub.GetStats(pb.GetStatsRequest(), timeout=self._unary_timeout(timeout),
+                               metadata=self._metadata)
         except grpc.RpcError as e:
             raise AdoreError.from_rpc_error(e) from None
         return server_stats_from_pb(s)

@@ -331,8 +331,17 @@ class GenerateStream {
 struct ClientOptions {
   // The default deadline of every call. Unset: none for Generate, 30 s for the other calls.
   std::optional<absl::Duration> timeout = std::nullopt;
-  // TLS (or other) channel credentials, e.g. grpc::SslCredentials(...); nullptr: a plaintext channel.
+  // TLS (or other) channel credentials, e.g. grpc::SslCredentials(...); nullptr: as `tls` and
+  // `tls_root_certs` say (a plaintext channel by default). Ignored by the constructor taking a channel.
   std::shared_ptr<grpc::ChannelCredentials> credentials = {};
+  // TLS to a server started with --tls_cert_file: the server's certificate must chain to the system's
+  // root certificates, or to `tls_root_certs` (PEM text, e.g. the contents of the CA file) when given;
+  // non-empty `tls_root_certs` implies TLS.
+  bool tls = false;
+  std::string tls_root_certs = {};
+  // Sent on every call as metadata "authorization: Bearer <token>" (adore-server --auth_token_file); empty:
+  // none. Also with a channel given by the caller.
+  std::string bearer_token = {};
 };
 
 // A client of one adore-server. Copies share the channel; all methods are thread-safe.

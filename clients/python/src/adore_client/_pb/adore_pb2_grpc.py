@@ -72,7 +72,8 @@ class AdoreServicer:
         loaded, "release.policy");
         - RESOURCE_EXHAUSTED: the server's queue of waiting requests is full (retry later), or the request
         alone needs more KV slots than the server holds ("the request needs N KV rows, more than the server
-        holds (M)": do not retry as is; lower max_tokens or choose a releasing policy);
+        holds (M)": do not retry as is; lower max_tokens or choose a releasing policy), or the request
+        message is larger than the server's maximum receive size (4 MiB, gRPC's default);
         - UNAVAILABLE: the workers are not ready (loading, or a worker failed and is being restarted);
         - CANCELLED / DEADLINE_EXCEEDED: the client cancelled or its deadline passed; the sequence is
         ended on the workers and its KV slots are freed;
