@@ -10,23 +10,13 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
+#include "common/security.h"
 
 namespace adore {
 
 namespace v1 = ::adore::v1;
 
 namespace {
-
-bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  const size_t n = std::max(a.size(), b.size());
-  for (size_t i = 0; i < n; ++i) {
-    const unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
-    const unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
-    diff |= x ^ y;
-  }
-  return diff == 0;
-}
 
 bool IsWildcardHost(const std::string& host) {
   return host == "0.0.0.0" || host == "::" || host == "[::]";
@@ -271,7 +261,7 @@ grpc::Status CoordinatorService::RegisterWorker(grpc::ServerContext* context, co
     std::string why;
     if (it == md.end()) {
       why = absl::StrFormat("%s: missing", kRegistrationSecretKey);
-    } else if (!ConstantTimeEquals(absl::string_view(it->second.data(), it->second.size()), secret_)) {
+    } else if (!ConstantTimeEquals(std::string_view(it->second.data(), it->second.size()), secret_)) {
       why = absl::StrFormat("%s: wrong secret", kRegistrationSecretKey);
     }
     if (!why.empty()) {

@@ -76,6 +76,48 @@ struct Params {
   Workspace ws;
 };
 
+// What one block of the decode kernels works on. Grid (num_kv_heads * group / gq, batch, splits): block
+// (x, b, split) takes query heads [h0, h0 + gq) of KV head kvh, sequence b, and the split's slot range
+// [lo, hi) of that sequence's slot-table entries, which start at s_begin.
+struct BlockWork {
+  int b, split, num_splits, kvh, h0;
+  int64_t s_begin, lo, hi;
+};
+__device__ __forceinline__ BlockWork BlockWorkOf(const Params& p, int gq) {
+  BlockWork w;
+  w.b = blockIdx.y;
+  w.split = blockIdx.z;
+  w.num_splits = gridDim.z;
+  const int group = p.num_heads / p.num_kv_heads;
+  const int tiles_per_kv = group / gq;
+  w.kvh = blockIdx.x / tiles_per_kv;
+  w.h0 = w.kvh * group + (blockIdx.x % tiles_per_kv) * gq;
+  w.s_begin = p.slot_offsets[w.b];
+  const int64_t len = p.slot_offsets[w.b + 1] - w.s_begin;
+  const int64_t chunk = (len + w.num_splits - 1) / w.num_splits;
+  w.lo = w.split * chunk;
+  w.hi = min(len, w.lo + chunk);
+  return w;
+}
+
+// Element e of head h's result: the normalized output (one split; and the head's log2-sum-exp when the
+// mass is wanted) or this split's partial (unnormalized sum, max, sum of p) for DecodeMergeKernel.
+template <int D>
+__device__ __forceinline__ void WriteResult(const Params& p, const BlockWork& w, int h, int e, float sum_o,
+                                            float mx, float sum_l) {
+  if (w.num_splits == 1) {
+    p.out[w.b * p.out_stride + h * D + e] = __float2bfloat16_rn(sum_l > 0.0f ? sum_o / sum_l : 0.0f);
+    if (p.ws.lse != nullptr && e == 0) p.ws.lse[w.b * p.num_heads + h] = sum_l > 0.0f ? mx + log2f(sum_l) : -INFINITY;
+  } else {
+    const int64_t part = (static_cast<int64_t>(w.b) * p.num_heads + h) * w.num_splits + w.split;
+    p.ws.partial_o[part * D + e] = sum_o;
+    if (e == 0) {
+      p.ws.partial_ml[part * 2] = mx;
+      p.ws.partial_ml[part * 2 + 1] = sum_l;
+    }
+  }
+}
+
 // Grid (num_kv_heads * group / GQ, batch, splits); block = 128 threads. A "lane group" of D / 8 threads
 // holds one slot's K/V row (8 elements, one 16-byte load each), so a block walks 128 / (D / 8) slots at
 // once and each K/V row is read once for the GQ query heads that share it. Each lane group keeps its own
@@ -93,17 +135,9 @@ __global__ void __launch_bounds__(kThreads) DecodeLanesKernel(const Params p) {
   __shared__ float sm_acc[kLanes][GQ][D];
 
   const int lg = threadIdx.x / kTpr, sub = threadIdx.x % kTpr;
-  const int b = blockIdx.y, split = blockIdx.z, num_splits = gridDim.z;
-  const int group = p.num_heads / p.num_kv_heads;
-  const int tiles_per_kv = group / GQ;
-  const int kvh = blockIdx.x / tiles_per_kv;
-  const int h0 = kvh * group + (blockIdx.x % tiles_per_kv) * GQ;
-
-  const int64_t s_begin = p.slot_offsets[b];
-  const int64_t len = p.slot_offsets[b + 1] - s_begin;
-  const int64_t chunk = (len + num_splits - 1) / num_splits;
-  const int64_t lo = split * chunk;
-  const int64_t hi = min(len, lo + chunk);
+  const BlockWork w = BlockWorkOf(p, GQ);
+  const int b = w.b, kvh = w.kvh, h0 = w.h0;
+  const int64_t s_begin = w.s_begin, lo = w.lo, hi = w.hi;
   const int32_t qpos = p.q_pos[b];
 
   float qf[GQ][8];
@@ -207,20 +241,7 @@ __global__ void __launch_bounds__(kThreads) DecodeLanesKernel(const Params p) {
         sum_o += sm_acc[i][g][e] * w;
       }
     }
-    const int h = h0 + g;
-    if (num_splits == 1) {
-      p.out[b * p.out_stride + h * D + e] = __float2bfloat16_rn(sum_l > 0.0f ? sum_o / sum_l : 0.0f);
-      if (p.ws.lse != nullptr && e == 0) {
-        p.ws.lse[b * p.num_heads + h] = sum_l > 0.0f ? mx + log2f(sum_l) : -INFINITY;
-      }
-    } else {
-      const int64_t part = (static_cast<int64_t>(b) * p.num_heads + h) * num_splits + split;
-      p.ws.partial_o[part * D + e] = sum_o;
-      if (e == 0) {
-        p.ws.partial_ml[part * 2] = mx;
-        p.ws.partial_ml[part * 2 + 1] = sum_l;
-      }
-    }
+    WriteResult<D>(p, w, h0 + g, e, sum_o, mx, sum_l);
   }
 }
 
@@ -282,17 +303,9 @@ __global__ void __launch_bounds__(kThreads, 2) DecodePipelinedKernel(const Param
   Smem<D, GQ>& sm = *reinterpret_cast<Smem<D, GQ>*>(smem_raw);
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int b = blockIdx.y, split = blockIdx.z, num_splits = gridDim.z;
-  const int group = p.num_heads / p.num_kv_heads;
-  const int tiles_per_kv = group / GQ;
-  const int kvh = blockIdx.x / tiles_per_kv;
-  const int h0 = kvh * group + (blockIdx.x % tiles_per_kv) * GQ;
-
-  const int64_t s_begin = p.slot_offsets[b];
-  const int64_t len = p.slot_offsets[b + 1] - s_begin;
-  const int64_t chunk = (len + num_splits - 1) / num_splits;
-  const int64_t lo = split * chunk;
-  const int64_t hi = min(len, lo + chunk);
+  const BlockWork w = BlockWorkOf(p, GQ);
+  const int b = w.b, kvh = w.kvh, h0 = w.h0;
+  const int64_t s_begin = w.s_begin, lo = w.lo, hi = w.hi;
   const int num_tiles = hi > lo ? static_cast<int>((hi - lo + T - 1) / T) : 0;
   const int32_t qpos = p.q_pos[b];
   const int64_t kv_row_stride = static_cast<int64_t>(p.num_kv_heads) * D;
@@ -473,18 +486,7 @@ __global__ void __launch_bounds__(kThreads, 2) DecodePipelinedKernel(const Param
 #pragma unroll
     for (int q = 0; q < G; ++q) o += sm.red[q][g][e];
     const float mx = sm.m[g], sum_l = sm.l[g];
-    const int h = h0 + g;
-    if (num_splits == 1) {
-      p.out[b * p.out_stride + h * D + e] = __float2bfloat16_rn(sum_l > 0.0f ? o / sum_l : 0.0f);
-      if (p.ws.lse != nullptr && e == 0) p.ws.lse[b * p.num_heads + h] = sum_l > 0.0f ? mx + log2f(sum_l) : -INFINITY;
-    } else {
-      const int64_t part = (static_cast<int64_t>(b) * p.num_heads + h) * num_splits + split;
-      p.ws.partial_o[part * D + e] = o;
-      if (e == 0) {
-        p.ws.partial_ml[part * 2] = mx;
-        p.ws.partial_ml[part * 2 + 1] = sum_l;
-      }
-    }
+    WriteResult<D>(p, w, h0 + g, e, o, mx, sum_l);
   }
 }
 
