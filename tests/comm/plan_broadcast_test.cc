@@ -182,7 +182,8 @@ TEST(PlanBroadcastTest, FollowersApplyRankZerosPlansWhenTheirPoliciesDisagree) {
 TEST(PlanBroadcastTest, RankZerosErrorsComeBackOnEveryRankAndChangeNothing) {
   constexpr int kWorld = 2;
   std::vector<absl::Status> refused(kWorld), exhausted(kWorld), after(kWorld);
-  std::vector<bool> unchanged(kWorld, false);
+  // char, not bool: vector<bool> packs the ranks' flags into one word, which their threads would race on.
+  std::vector<char> unchanged(kWorld, false);
   ASSERT_TRUE(RunRanks(kWorld, "plan-errors", [&](comm::Communicator& comm) {
     const int r = comm.rank();
     ChoosyPolicy policy(/*newest=*/false);
