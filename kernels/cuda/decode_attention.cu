@@ -15,6 +15,15 @@ constexpr int kThreads = 128;
 // Slots per lane group in flight before the first use; fewer for wide head tiles to bound registers.
 template <int GQ>
 constexpr int kUnroll = GQ >= 4 ? 2 : 4;
+// Slots per lane group per round (one softmax chunk) in the chunked lanes kernel. Two: the registers, not
+// the instruction-level parallelism, set how many bytes are in flight: on the H200 (adore-attn-layout,
+// bench/results/decode_attention_chunked.json) 2 beat 3, 4, 6 and 8 by 0-50% (fewer registers, more
+// resident blocks) and tied 1 on MHA. ADORE_DECODE_CHUNK_SLOTS overrides it (A/B builds).
+#ifdef ADORE_DECODE_CHUNK_SLOTS
+constexpr int kChunkSlots = ADORE_DECODE_CHUNK_SLOTS;
+#else
+constexpr int kChunkSlots = 2;
+#endif
 constexpr int kMaxSplits = 64;
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -118,105 +127,67 @@ __device__ __forceinline__ void WriteResult(const Params& p, const BlockWork& w,
   }
 }
 
-// Grid (num_kv_heads * group / GQ, batch, splits); block = 128 threads. A "lane group" of D / 8 threads
-// holds one slot's K/V row (8 elements, one 16-byte load each), so a block walks 128 / (D / 8) slots at
-// once and each K/V row is read once for the GQ query heads that share it. Each lane group keeps its own
-// online-softmax state per head; the block merges them in shared memory at the end, and writes either
-// the final output (one split) or its split's partial for DecodeMergeKernel.
-// kPrefetch: the slot-table entries of the next round of slots are loaded into registers before this
-// round's K/V are used, so the K/V loads never wait on a slot-table load.
-template <int D, int GQ, bool kPrefetch>
-__global__ void __launch_bounds__(kThreads) DecodeLanesKernel(const Params p) {
-  constexpr int kTpr = D / 8;             // threads per slot row
-  constexpr int kLanes = kThreads / kTpr;  // slots processed side by side
-  constexpr int U = kUnroll<GQ>;
-  __shared__ float sm_m[kLanes][GQ];
-  __shared__ float sm_l[kLanes][GQ];
-  __shared__ float sm_acc[kLanes][GQ][D];
-
-  const int lg = threadIdx.x / kTpr, sub = threadIdx.x % kTpr;
-  const BlockWork w = BlockWorkOf(p, GQ);
-  const int b = w.b, kvh = w.kvh, h0 = w.h0;
-  const int64_t s_begin = w.s_begin, lo = w.lo, hi = w.hi;
-  const int32_t qpos = p.q_pos[b];
-
-  float qf[GQ][8];
+// The query heads [h0, h0 + GQ) of sequence b, this thread's 8 elements of each (element sub * 8 on),
+// scaled by scale * log2(e).
+template <int D, int GQ>
+__device__ __forceinline__ void LoadQuerySlice(const Params& p, const BlockWork& w, int sub, float (&qf)[GQ][8]) {
 #pragma unroll
   for (int g = 0; g < GQ; ++g) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(p.q + b * p.q_stride + (h0 + g) * D + sub * 8);
+    const uint4 raw = *reinterpret_cast<const uint4*>(p.q + w.b * p.q_stride + (w.h0 + g) * D + sub * 8);
     Bf16x8ToFloat(raw, qf[g]);
 #pragma unroll
     for (int e = 0; e < 8; ++e) qf[g][e] *= p.scale_log2;
   }
-  float m[GQ], l[GQ], acc[GQ][8];
-#pragma unroll
-  for (int g = 0; g < GQ; ++g) {
-    m[g] = -INFINITY;
-    l[g] = 0.0f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) acc[g][e] = 0.0f;
-  }
+}
 
-  const int64_t kv_row_stride = static_cast<int64_t>(p.num_kv_heads) * D;
-  // Element offset of each of this lane group's next U slots' rows, -1 = invalid.
-  int64_t next_off[U];
-  auto fetch_rows = [&](int64_t base) {
+// The pool rows of lane group lg's U slots base + u * kLanes + lg (u < U), -1 where the slot is past the
+// split, empty, out of the pool or not yet visible to the query.
+template <int U, int kLanes>
+__device__ __forceinline__ void FetchSlotRows(const Params& p, const BlockWork& w, int lg, int32_t qpos,
+                                              int64_t base, int32_t (&rows)[U]) {
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t s = base + u * kLanes + lg;
-      next_off[u] = -1;
-      if (s < hi) {
-        const int32_t row = p.slot_rows[s_begin + s];
-        if (row >= 0 && row < p.num_rows && p.slot_pos[s_begin + s] <= qpos) next_off[u] = row * kv_row_stride;
-      }
-    }
-  };
-  if (kPrefetch) fetch_rows(lo);
-  for (int64_t base = lo; base < hi; base += kLanes * U) {
-    uint4 kr[U], vr[U];
-    bool valid[U];
-    if (!kPrefetch) fetch_rows(base);
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      valid[u] = next_off[u] >= 0;
-      if (valid[u]) {
-        const int64_t off = next_off[u] + kvh * D + sub * 8;
-        kr[u] = *reinterpret_cast<const uint4*>(p.k_cache + off);
-        vr[u] = *reinterpret_cast<const uint4*>(p.v_cache + off);
-      } else {
-        kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
-      }
-    }
-    if (kPrefetch) fetch_rows(base + kLanes * U);
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t s = base + u * kLanes + lg;
-      float kf[8], vf[8];
-      Bf16x8ToFloat(kr[u], kf);
-      Bf16x8ToFloat(vr[u], vf);
-#pragma unroll
-      for (int g = 0; g < GQ; ++g) {
-        float dot = 0.0f;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) dot = fmaf(qf[g][e], kf[e], dot);
-#pragma unroll
-        for (int o = kTpr / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-        const float score = valid[u] ? dot : -INFINITY;
-        if (p.ws.scores != nullptr && sub == 0 && s < hi) p.ws.scores[(s_begin + s) * p.num_heads + h0 + g] = score;
-        if (valid[u]) {
-          const float m_new = fmaxf(m[g], score);
-          const float alpha = exp2f(m[g] - m_new);
-          const float pr = exp2f(score - m_new);
-          l[g] = l[g] * alpha + pr;
-#pragma unroll
-          for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(pr, vf[e], acc[g][e] * alpha);
-          m[g] = m_new;
-        }
-      }
+  for (int u = 0; u < U; ++u) {
+    const int64_t s = base + u * kLanes + lg;
+    rows[u] = -1;
+    if (s < w.hi) {
+      const int32_t row = p.slot_rows[w.s_begin + s];
+      if (row >= 0 && row < p.num_rows && p.slot_pos[w.s_begin + s] <= qpos) rows[u] = row;
     }
   }
+}
 
-  // Merge the lane groups.
+// The block's N partial softmaxes per head (running max m and sum l in log2 units, unnormalized output
+// acc), merged and written (WriteResult). Callers fill the arrays and __syncthreads() first.
+template <int D, int GQ, int N>
+__device__ __forceinline__ void CombinePartials(const Params& p, const BlockWork& w, const float (&sm_m)[N][GQ],
+                                                const float (&sm_l)[N][GQ], const float (&sm_acc)[N][GQ][D]) {
+  for (int idx = threadIdx.x; idx < GQ * D; idx += kThreads) {
+    const int g = idx / D, e = idx % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < N; ++i) mx = fmaxf(mx, sm_m[i][g]);
+    float sum_l = 0.0f, sum_o = 0.0f;
+    if (mx != -INFINITY) {
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        const float wgt = exp2f(sm_m[i][g] - mx);  // 0 for partials that saw nothing
+        sum_l += sm_l[i][g] * wgt;
+        sum_o += sm_acc[i][g][e] * wgt;
+      }
+    }
+    WriteResult<D>(p, w, w.h0 + g, e, sum_o, mx, sum_l);
+  }
+}
+
+// End of the lane-group kernels: every lane group holds its own online-softmax state (m, l, unnormalized
+// acc over its 8 output elements) per head; the block merges them in shared memory.
+template <int D, int GQ, int kLanes>
+__device__ __forceinline__ void MergeLaneGroups(const Params& p, const BlockWork& w, int lg, int sub,
+                                                const float (&m)[GQ], const float (&l)[GQ],
+                                                const float (&acc)[GQ][8]) {
+  __shared__ float sm_m[kLanes][GQ];
+  __shared__ float sm_l[kLanes][GQ];
+  __shared__ float sm_acc[kLanes][GQ][D];
 #pragma unroll
   for (int g = 0; g < GQ; ++g) {
     if (sub == 0) {
@@ -227,22 +198,174 @@ __global__ void __launch_bounds__(kThreads) DecodeLanesKernel(const Params p) {
     for (int e = 0; e < 8; ++e) sm_acc[lg][g][sub * 8 + e] = acc[g][e];
   }
   __syncthreads();
-  for (int idx = threadIdx.x; idx < GQ * D; idx += kThreads) {
-    const int g = idx / D, e = idx % D;
-    float mx = -INFINITY;
+  CombinePartials<D, GQ, kLanes>(p, w, sm_m, sm_l, sm_acc);
+}
+
+// Grid (num_kv_heads * group / GQ, batch, splits); block = 128 threads. A "lane group" of D / 8 threads
+// holds one slot's K/V row (8 elements, one 16-byte load each), so a block walks 128 / (D / 8) slots at
+// once and each K/V row is read once for the GQ query heads that share it. Each lane group keeps its own
+// online-softmax state per head; the block merges them in shared memory at the end, and writes either
+// the final output (one split) or its split's partial for DecodeMergeKernel.
+// kPrefetch: the slot-table entries of the next round of slots are loaded into registers before this
+// round's K/V are used, so the K/V loads never wait on a slot-table load.
+// kChunk: a lane group's round of U slots is one softmax chunk: the U x GQ scores are computed side by side
+// (independent dot products and shuffle reductions), then each head's running max and sum are rescaled once
+// per round, not once per slot. Without it every slot's update waits on the previous slot's through the
+// running max (a serial chain of exp2, multiply and add per slot and head), which leaves the warps idle
+// on latency at GQA >= 3.
+template <int D, int GQ, bool kPrefetch, bool kChunk = false>
+__global__ void __launch_bounds__(kThreads) DecodeLanesKernel(const Params p) {
+  constexpr int kTpr = D / 8;             // threads per slot row
+  constexpr int kLanes = kThreads / kTpr;  // slots processed side by side
+  constexpr int U = kChunk ? kChunkSlots : kUnroll<GQ>;
+
+  const int lg = threadIdx.x / kTpr, sub = threadIdx.x % kTpr;
+  const BlockWork w = BlockWorkOf(p, GQ);
+  const int b = w.b, kvh = w.kvh, h0 = w.h0;
+  const int64_t s_begin = w.s_begin, lo = w.lo, hi = w.hi;
+  const int32_t qpos = p.q_pos[b];
+
+  float qf[GQ][8];
+  LoadQuerySlice<D, GQ>(p, w, sub, qf);
+  float m[GQ], l[GQ], acc[GQ][8];
 #pragma unroll
-    for (int i = 0; i < kLanes; ++i) mx = fmaxf(mx, sm_m[i][g]);
-    float sum_l = 0.0f, sum_o = 0.0f;
-    if (mx != -INFINITY) {
+  for (int g = 0; g < GQ; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
 #pragma unroll
-      for (int i = 0; i < kLanes; ++i) {
-        const float w = exp2f(sm_m[i][g] - mx);  // 0 for lane groups that saw nothing
-        sum_l += sm_l[i][g] * w;
-        sum_o += sm_acc[i][g][e] * w;
+    for (int e = 0; e < 8; ++e) acc[g][e] = 0.0f;
+  }
+
+  const int64_t kv_row_stride = static_cast<int64_t>(p.num_kv_heads) * D;
+  int32_t next_row[U];  // pool rows of this lane group's next U slots, -1 = invalid
+  auto fetch_rows = [&](int64_t base) { FetchSlotRows<U, kLanes>(p, w, lg, qpos, base, next_row); };
+  if (kPrefetch) fetch_rows(lo);
+  for (int64_t base = lo; base < hi; base += kLanes * U) {
+    uint4 kr[U], vr[U];
+    bool valid[U];
+    if (!kPrefetch) fetch_rows(base);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      valid[u] = next_row[u] >= 0;
+      if (valid[u]) {
+        const int64_t off = next_row[u] * kv_row_stride + kvh * D + sub * 8;
+        kr[u] = *reinterpret_cast<const uint4*>(p.k_cache + off);
+        vr[u] = *reinterpret_cast<const uint4*>(p.v_cache + off);
+      } else {
+        kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
       }
     }
-    WriteResult<D>(p, w, h0 + g, e, sum_o, mx, sum_l);
+    if (kPrefetch) fetch_rows(base + kLanes * U);
+    if constexpr (kChunk) {
+      float sc[U][GQ];  // scores, then probabilities
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        float kf[8];
+        Bf16x8ToFloat(kr[u], kf);
+#pragma unroll
+        for (int g = 0; g < GQ; ++g) {
+          float dot = 0.0f;
+#pragma unroll
+          for (int e = 0; e < 8; ++e) dot = fmaf(qf[g][e], kf[e], dot);
+          sc[u][g] = dot;
+        }
+      }
+#pragma unroll
+      for (int o = kTpr / 2; o > 0; o >>= 1) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+#pragma unroll
+          for (int g = 0; g < GQ; ++g) sc[u][g] += __shfl_xor_sync(0xffffffffu, sc[u][g], o);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t s = base + u * kLanes + lg;
+#pragma unroll
+        for (int g = 0; g < GQ; ++g) {
+          if (!valid[u]) sc[u][g] = -INFINITY;
+          if (p.ws.scores != nullptr && sub == 0 && s < hi) {
+            p.ws.scores[(s_begin + s) * p.num_heads + h0 + g] = sc[u][g];
+          }
+        }
+      }
+#pragma unroll
+      for (int g = 0; g < GQ; ++g) {
+        float m_new = m[g];
+#pragma unroll
+        for (int u = 0; u < U; ++u) m_new = fmaxf(m_new, sc[u][g]);
+        // Nothing visible yet: no update (and no -inf - -inf). Otherwise exp2(-inf) = 0 drops invalid slots
+        // and, on the first visible chunk, the empty state.
+        const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m[g] - m_new);
+        float psum = 0.0f;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          sc[u][g] = m_new == -INFINITY ? 0.0f : exp2f(sc[u][g] - m_new);
+          psum += sc[u][g];
+        }
+        l[g] = l[g] * alpha + psum;
+        m[g] = m_new;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[g][e] *= alpha;
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        float vf[8];
+        Bf16x8ToFloat(vr[u], vf);
+#pragma unroll
+        for (int g = 0; g < GQ; ++g) {
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(sc[u][g], vf[e], acc[g][e]);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t s = base + u * kLanes + lg;
+        float kf[8], vf[8];
+        Bf16x8ToFloat(kr[u], kf);
+        Bf16x8ToFloat(vr[u], vf);
+#pragma unroll
+        for (int g = 0; g < GQ; ++g) {
+          float dot = 0.0f;
+#pragma unroll
+          for (int e = 0; e < 8; ++e) dot = fmaf(qf[g][e], kf[e], dot);
+#pragma unroll
+          for (int o = kTpr / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+          const float score = valid[u] ? dot : -INFINITY;
+          if (p.ws.scores != nullptr && sub == 0 && s < hi) p.ws.scores[(s_begin + s) * p.num_heads + h0 + g] = score;
+          if (valid[u]) {
+            const float m_new = fmaxf(m[g], score);
+            const float alpha = exp2f(m[g] - m_new);
+            const float pr = exp2f(score - m_new);
+            l[g] = l[g] * alpha + pr;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(pr, vf[e], acc[g][e] * alpha);
+            m[g] = m_new;
+          }
+        }
+      }
+    }
   }
+
+  MergeLaneGroups<D, GQ, kLanes>(p, w, lg, sub, m, l, acc);
+}
+
+// Raises Kernel's dynamic shared-memory limit to `bytes`, once per device.
+template <auto Kernel>
+absl::Status RaiseSharedMemory(size_t bytes, const char* name) {
+  static std::atomic<bool> done[64];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return absl::InternalError("DecodeAttention: cudaGetDevice failed");
+  if (dev >= 0 && dev < 64 && done[dev].load(std::memory_order_acquire)) return absl::OkStatus();
+  const cudaError_t e =
+      cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (e != cudaSuccess) {
+    return absl::InternalError(absl::StrCat("DecodeAttention: cannot give the ", name, " kernel ", bytes,
+                                            " bytes of shared memory: ", cudaGetErrorString(e)));
+  }
+  if (dev >= 0 && dev < 64) done[dev].store(true, std::memory_order_release);
+  return absl::OkStatus();
 }
 
 // ---- The pipelined kernel ----------------------------------------------------------------------------
@@ -490,24 +613,229 @@ __global__ void __launch_bounds__(kThreads, 2) DecodePipelinedKernel(const Param
   }
 }
 
-// Raises the kernel's dynamic shared-memory limit once per device.
 template <int D, int GQ>
 absl::Status PreparePipelined() {
-  static std::atomic<bool> done[64];
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return absl::InternalError("DecodeAttention: cudaGetDevice failed");
-  if (dev >= 0 && dev < 64 && done[dev].load(std::memory_order_acquire)) return absl::OkStatus();
-  const cudaError_t e = cudaFuncSetAttribute(DecodePipelinedKernel<D, GQ>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(sizeof(Smem<D, GQ>)));
-  if (e != cudaSuccess) {
-    return absl::InternalError(absl::StrCat("DecodeAttention: cannot give the pipelined kernel ",
-                                            sizeof(Smem<D, GQ>), " bytes of shared memory: ", cudaGetErrorString(e)));
-  }
-  if (dev >= 0 && dev < 64) done[dev].store(true, std::memory_order_release);
-  return absl::OkStatus();
+  return RaiseSharedMemory<DecodePipelinedKernel<D, GQ>>(sizeof(Smem<D, GQ>), "pipelined");
 }
 
 }  // namespace pipe
+
+// ---- The tensor-core kernel --------------------------------------------------------------------------
+// Grid and Params as DecodeLanesKernel; 4 warps per block, each walking every 4th 16-slot tile of the
+// block's range on its own, so no block-wide barrier is needed until the end. Per warp: a ring of kStages
+// K/V tiles in shared memory filled by cp.async through the slot table (16 bytes per copy, zero-filled for
+// invalid slots; the slot rows of the tile after the next one are loaded into registers meanwhile), and
+// flash-attention arithmetic on mma.sync m16n8k16 (bf16 in, float32 accumulate) with the GQ query heads as
+// the 16 rows of the A operand (rows >= GQ are zero):
+//   S (16 x 16 slots) = Q K^T    ldmatrix of the K tile as the B operand
+//   online softmax on S's accumulator fragments (each row = one head, spread over a quad of lanes)
+//   O (16 x D) += P V            P's fragments reused as the A operand, ldmatrix.trans of the V tile as B
+// The dot products and weighted sums cost a few dozen tensor-core instructions per tile, and the bytes in
+// flight live in shared memory, not in registers, so neither bounds the K/V rate the way the registers of
+// the lane kernels do at GQA >= 3.
+namespace mma {
+
+constexpr int kTile = 16;  // slots per warp tile
+constexpr int kWarps = kThreads / 32;
+template <int D>
+constexpr int kStages = D == 128 ? 3 : 4;  // 104 KiB (D = 128) or 74 KiB (D = 64) per block: 2-3 blocks per SM
+template <int D>
+constexpr int kPitch = D + 8;  // bf16 per shared row: 16-byte pad, so 8 rows of an ldmatrix hit distinct banks
+
+template <int D>
+struct alignas(16) WarpRing {  // 16-byte aligned for cp.async and ldmatrix in every warp's ring
+  bf16 k[kStages<D>][kTile][kPitch<D>];
+  bf16 v[kStages<D>][kTile][kPitch<D>];
+  uint32_t mask[kStages<D>];  // bit i: slot i of the stage's tile is visible
+};
+template <int D, int GQ>
+struct Merge {  // reuses the rings once every warp is done
+  float m[kWarps][GQ];
+  float l[kWarps][GQ];
+  float acc[kWarps][GQ][D];
+};
+template <int D, int GQ>
+constexpr size_t kSmemBytes = sizeof(WarpRing<D>) * kWarps > sizeof(Merge<D, GQ>) ? sizeof(WarpRing<D>) * kWarps
+                                                                                  : sizeof(Merge<D, GQ>);
+
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* smem) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* smem) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+// c += a * b for one m16n8k16 tile; a holds rows g and g + 8 (g = lane / 4), the latter always zero here.
+__device__ __forceinline__ void Mma(float (&c)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t PackBf16x2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+template <int D, int GQ>
+__global__ void __launch_bounds__(kThreads) DecodeMmaKernel(const Params p) {
+  static_assert(GQ <= 8, "the group's heads are the rows 0..7 of the MMA's A operand");
+  constexpr int S = kStages<D>;
+  constexpr int kChunks = kTile * (D / 8) / 32;  // 16-byte copies of K (and of V) per lane per tile
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;  // fragment row (head) and column pair
+  WarpRing<D>& ring = reinterpret_cast<WarpRing<D>*>(smem_raw)[warp];
+
+  const BlockWork w = BlockWorkOf(p, GQ);
+  const int32_t qpos = p.q_pos[w.b];
+  const int64_t kv_row_stride = static_cast<int64_t>(p.num_kv_heads) * D;
+  const int64_t kv_col = static_cast<int64_t>(w.kvh) * D;
+  const int block_tiles = w.hi > w.lo ? static_cast<int>((w.hi - w.lo + kTile - 1) / kTile) : 0;
+  const int my_tiles = block_tiles > warp ? (block_tiles - 1 - warp) / kWarps + 1 : 0;
+
+  // Q as A fragments: row g = head h0 + g, columns ks * 16 + 2t (+1) and + 8; zero rows past the group.
+  uint32_t qa[D / 16][2];
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    qa[ks][0] = qa[ks][1] = 0u;
+    if (g < GQ) {
+      const bf16* q = p.q + w.b * p.q_stride + (w.h0 + g) * D + ks * 16 + 2 * t;
+      qa[ks][0] = *reinterpret_cast<const uint32_t*>(q);
+      qa[ks][1] = *reinterpret_cast<const uint32_t*>(q + 8);
+    }
+  }
+
+  // Slot rows of this warp's local tile j: lane i < 16 holds slot i's pool row, -1 = not visible.
+  auto fetch = [&](int j) -> int32_t {
+    int32_t row = -1;
+    const int64_t s = w.lo + static_cast<int64_t>(warp + j * kWarps) * kTile + lane;
+    if (j < my_tiles && lane < kTile && s < w.hi) {
+      row = p.slot_rows[w.s_begin + s];
+      if (row < 0 || row >= p.num_rows || p.slot_pos[w.s_begin + s] > qpos) row = -1;
+    }
+    return row;
+  };
+  auto issue = [&](int j, int32_t my_row) {
+    const int st = j % S;
+    const uint32_t mask = __ballot_sync(0xffffffffu, my_row >= 0);
+    if (lane == 0) ring.mask[st] = mask;
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      const int chunk = lane + 32 * c, slot = chunk / (D / 8), col = chunk % (D / 8);
+      const int32_t row = __shfl_sync(0xffffffffu, my_row, slot);
+      const bool ok = row >= 0;
+      const int64_t off = (ok ? row * kv_row_stride : 0) + kv_col + col * 8;
+      pipe::CpAsync16(&ring.k[st][slot][col * 8], p.k_cache + off, ok);
+      pipe::CpAsync16(&ring.v[st][slot][col * 8], p.v_cache + off, ok);
+    }
+  };
+
+  float m = -INFINITY, l = 0.0f;  // row g's running max and this lane's share of its sum
+  float o[D / 8][4];              // O fragments: [n-block of 8 dims][row g: 2t, 2t+1 | row g + 8: unused]
+#pragma unroll
+  for (int nb = 0; nb < D / 8; ++nb) o[nb][0] = o[nb][1] = o[nb][2] = o[nb][3] = 0.0f;
+
+  int32_t next_row = fetch(0);
+#pragma unroll
+  for (int j = 0; j < S - 1; ++j) {
+    if (j < my_tiles) issue(j, next_row);
+    pipe::CpAsyncCommit();
+    next_row = fetch(j + 1);
+  }
+  const int mi = lane / 8, mr = lane % 8;  // ldmatrix: the matrix this lane addresses and its row
+  for (int j = 0; j < my_tiles; ++j) {
+    if (j + S - 1 < my_tiles) issue(j + S - 1, next_row);
+    pipe::CpAsyncCommit();
+    next_row = fetch(j + S);
+    pipe::CpAsyncWait<S - 1>();
+    __syncwarp();
+    const int st = j % S;
+    const int64_t tile_lo = w.lo + static_cast<int64_t>(warp + j * kWarps) * kTile;
+
+    // S = Q K^T: K's rows are the B operand's columns (n = slot), ldmatrix without transpose.
+    float sc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+      uint32_t kb[4];
+      LdMatrixX4(kb, &ring.k[st][(mi / 2) * 8 + mr][ks * 16 + (mi % 2) * 8]);
+      Mma(sc[0], qa[ks][0], qa[ks][1], kb[0], kb[1]);
+      Mma(sc[1], qa[ks][0], qa[ks][1], kb[2], kb[3]);
+    }
+    // Row g's scores at slots nb * 8 + 2t + i, in log2 units; masked slots -inf.
+    const uint32_t mask = ring.mask[st];
+    float s4[4];
+    float tmax = -INFINITY;
+#pragma unroll
+    for (int nb = 0; nb < 2; ++nb) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int slot = nb * 8 + 2 * t + i;
+        const float v = (mask >> slot) & 1u ? sc[nb][i] * p.scale_log2 : -INFINITY;
+        s4[nb * 2 + i] = v;
+        tmax = fmaxf(tmax, v);
+        if (p.ws.scores != nullptr && g < GQ && tile_lo + slot < w.hi) {
+          p.ws.scores[(w.s_begin + tile_lo + slot) * p.num_heads + w.h0 + g] = v;
+        }
+      }
+    }
+    tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
+    tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));
+    const float m_new = fmaxf(m, tmax);
+    const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m - m_new);
+    float pr[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) pr[i] = m_new == -INFINITY ? 0.0f : exp2f(s4[i] - m_new);
+    l = l * alpha + (pr[0] + pr[1] + pr[2] + pr[3]);
+    m = m_new;
+    // O = O * alpha + P V: P's accumulator layout is the A operand's (columns 2t, 2t + 1 and + 8).
+    const uint32_t pa0 = PackBf16x2(pr[0], pr[1]), pa2 = PackBf16x2(pr[2], pr[3]);
+#pragma unroll
+    for (int dp = 0; dp < D / 16; ++dp) {
+      uint32_t vb[4];
+      LdMatrixX4Trans(vb, &ring.v[st][(mi % 2) * 8 + mr][dp * 16 + (mi / 2) * 8]);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        o[2 * dp + h][0] *= alpha;
+        o[2 * dp + h][1] *= alpha;
+        Mma(o[2 * dp + h], pa0, pa2, vb[2 * h], vb[2 * h + 1]);
+      }
+    }
+    __syncwarp();  // the next iteration's copies refill this stage
+  }
+  pipe::CpAsyncWait<0>();
+  l += __shfl_xor_sync(0xffffffffu, l, 1);
+  l += __shfl_xor_sync(0xffffffffu, l, 2);
+
+  __syncthreads();  // every warp is done with its ring: the merge area overlays them
+  Merge<D, GQ>& mg = *reinterpret_cast<Merge<D, GQ>*>(smem_raw);
+  if (g < GQ) {
+    if (t == 0) {
+      mg.m[warp][g] = m;
+      mg.l[warp][g] = l;
+    }
+#pragma unroll
+    for (int nb = 0; nb < D / 8; ++nb) {
+      mg.acc[warp][g][nb * 8 + 2 * t] = o[nb][0];
+      mg.acc[warp][g][nb * 8 + 2 * t + 1] = o[nb][1];
+    }
+  }
+  __syncthreads();
+  CombinePartials<D, GQ, kWarps>(p, w, mg.m, mg.l, mg.acc);
+}
+
+template <int D, int GQ>
+absl::Status PrepareMma() {
+  return RaiseSharedMemory<DecodeMmaKernel<D, GQ>>(kSmemBytes<D, GQ>, "tensor-core");
+}
+
+}  // namespace mma
 
 // Grid (num_heads, batch), D threads: combines the splits' partial softmaxes of one (sequence, head).
 template <int D>
@@ -552,8 +880,10 @@ absl::StatusOr<DecodeAttentionKernel> ParseDecodeAttentionKernel(std::string_vie
   if (name == "lanes") return DecodeAttentionKernel::kLanes;
   if (name == "pipelined") return DecodeAttentionKernel::kPipelined;
   if (name == "lanes_prefetch") return DecodeAttentionKernel::kLanesPrefetch;
+  if (name == "chunked") return DecodeAttentionKernel::kChunked;
+  if (name == "mma") return DecodeAttentionKernel::kMma;
   return absl::InvalidArgumentError(absl::StrCat("decode attention kernel \"", std::string(name),
-                                                 "\": expected auto, lanes, lanes_prefetch or pipelined"));
+                                                 "\": expected auto, lanes, lanes_prefetch, chunked, mma or pipelined"));
 }
 
 size_t DecodeAttentionWorkspaceBytes(int64_t batch, int64_t num_heads, int64_t head_dim, int max_splits,
@@ -637,9 +967,18 @@ absl::Status DecodeAttention(const DecodeAttentionArgs& a, cudaStream_t stream) 
       if (a.kernel == DecodeAttentionKernel::kLanes) {
         DecodeLanesKernel<HEAD_DIM, GROUP_TILE, false><<<grid, kThreads, 0, stream>>>(p);
         ADORE_RETURN_IF_ERROR(LaunchStatus("DecodeLanesKernel"));
-      } else if (a.kernel == DecodeAttentionKernel::kLanesPrefetch || a.kernel == DecodeAttentionKernel::kAuto) {
+      } else if (a.kernel == DecodeAttentionKernel::kLanesPrefetch) {
         DecodeLanesKernel<HEAD_DIM, GROUP_TILE, true><<<grid, kThreads, 0, stream>>>(p);
         ADORE_RETURN_IF_ERROR(LaunchStatus("DecodeLanesKernel"));
+      } else if (a.kernel == DecodeAttentionKernel::kChunked ||
+                 (a.kernel == DecodeAttentionKernel::kAuto && GROUP_TILE == 1)) {
+        DecodeLanesKernel<HEAD_DIM, GROUP_TILE, true, true><<<grid, kThreads, 0, stream>>>(p);
+        ADORE_RETURN_IF_ERROR(LaunchStatus("DecodeLanesKernel(chunked)"));
+      } else if (a.kernel == DecodeAttentionKernel::kMma || a.kernel == DecodeAttentionKernel::kAuto) {
+        ADORE_RETURN_IF_ERROR((mma::PrepareMma<HEAD_DIM, GROUP_TILE>()));
+        mma::DecodeMmaKernel<HEAD_DIM, GROUP_TILE>
+            <<<grid, kThreads, mma::kSmemBytes<HEAD_DIM, GROUP_TILE>, stream>>>(p);
+        ADORE_RETURN_IF_ERROR(LaunchStatus("DecodeMmaKernel"));
       } else {
         ADORE_RETURN_IF_ERROR((pipe::PreparePipelined<HEAD_DIM, GROUP_TILE>()));
         pipe::DecodePipelinedKernel<HEAD_DIM, GROUP_TILE>

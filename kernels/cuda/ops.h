@@ -97,14 +97,19 @@ absl::Status KvWrite(const KvWriteArgs& args, cudaStream_t stream);
 // to its slot table), flash-decoding style: each sequence's slots are split into chunks processed by
 // separate blocks, each computing a partial softmax (max, sum, weighted V), merged by a second kernel,
 // so a batch of a few long sequences still fills the GPU. Supported head_dim: 64, 128.
-// The kernels compute the same result (A/B on the H200: docs/BENCHMARKS.md). kLanes: each group of
-// head_dim / 8 threads walks slots with direct 16-byte K/V loads from the slot table's rows.
-// kLanesPrefetch (kAuto): the same with the next round's slot-table entries loaded while this round's K/V
-// are in flight, 1-5% faster. kPipelined: 32- or 64-slot K/V tiles gathered into shared memory by
-// cp.async, four tiles in flight per block, scores and the weighted V sum from shared memory; slower
-// (up to 1.6x) at every shape measured, kept as the base of a tensor-core version (GQA heads as the MMA's
-// narrow dimension): the per-slot arithmetic, not DRAM, limits these kernels at GQA >= 3.
-enum class DecodeAttentionKernel { kAuto, kLanes, kLanesPrefetch, kPipelined };
+// The kernels compute the same result (A/B on the H200: docs/BENCHMARKS.md). kAuto: kMma where a block
+// takes two or more query heads per KV head, kChunked for one (MHA).
+// kLanes: each group of head_dim / 8 threads walks slots with direct 16-byte K/V loads from the slot
+// table's rows. kLanesPrefetch: the same with the next round's slot-table entries loaded while this
+// round's K/V are in flight, 0-8% faster. kChunked: lanes_prefetch over rounds of 2 slots per lane group,
+// each round one softmax chunk (one rescale of the running max and sum per round instead of per slot) and
+// fewer registers, so more blocks stay resident: 1.2-1.8x lanes_prefetch's K/V bandwidth (3.3-3.9 TB/s
+// with one query head per KV head at batch 64). kMma: per warp a cp.async ring of 16-slot K/V tiles in
+// shared memory and mma.sync bf16 tensor-core products with the GQA group as the MMA's rows: 2.0-3.4 TB/s
+// at GQA 3-4, where the lane kernels' registers (the group's queries and outputs) bound the bytes in
+// flight to 1.0-2.2 TB/s. kPipelined: 32- or 64-slot K/V tiles gathered into shared memory by cp.async
+// for the whole block, CUDA-core arithmetic; slower than lanes at every shape measured.
+enum class DecodeAttentionKernel { kAuto, kLanes, kLanesPrefetch, kPipelined, kChunked, kMma };
 absl::StatusOr<DecodeAttentionKernel> ParseDecodeAttentionKernel(std::string_view name);
 
 struct DecodeAttentionArgs {

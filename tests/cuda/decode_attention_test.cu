@@ -73,7 +73,8 @@ TEST_P(DecodeAttentionTest, MatchesCpuReference) {
   const size_t ws_bytes = DecodeAttentionWorkspaceBytes(batch, nh, hd, 64, total_slots);
   DeviceBuffer<char> d_ws(ws_bytes);
   for (const DecodeAttentionKernel kernel : {DecodeAttentionKernel::kLanes, DecodeAttentionKernel::kLanesPrefetch,
-                                             DecodeAttentionKernel::kPipelined})
+                                             DecodeAttentionKernel::kPipelined, DecodeAttentionKernel::kChunked,
+                                             DecodeAttentionKernel::kMma})
   for (const int splits : {1, 3, 0}) {
     for (const bool mass : {false, true}) {
       SCOPED_TRACE(::testing::Message() << shape << " kernel " << static_cast<int>(kernel) << " splits " << splits

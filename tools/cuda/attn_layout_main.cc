@@ -29,6 +29,11 @@ ABSL_FLAG(std::vector<std::string>, shapes, std::vector<std::string>({"32x32", "
 ABSL_FLAG(std::vector<std::string>, head_dims, std::vector<std::string>({"128", "128", "64"}), "head_dim per shape");
 ABSL_FLAG(int32_t, batch, 64, "sequences");
 ABSL_FLAG(int32_t, slots, 2048, "slots (= consecutive rows) per sequence");
+ABSL_FLAG(std::vector<std::string>, kernels,
+          std::vector<std::string>({"lanes", "lanes_prefetch", "chunked", "mma", "pipelined"}),
+          "decode attention kernels to time (kernels::ParseDecodeAttentionKernel names)");
+ABSL_FLAG(std::vector<std::string>, layouts, std::vector<std::string>({"row_major", "head_major"}),
+          "KV layouts to time: row_major, head_major");
 ABSL_FLAG(int32_t, reps, 20, "timed launches per configuration (after 3 untimed)");
 ABSL_FLAG(std::string, json, "", "write the rows here");
 
@@ -122,9 +127,15 @@ int main(int argc, char** argv) {
     void* ws;
     CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&ws), ws_bytes));
     const double bytes = 2.0 * static_cast<double>(kv_elems) * 2;  // K and V, bf16
-    for (const char* layout : {"row_major", "head_major"}) {
-      for (const char* kname : {"lanes", "lanes_prefetch", "pipelined"}) {
-        const k::DecodeAttentionKernel kernel = *k::ParseDecodeAttentionKernel(kname);
+    for (const std::string& layout : absl::GetFlag(FLAGS_layouts)) {
+      if (layout != "row_major" && layout != "head_major") {
+        std::fprintf(stderr, "--layouts: \"%s\" is neither row_major nor head_major\n", layout.c_str());
+        return 2;
+      }
+      for (const std::string& kname : absl::GetFlag(FLAGS_kernels)) {
+        const absl::StatusOr<k::DecodeAttentionKernel> parsed = k::ParseDecodeAttentionKernel(kname);
+        CHECK_OK(parsed.status());
+        const k::DecodeAttentionKernel kernel = *parsed;
         auto launch = [&]() {
           k::DecodeAttentionArgs a;
           a.q_pos = d_qpos;
@@ -141,7 +152,7 @@ int main(int argc, char** argv) {
           a.workspace = ws;
           a.workspace_bytes = ws_bytes;
           a.kernel = kernel;
-          if (std::string(layout) == "row_major") {
+          if (layout == "row_major") {
             a.q = q;
             a.k_cache = k_cache;
             a.v_cache = v_cache;
@@ -173,7 +184,7 @@ int main(int argc, char** argv) {
         const double gbs = bytes / (per * 1e-3) / 1e9;
         std::printf("%-8s D=%-3lld batch %lld x %lld slots  %-10s %-15s %8.3f ms  %7.1f GB/s of K/V\n",
                     shapes[si].c_str(), static_cast<long long>(D), static_cast<long long>(B),
-                    static_cast<long long>(S), layout, kname, per, gbs);
+                    static_cast<long long>(S), layout.c_str(), kname.c_str(), per, gbs);
         rows.push_back({{"num_heads", H}, {"num_kv_heads", KV}, {"head_dim", D}, {"batch", B}, {"slots", S},
                         {"layout", layout}, {"kernel", kname}, {"ms", per}, {"kv_gb_s", gbs}});
       }

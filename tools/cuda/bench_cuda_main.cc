@@ -69,7 +69,7 @@ ABSL_FLAG(int32_t, tp, 1,
           "calls; rank 0 reports, with the time its collectives took)");
 ABSL_FLAG(std::string, commit, "", "commit to record in the JSON (default: git rev-parse in the working directory)");
 ABSL_FLAG(bool, cuda_graphs, true, "replay decode steps from captured CUDA graphs");
-ABSL_FLAG(std::string, decode_attention, "auto", "decode attention kernel: auto (= lanes_prefetch), lanes, lanes_prefetch or pipelined (A/B runs)");
+ABSL_FLAG(std::string, decode_attention, "auto", "decode attention kernel: auto (= mma at GQA >= 2, chunked at 1), lanes, lanes_prefetch, chunked, mma or pipelined (A/B runs)");
 ABSL_FLAG(uint64_t, seed, 1, "seed of the random prompt tokens and synthetic weights");
 ABSL_FLAG(std::string, json, "", "write the results as JSON to this file");
 
