@@ -629,7 +629,8 @@ absl::Status PreparePipelined() {
 // the 16 rows of the A operand (rows >= GQ are zero):
 //   S (16 x 16 slots) = Q K^T    ldmatrix of the K tile as the B operand
 //   online softmax on S's accumulator fragments (each row = one head, spread over a quad of lanes)
-//   O (16 x D) += P V            P's fragments reused as the A operand, ldmatrix.trans of the V tile as B
+//   O (16 x D) += P V            P's fragments reused as the A operand (bf16 value + bf16 remainder, two
+//                                MMAs), ldmatrix.trans of the V tile as B
 // The dot products and weighted sums cost a few dozen tensor-core instructions per tile, and the bytes in
 // flight live in shared memory, not in registers, so neither bounds the K/V rate the way the registers of
 // the lane kernels do at GQA >= 3.
@@ -678,9 +679,15 @@ __device__ __forceinline__ void Mma(float (&c)[4], uint32_t a0, uint32_t a2, uin
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
 }
-__device__ __forceinline__ uint32_t PackBf16x2(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
+// (x, y) as a pair of bf16x2 operands whose sum is (x, y) to about 16 bits: the rounded value and the
+// rounded remainder. A probability rounded to bf16 alone (8 bits) shifts logits by up to ~8e-2 relative
+// on SmolLM2, enough to flip near-tied greedy tokens; the second MMA costs nothing in a memory-bound kernel.
+__device__ __forceinline__ void SplitBf16x2(float x, float y, uint32_t& hi, uint32_t& lo) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+  const float2 hf = __bfloat1622float2(h);
+  const __nv_bfloat162 r = __floats2bfloat162_rn(x - hf.x, y - hf.y);
+  hi = *reinterpret_cast<const uint32_t*>(&h);
+  lo = *reinterpret_cast<const uint32_t*>(&r);
 }
 
 template <int D, int GQ>
@@ -794,8 +801,11 @@ __global__ void __launch_bounds__(kThreads) DecodeMmaKernel(const Params p) {
     for (int i = 0; i < 4; ++i) pr[i] = m_new == -INFINITY ? 0.0f : exp2f(s4[i] - m_new);
     l = l * alpha + (pr[0] + pr[1] + pr[2] + pr[3]);
     m = m_new;
-    // O = O * alpha + P V: P's accumulator layout is the A operand's (columns 2t, 2t + 1 and + 8).
-    const uint32_t pa0 = PackBf16x2(pr[0], pr[1]), pa2 = PackBf16x2(pr[2], pr[3]);
+    // O = O * alpha + P V: P's accumulator layout is the A operand's (columns 2t, 2t + 1 and + 8); P goes
+    // in as a rounded part and a remainder (SplitBf16x2).
+    uint32_t pa0, pa2, pr0, pr2;
+    SplitBf16x2(pr[0], pr[1], pa0, pr0);
+    SplitBf16x2(pr[2], pr[3], pa2, pr2);
 #pragma unroll
     for (int dp = 0; dp < D / 16; ++dp) {
       uint32_t vb[4];
@@ -805,6 +815,7 @@ __global__ void __launch_bounds__(kThreads) DecodeMmaKernel(const Params p) {
         o[2 * dp + h][0] *= alpha;
         o[2 * dp + h][1] *= alpha;
         Mma(o[2 * dp + h], pa0, pa2, vb[2 * h], vb[2 * h + 1]);
+        Mma(o[2 * dp + h], pr0, pr2, vb[2 * h], vb[2 * h + 1]);
       }
     }
     __syncwarp();  // the next iteration's copies refill this stage
