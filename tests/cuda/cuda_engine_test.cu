@@ -4,6 +4,7 @@
 // GQA 1/3/4) plus smoke runs at Llama-2-7B / Llama-3-8B size.
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <random>
 #include <vector>
@@ -92,8 +93,14 @@ class CudaEngineTest : public ::testing::Test {
     if (!testing::GpuAvailable(&why) || !testing::ModelAvailable()) return;
     auto weights = LoadModelWeights(testing::ModelPath());
     ASSERT_TRUE(weights.ok()) << weights.status();
-    auto gpu = CudaEngine::Create(
-        *weights, CudaEngineOptions{.max_tokens = 1024, .max_batch = 32, .max_logit_rows = 512, .kv_rows = 16384});
+    CudaEngineOptions options{.max_tokens = 1024, .max_batch = 32, .max_logit_rows = 512, .kv_rows = 16384};
+    // ADORE_DECODE_ATTENTION=KERNEL runs the suite with another decode attention kernel (A/B of numerics).
+    if (const char* k = std::getenv("ADORE_DECODE_ATTENTION"); k != nullptr && *k != '\0') {
+      auto kernel = kernels::ParseDecodeAttentionKernel(k);
+      ASSERT_TRUE(kernel.ok()) << kernel.status();
+      options.decode_attention = *kernel;
+    }
+    auto gpu = CudaEngine::Create(*weights, options);
     ASSERT_TRUE(gpu.ok()) << gpu.status();
     gpu_ = gpu->release();
     auto cpu = CpuEngine::Create(*std::move(weights), CpuEngineOptions{.kv_rows = 16384});
