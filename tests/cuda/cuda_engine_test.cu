@@ -337,32 +337,47 @@ TEST_F(CudaEngineTest, WindowPolicyMatchesCpuEngine) {
 }
 
 // With a budget above the context no policy releases anything, and generation equals full attention's token
-// for token. Logits agree within float rounding rather than bit for bit: full attention's pure decode steps
-// replay CUDA graphs whose slot bound is rounded up to 512, which splits the decode attention differently.
+// for token. The logits are held to the CPU engine (same token-by-token inputs) at the engine's tolerances,
+// not to each other: full attention's pure decode steps replay CUDA graphs whose slot bound is rounded up to
+// 512, which splits the decode attention differently, and two bf16 paths each within tolerance of the
+// reference can be twice as far from each other (measured on the H200 with the mma kernel: each 9.2e-2 or
+// less from the CPU at the worst row, 0.11 from each other).
 TEST_F(CudaEngineTest, PoliciesWithBudgetAboveContextEqualFull) {
   auto controller = AdoreController::Load(testing::SourcePath("tools/adore/controller.bin"));
   ASSERT_TRUE(controller.ok()) << controller.status();
   const std::vector<int32_t> a(texts_[0].begin(), texts_[0].begin() + 40);
   const std::vector<int32_t> b(texts_[1].begin(), texts_[1].begin() + 40);
+  const int64_t vocab = gpu_->config().vocab_size;
   const auto full = PolicySteps(*gpu_, a, b, nullptr, nullptr, 0, false);
+  const auto cpu = PolicySteps(*cpu_, a, b, nullptr, nullptr, 0, false);
+  auto expect_near_cpu = [&](const char* what, const std::vector<std::vector<float>>& got) {
+    ASSERT_EQ(got.size(), cpu.size()) << what;
+    double worst = 0;
+    std::vector<float> all_got, all_cpu;
+    for (size_t t = 0; t < got.size(); ++t) {
+      worst = std::max(worst, WorstRowRelDiff(got[t], cpu[t], vocab));
+      all_got.insert(all_got.end(), got[t].begin(), got[t].end());
+      all_cpu.insert(all_cpu.end(), cpu[t].begin(), cpu[t].end());
+    }
+    const double whole = MatrixRelDiff(all_got, all_cpu);
+    std::printf("%s vs the CPU engine: whole %.2e, worst row %.2e\n", what, whole, worst);
+    EXPECT_LE(whole, kMatrixTol) << what;
+    EXPECT_LE(worst, kWorstRowTol) << what;
+  };
+  expect_near_cpu("full attention", full);
   for (PolicyKind kind : {PolicyKind::kWindow, PolicyKind::kHeavyHitter, PolicyKind::kAdore}) {
     auto pa = *MakeReleasePolicy({.kind = kind, .kv_budget = 64, .controller = controller->get()});
     auto pb = *MakeReleasePolicy({.kind = kind, .kv_budget = 64, .controller = controller->get()});
     const auto got = PolicySteps(*gpu_, a, b, pa.get(), pb.get(), 64, false);
     ASSERT_EQ(got.size(), full.size());
-    const int64_t vocab = gpu_->config().vocab_size;
-    double worst = 0;
     for (size_t t = 0; t < got.size(); ++t) {
       ASSERT_EQ(got[t].size(), full[t].size());
       for (int i = 0; i < 2; ++i) {
         EXPECT_EQ(Argmax(&got[t][i * vocab], vocab), Argmax(&full[t][i * vocab], vocab))
             << PolicyKindName(kind) << " step " << t << " sequence " << i;
       }
-      worst = std::max(worst, WorstRowRelDiff(got[t], full[t], vocab));
     }
-    // The engine's bf16 tolerance at the worst position (measured on the H200: up to 2.3e-2 for adore).
-    std::printf("%s with m above the context vs full: worst row logit rel diff %.2e\n", PolicyKindName(kind), worst);
-    EXPECT_LE(worst, kWorstRowTol) << PolicyKindName(kind);
+    expect_near_cpu(PolicyKindName(kind), got);
     EXPECT_EQ(pa->stats().released + pb->stats().released, 0) << PolicyKindName(kind);
   }
 }
