@@ -7,6 +7,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/dispatch.cuh"
+#include "kernels/cuda/mma.cuh"
 
 namespace adore::kernels {
 namespace {
@@ -408,16 +409,6 @@ struct Smem {
   float m[GQ], l[GQ];
 };
 
-__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool fill) {
-  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(fill ? 16 : 0));
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
 template <int D, int GQ>
 __global__ void __launch_bounds__(kThreads, 2) DecodePipelinedKernel(const Params p) {
   constexpr int T = kTile<D>, P = kParts<D>, C = kChunks<D>, G = kPairGroups<D>;
@@ -659,35 +650,10 @@ template <int D, int GQ>
 constexpr size_t kSmemBytes = sizeof(WarpRing<D>) * kWarps > sizeof(Merge<D, GQ>) ? sizeof(WarpRing<D>) * kWarps
                                                                                   : sizeof(Merge<D, GQ>);
 
-__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* smem) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-}
-__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* smem) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-}
-// c += a * b for one m16n8k16 tile; a holds rows g and g + 8 (g = lane / 4), the latter always zero here.
+// c += a * b for one m16n8k16 tile whose A rows g + 8 (the second half) are zero: the group's heads are
+// rows 0..7.
 __device__ __forceinline__ void Mma(float (&c)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
-}
-// (x, y) as a pair of bf16x2 operands whose sum is (x, y) to about 16 bits: the rounded value and the
-// rounded remainder. A probability rounded to bf16 alone (8 bits) shifts logits by up to ~8e-2 relative
-// on SmolLM2, enough to flip near-tied greedy tokens; the second MMA costs nothing in a memory-bound kernel.
-__device__ __forceinline__ void SplitBf16x2(float x, float y, uint32_t& hi, uint32_t& lo) {
-  const __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
-  const float2 hf = __bfloat1622float2(h);
-  const __nv_bfloat162 r = __floats2bfloat162_rn(x - hf.x, y - hf.y);
-  hi = *reinterpret_cast<const uint32_t*>(&h);
-  lo = *reinterpret_cast<const uint32_t*>(&r);
+  Mma16816(c, a0, 0u, a2, 0u, b0, b1);
 }
 
 template <int D, int GQ>
@@ -739,8 +705,8 @@ __global__ void __launch_bounds__(kThreads) DecodeMmaKernel(const Params p) {
       const int32_t row = __shfl_sync(0xffffffffu, my_row, slot);
       const bool ok = row >= 0;
       const int64_t off = (ok ? row * kv_row_stride : 0) + kv_col + col * 8;
-      pipe::CpAsync16(&ring.k[st][slot][col * 8], p.k_cache + off, ok);
-      pipe::CpAsync16(&ring.v[st][slot][col * 8], p.v_cache + off, ok);
+      CpAsync16(&ring.k[st][slot][col * 8], p.k_cache + off, ok);
+      CpAsync16(&ring.v[st][slot][col * 8], p.v_cache + off, ok);
     }
   };
 
@@ -753,15 +719,15 @@ __global__ void __launch_bounds__(kThreads) DecodeMmaKernel(const Params p) {
 #pragma unroll
   for (int j = 0; j < S - 1; ++j) {
     if (j < my_tiles) issue(j, next_row);
-    pipe::CpAsyncCommit();
+    CpAsyncCommit();
     next_row = fetch(j + 1);
   }
   const int mi = lane / 8, mr = lane % 8;  // ldmatrix: the matrix this lane addresses and its row
   for (int j = 0; j < my_tiles; ++j) {
     if (j + S - 1 < my_tiles) issue(j + S - 1, next_row);
-    pipe::CpAsyncCommit();
+    CpAsyncCommit();
     next_row = fetch(j + S);
-    pipe::CpAsyncWait<S - 1>();
+    CpAsyncWait<S - 1>();
     __syncwarp();
     const int st = j % S;
     const int64_t tile_lo = w.lo + static_cast<int64_t>(warp + j * kWarps) * kTile;
@@ -820,7 +786,7 @@ __global__ void __launch_bounds__(kThreads) DecodeMmaKernel(const Params p) {
     }
     __syncwarp();  // the next iteration's copies refill this stage
   }
-  pipe::CpAsyncWait<0>();
+  CpAsyncWait<0>();
   l += __shfl_xor_sync(0xffffffffu, l, 1);
   l += __shfl_xor_sync(0xffffffffu, l, 2);
 

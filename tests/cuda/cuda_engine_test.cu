@@ -100,6 +100,11 @@ class CudaEngineTest : public ::testing::Test {
       ASSERT_TRUE(kernel.ok()) << kernel.status();
       options.decode_attention = *kernel;
     }
+    if (const char* k = std::getenv("ADORE_PREFILL_ATTENTION"); k != nullptr && *k != '\0') {
+      auto kernel = kernels::ParsePrefillAttentionKernel(k);
+      ASSERT_TRUE(kernel.ok()) << kernel.status();
+      options.prefill_attention = *kernel;
+    }
     auto gpu = CudaEngine::Create(*weights, options);
     ASSERT_TRUE(gpu.ok()) << gpu.status();
     gpu_ = gpu->release();
@@ -188,6 +193,7 @@ TEST_F(CudaEngineTest, GreedyGenerationMatchesCpuEngine) {
   const int64_t vocab = gpu_->config().vocab_size;
   constexpr int kTokens = 32;
   std::vector<std::vector<int32_t>> out_gpu(n), out_cpu(n);
+  std::vector<std::vector<float>> cpu_margin(n);  // the CPU's top-1 minus top-2 logit at each step
   {
     std::vector<SequenceKv> seqs(n);
     std::vector<SamplingParams> greedy(n);  // temperature 0
@@ -209,7 +215,16 @@ TEST_F(CudaEngineTest, GreedyGenerationMatchesCpuEngine) {
     for (int i = 0; i < n; ++i) items.push_back({&seqs[i], prompts[i]});
     for (int step = 0; step < kTokens; ++step) {
       ASSERT_TRUE(cpu_->Forward(std::span<ForwardItem>(items), &logits).ok());
-      for (int i = 0; i < n; ++i) out_cpu[i].push_back(Argmax(&logits[i * vocab], vocab));
+      for (int i = 0; i < n; ++i) {
+        const float* row = &logits[i * vocab];
+        const int32_t top = Argmax(row, vocab);
+        float second = -INFINITY;
+        for (int64_t v = 0; v < vocab; ++v) {
+          if (v != top) second = std::max(second, row[v]);
+        }
+        out_cpu[i].push_back(top);
+        cpu_margin[i].push_back(row[top] - second);
+      }
       for (int i = 0; i < n; ++i) items[i].tokens = std::span<const int32_t>(&out_cpu[i].back(), 1);
     }
     for (SequenceKv& s : seqs) cpu_->Release(s);
@@ -220,7 +235,10 @@ TEST_F(CudaEngineTest, GreedyGenerationMatchesCpuEngine) {
     const int first = static_cast<int>(diverge.first - out_gpu[i].begin());
     if (first == kTokens) ++matches;
     std::printf("prompt %d (%zu tokens): %s\n", i, prompts[i].size(),
-                first == kTokens ? "32/32 tokens match" : ("diverges at token " + std::to_string(first)).c_str());
+                first == kTokens ? "32/32 tokens match"
+                                 : ("diverges at token " + std::to_string(first) + " (CPU top-2 logit margin " +
+                                    std::to_string(cpu_margin[i][first]) + ")")
+                                       .c_str());
   }
   EXPECT_GE(matches, 9) << "of " << n << " prompts generate the CPU engine's first 32 greedy tokens";
 }

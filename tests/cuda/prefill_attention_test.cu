@@ -1,7 +1,9 @@
 // PrefillAttention (kernels/cuda/prefill_attention.cu) against AttentionRef: chunks of odd lengths over
 // earlier context (shuffled slots, empty and future slots) plus their own tokens, a batch of sequences,
 // GQA ratios 1/3/4/8, head_dim 64/128.
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <vector>
 
 #include "kernels/cuda/ops.h"
@@ -70,40 +72,49 @@ TEST_P(PrefillAttentionTest, MatchesCpuReference) {
 
   DeviceBuffer<bf16> d_q(testing::ToBf16(q)), d_k(testing::ToBf16(pool.k)), d_v(testing::ToBf16(pool.v));
   DeviceBuffer<bf16> d_out(total_q * nh * hd);
-  ADORE_ASSERT_CUDA(cudaMemset(d_out.get(), 0xff, d_out.size() * sizeof(bf16)));
   DeviceBuffer<int32_t> d_qpos(q_pos), d_qoff(q_offsets), d_off(t.offsets), d_rows(t.rows), d_pos(t.pos);
-  PrefillAttentionArgs a;
-  a.q = d_q.get();
-  a.q_stride = q_stride;
-  a.q_pos = d_qpos.get();
-  a.q_offsets = d_qoff.get();
-  a.k_cache = d_k.get();
-  a.v_cache = d_v.get();
-  a.num_rows = pool.num_rows;
-  a.slot_offsets = d_off.get();
-  a.slot_rows = d_rows.get();
-  a.slot_pos = d_pos.get();
-  a.num_seqs = static_cast<int64_t>(seqs.size());
-  a.max_q = max_q;
-  a.num_heads = nh;
-  a.num_kv_heads = nkv;
-  a.head_dim = hd;
-  a.scale = scale;
-  a.out = d_out.get();
-  a.out_stride = nh * hd;
-  const absl::Status st = PrefillAttention(a, nullptr);
-  ASSERT_TRUE(st.ok()) << st;
-  ADORE_ASSERT_CUDA(cudaDeviceSynchronize());
-  const std::vector<float> out = testing::ToFloat(d_out.Download());
-  for (size_t b = 0; b < seqs.size(); ++b) {
-    for (int64_t i = 0; i < seqs[b].chunk; ++i) {
-      const int64_t off = (q_offsets[b] + i) * nh * hd;
-      const std::vector<float> got_i(out.begin() + off, out.begin() + off + nh * hd);
-      const std::vector<float> ref_i(ref.begin() + off, ref.begin() + off + nh * hd);
-      ASSERT_LE(testing::RelError(got_i, ref_i), 1e-2)
-          << shape << ": sequence " << b << " (context " << seqs[b].context << ", chunk " << seqs[b].chunk
-          << ") query " << i;
+  for (const PrefillAttentionKernel kernel : {PrefillAttentionKernel::kWmma, PrefillAttentionKernel::kMma}) {
+    SCOPED_TRACE(::testing::Message() << "kernel " << static_cast<int>(kernel));
+    ADORE_ASSERT_CUDA(cudaMemset(d_out.get(), 0xff, d_out.size() * sizeof(bf16)));  // NaN garbage
+    PrefillAttentionArgs a;
+    a.q = d_q.get();
+    a.q_stride = q_stride;
+    a.q_pos = d_qpos.get();
+    a.q_offsets = d_qoff.get();
+    a.k_cache = d_k.get();
+    a.v_cache = d_v.get();
+    a.num_rows = pool.num_rows;
+    a.slot_offsets = d_off.get();
+    a.slot_rows = d_rows.get();
+    a.slot_pos = d_pos.get();
+    a.num_seqs = static_cast<int64_t>(seqs.size());
+    a.max_q = max_q;
+    a.num_heads = nh;
+    a.num_kv_heads = nkv;
+    a.head_dim = hd;
+    a.scale = scale;
+    a.out = d_out.get();
+    a.out_stride = nh * hd;
+    a.kernel = kernel;
+    const absl::Status st = PrefillAttention(a, nullptr);
+    ASSERT_TRUE(st.ok()) << st;
+    ADORE_ASSERT_CUDA(cudaDeviceSynchronize());
+    const std::vector<float> out = testing::ToFloat(d_out.Download());
+    double worst = 0;
+    for (size_t b = 0; b < seqs.size(); ++b) {
+      for (int64_t i = 0; i < seqs[b].chunk; ++i) {
+        const int64_t off = (q_offsets[b] + i) * nh * hd;
+        const std::vector<float> got_i(out.begin() + off, out.begin() + off + nh * hd);
+        const std::vector<float> ref_i(ref.begin() + off, ref.begin() + off + nh * hd);
+        const double err = testing::RelError(got_i, ref_i);
+        worst = std::max(worst, err);
+        ASSERT_LE(err, 1e-2) << shape << ": sequence " << b << " (context " << seqs[b].context << ", chunk "
+                             << seqs[b].chunk << ") query " << i;
+      }
     }
+    std::printf("head_dim %lld heads %lld kv_heads %lld, kernel %d: worst query rel error %.2e\n",
+                static_cast<long long>(hd), static_cast<long long>(nh), static_cast<long long>(nkv),
+                static_cast<int>(kernel), worst);
   }
 }
 

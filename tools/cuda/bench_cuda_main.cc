@@ -70,6 +70,7 @@ ABSL_FLAG(int32_t, tp, 1,
 ABSL_FLAG(std::string, commit, "", "commit to record in the JSON (default: git rev-parse in the working directory)");
 ABSL_FLAG(bool, cuda_graphs, true, "replay decode steps from captured CUDA graphs");
 ABSL_FLAG(std::string, decode_attention, "auto", "decode attention kernel: auto (= mma at GQA >= 2, chunked at 1), lanes, lanes_prefetch, chunked, mma or pipelined (A/B runs)");
+ABSL_FLAG(std::string, prefill_attention, "auto", "prefill attention kernel: auto (= wmma), wmma or mma (A/B runs)");
 ABSL_FLAG(uint64_t, seed, 1, "seed of the random prompt tokens and synthetic weights");
 ABSL_FLAG(std::string, json, "", "write the results as JSON to this file");
 
@@ -281,6 +282,7 @@ nlohmann::json NullRow(const std::string& model, int32_t batch, int32_t prompt, 
                         {"prompt", prompt},  {"gen", gen},   {"note", ""},
                         {"cuda_graphs", absl::GetFlag(FLAGS_cuda_graphs)}, {"tp", absl::GetFlag(FLAGS_tp)},
                         {"decode_attention", absl::GetFlag(FLAGS_decode_attention)},
+                        {"prefill_attention", absl::GetFlag(FLAGS_prefill_attention)},
                         {"policy", absl::GetFlag(FLAGS_policy)}, {"m", absl::GetFlag(FLAGS_kv_budget)},
                         {"R", absl::GetFlag(FLAGS_rebuild)}};
   for (const char* key :
@@ -564,6 +566,8 @@ absl::Status Run(int argc, char** argv) {
     options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
     ADORE_ASSIGN_OR_RETURN(options.decode_attention,
                            adore::kernels::ParseDecodeAttentionKernel(absl::GetFlag(FLAGS_decode_attention)));
+    ADORE_ASSIGN_OR_RETURN(options.prefill_attention,
+                           adore::kernels::ParsePrefillAttentionKernel(absl::GetFlag(FLAGS_prefill_attention)));
     options.device = tp > 1 ? rank : device;
     options.tp_rank = rank;
     options.tp_size = tp;

@@ -775,6 +775,7 @@ absl::Status CudaEngine::RunLayers(const Plan& p) {
       a.scale = scale;
       a.out = attn_ + p.num_decode * q_dim;
       a.out_stride = q_dim;
+      a.kernel = options_.prefill_attention;
       ADORE_RETURN_IF_ERROR(k::PrefillAttention(a, s));
     }
     // The residual stream is float32: the output projections add straight into it.

@@ -42,6 +42,7 @@ struct CudaEngineOptions {
   bool cuda_graphs = true;
   // Which decode attention kernel runs (both compute the same; see kernels/cuda/ops.h). A/B benchmarks.
   kernels::DecodeAttentionKernel decode_attention = kernels::DecodeAttentionKernel::kAuto;
+  kernels::PrefillAttentionKernel prefill_attention = kernels::PrefillAttentionKernel::kAuto;
   // KV pool size in rows (tokens over all sequences). 0: kv_bytes / bytes per row, or when that is 0 too,
   // kv_memory_fraction of the device memory still free after weights and workspaces.
   int64_t kv_rows = 0;
