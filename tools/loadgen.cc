@@ -4,9 +4,11 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <thread>
 #include <utility>
@@ -17,8 +19,6 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/time/time.h"
 #include "adore/v1/adore.grpc.pb.h"
 #include "common/status.h"
 
@@ -84,6 +84,28 @@ absl::StatusOr<v1::ModelInfo> WaitForModelInfo(v1::Adore::Stub& stub, double tim
 
 class Runner;
 
+// gRPC runs a reactor's reactions one at a time, each after the operation that asked for it was started, but
+// it orders them with its own synchronization (absl::Mutex, atomics), which ThreadSanitizer does not see in a
+// gRPC built without it (Debian's): to TSan, a reaction on one of gRPC's threads would race with the thread
+// that started the call or ran the previous reaction. These two state that order for the reactor's fields
+// (tools/sanitize.sh tsan); they compile to nothing in other builds.
+#if defined(__SANITIZE_THREAD__)
+#define ADORE_LOADGEN_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define ADORE_LOADGEN_TSAN 1
+#endif
+#endif
+#ifdef ADORE_LOADGEN_TSAN
+extern "C" void __tsan_acquire(void* addr);
+extern "C" void __tsan_release(void* addr);
+void StartsOperation(void* reactor) { __tsan_release(reactor); }  // before an operation is started
+void ReactionBegins(void* reactor) { __tsan_acquire(reactor); }  // first thing in every reaction
+#else
+void StartsOperation(void*) {}
+void ReactionBegins(void*) {}
+#endif
+
 // One Generate stream on the callback API: gRPC's own threads deliver the messages, so hundreds of
 // streams in flight cost no thread each. Timestamps are taken in OnReadDone, when the message is handed
 // to the client.
@@ -110,6 +132,7 @@ class StreamCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::
     stub.PrepareBidiStreamingCall(&ctx_, GenerateMethod(), grpc::StubOptions(), this);
     StartWriteLast(&request_, grpc::WriteOptions());
     StartRead(&response_);
+    StartsOperation(this);
     StartCall();
   }
 
@@ -157,7 +180,7 @@ class Runner {
     const Clock::time_point t0 = Clock::now();
     Clock::time_point next_progress = t0 + ProgressInterval();
     int32_t next = 0;
-    absl::MutexLock lock(&mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     finished_ = 0;
     in_flight_ = 0;
     while (finished_ < n) {
@@ -168,17 +191,14 @@ class Runner {
         calls[i] = std::make_unique<StreamCall>(this, &(*records)[i], options_.keep_output);
         // Built and started outside the lock: the calls in flight report to OnCallDone (which takes it)
         // from gRPC's threads meanwhile, and a long prompt should not hold them up.
-        mu_.Unlock();
+        lock.unlock();
         calls[i]->Start(*stubs_[i % stubs_.size()], MakeRequest(phase, i), options_.deadline_s);
-        mu_.Lock();
+        lock.lock();
       }
-      auto can_act = [this, n, &next] {
-        mu_.AssertHeld();
-        return finished_ == n || (in_flight_ < options_.concurrency && next < n);
-      };
+      auto can_act = [this, n, &next] { return finished_ == n || (in_flight_ < options_.concurrency && next < n); };
       if (options_.progress_s > 0.0) {
         const auto wait = std::chrono::duration_cast<std::chrono::microseconds>(next_progress - Clock::now());
-        mu_.AwaitWithTimeout(absl::Condition(&can_act), absl::Microseconds(std::max<int64_t>(0, wait.count())));
+        cv_.wait_for(lock, std::max(wait, std::chrono::microseconds(0)), can_act);
         if (Clock::now() >= next_progress) {
           const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
           std::fprintf(stderr, "adore-loadgen: %s %d/%d done, %d in flight, %lld tokens out, %.1f tok/s\n",
@@ -187,7 +207,7 @@ class Runner {
           next_progress = Clock::now() + ProgressInterval();
         }
       } else {
-        mu_.Await(absl::Condition(&can_act));
+        cv_.wait(lock, can_act);
       }
     }
     // Every call has reported from OnDone, its last touch of the reactor: the reactors can go.
@@ -202,9 +222,10 @@ class Runner {
   void AddTokens(int n) { tokens_.fetch_add(n, std::memory_order_relaxed); }
 
   void OnCallDone() {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     ++finished_;
     --in_flight_;
+    cv_.notify_all();  // under the lock: once it is released, the last call's RunPhase may return
   }
 
  private:
@@ -239,12 +260,16 @@ class Runner {
   std::vector<std::unique_ptr<grpc::GenericStub>> stubs_;
   const v1::ModelInfo model_;
   std::atomic<int64_t> tokens_{0};
-  absl::Mutex mu_;
-  int32_t finished_ ABSL_GUARDED_BY(mu_) = 0;
-  int32_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  // std::mutex, not absl::Mutex: ThreadSanitizer sees the former's pthread calls, not the latter's futex waits
+  // in an Abseil built without it (Debian's; tools/sanitize.sh).
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int32_t finished_ = 0;   // guarded by mu_
+  int32_t in_flight_ = 0;  // guarded by mu_
 };
 
 void StreamCall::OnReadDone(bool ok) {
+  ReactionBegins(this);
   if (!ok) return;  // the stream has ended; OnDone follows with its status
   const Clock::time_point now = Clock::now();
   bool parsed = false;
@@ -254,6 +279,7 @@ void StreamCall::OnReadDone(bool ok) {
   }
   if (!parsed) {
     if (fault_.empty()) fault_ = "a message that does not parse as GenerateResponse (invalid UTF-8 in a string?)";
+    StartsOperation(this);
     StartRead(&response_);
     return;
   }
@@ -287,10 +313,12 @@ void StreamCall::OnReadDone(bool ok) {
   } else if (fault_.empty()) {
     fault_ = "a message with neither delta nor done";
   }
+  StartsOperation(this);
   StartRead(&response_);
 }
 
 void StreamCall::OnDone(const grpc::Status& status) {
+  ReactionBegins(this);
   end_ = Clock::now();
   RequestRecord& r = *record_;
   r.code = status.error_code();

@@ -47,11 +47,12 @@ build=$(realpath -m "${2:-$root/build-$mode}")
 # The concurrency tests TSan runs, by ctest label (tests/CMakeLists.txt labels every GoogleTest case with its
 # binary's name): the scheduler's loop against submitting / cancelling threads; the gRPC server's handler
 # threads and streams (grpc_server, loadgen, load); the worker actors and remote runners (remote_worker,
-# tp_workers, registration, multiprocess: adore-server and adore-worker as child processes); Gloo rendezvous and
-# collectives across threads and processes (comm_*).
+# tp_workers, registration; multiprocess and fault: adore-server and adore-worker as child processes, killed and
+# restarted in the fault tests); Gloo rendezvous and collectives across threads and processes (comm_*). The rest
+# of the suite is single-threaded or covered by these (ASan runs all of it).
 TSAN_TESTS=(coordinator_scheduler_test server_grpc_server_test server_loadgen_test server_load_test
   server_remote_worker_test server_tp_workers_test server_registration_test server_multiprocess_test
-  comm_gloo_communicator_test comm_plan_broadcast_test comm_tp_cpu_engine_test)
+  server_fault_test comm_gloo_communicator_test comm_plan_broadcast_test comm_tp_cpu_engine_test)
 
 # -O1: a sanitizer build at -O3 takes much longer to compile and reports less precisely; -g for the stacks.
 mkdir -p "$build"
@@ -74,7 +75,13 @@ common="print_stacktrace=1:symbolize=1"
 export UBSAN_OPTIONS="$common:halt_on_error=1"
 export ASAN_OPTIONS="$common:halt_on_error=1:detect_leaks=1:detect_stack_use_after_return=1:strict_init_order=1:check_initialization_order=1"
 export LSAN_OPTIONS="suppressions=$root/tools/lsan.supp:print_suppressions=0"
-export TSAN_OPTIONS="$common:halt_on_error=0:second_deadlock_stack=1:ignore_noninstrumented_modules=1:suppressions=$root/tools/tsan.supp"
+# history_size=7 (4M accesses per thread, default 128K): the race: suppressions of gRPC's call setup
+# (tools/tsan.supp) match on the stack of the earlier access, which TSan rebuilds from that history; in
+# server_load_test the main thread starts hundreds of calls before gRPC's thread touches the first one's
+# tags, and with the default history those reports came out as "[failed to restore the stack]".
+# server_load_test's hard time limit (150 s for 6,000 streams) times 4 under TSan, which runs them 2-3x slower.
+if [ "$mode" = tsan ]; then export ADORE_TEST_TIME_SCALE=4; fi
+export TSAN_OPTIONS="$common:halt_on_error=0:second_deadlock_stack=1:ignore_noninstrumented_modules=1:history_size=7:suppressions=$root/tools/tsan.supp:print_suppressions=1"
 start=$(date +%s)
 cmake --build "$build" -j"$jobs"
 echo "sanitize: $mode build done in $(( $(date +%s) - start )) s" >&2
@@ -96,6 +103,13 @@ if [ "$mode" = tsan ]; then
   args+=(-L "^($(IFS='|'; echo "${TSAN_TESTS[*]}"))\$")
 fi
 [ "$skip_slow" = 1 ] && exclude+=(server_load_test)
+if [ "$mode" = tsan ]; then
+  # Timing, not a race: the scripted server writes a delta, sleeps 40 ms and writes the next; the test wants
+  # the client to see that gap. Under TSan the client's first read reaction can come more than 40 ms late, and
+  # it then reads both back to back (gap 0.1-4 ms; run alone, load average 3, it failed 8 times in 10, with
+  # no report). It passes in the plain and ASan builds.
+  exclude+=(LoadgenScriptedTest.SeveralTokensInOneDeltaShareItsGap)
+fi
 if [ "$mode" = asan ]; then
   # server_load_test asserts that adore-server's VmRSS after round 3 is within 10% of round 1's, a check of
   # glibc malloc's footprint. Under ASan the allocator holds freed chunks back (quarantine, 256 MB) and keeps
@@ -125,9 +139,14 @@ start=$(date +%s)
 set +e
 ctest "${args[@]}" 2>&1 | tee "$build/sanitize-ctest.log"
 rc=${PIPESTATUS[0]}
+[ "$rc" = 0 ] || rc=1  # ctest's own status is 8 when a test fails
 set -e
 elapsed=$(( $(date +%s) - start ))
-reports=$(find "$logs" -type f | sort)
+# A file holding nothing but TSan's count of matched suppressions (print_suppressions=1) is not a report.
+# (An if, not `grep && echo`: a clean last file would make the loop's status 1, and set -e would end the script.)
+reports=$(for f in $(find "$logs" -type f | sort); do
+  if grep -vqE '^(ThreadSanitizer: Matched [0-9]+ suppressions.*|[0-9]+ [a-z_]+:.*|)$' "$f"; then echo "$f"; fi
+done)
 if [ -n "$reports" ]; then
   echo "sanitize: sanitizer reports (one file per process):" >&2
   for f in $reports; do
@@ -135,6 +154,11 @@ if [ -n "$reports" ]; then
     head -n 80 "$f" >&2
   done
   rc=1
+fi
+if [ "$mode" = tsan ]; then
+  echo "sanitize: suppressions matched (tools/tsan.supp, summed over processes):" >&2
+  { cat "$logs"/* 2>/dev/null | grep -E '^[0-9]+ [a-z_]+:' || true; } |
+    awk '{n[$2] += $1} END {for (p in n) print "  " n[p], p}' | sort -rn >&2
 fi
 summary=$(grep -E 'tests passed|tests failed' "$build/sanitize-ctest.log" | tail -1 || true)
 echo "sanitize: $mode: $summary; $(echo "$reports" | grep -c . || true) report file(s); ctest wall time ${elapsed} s; rc $rc" >&2
