@@ -18,7 +18,7 @@ can, for each overlay tpN:
   PersistentVolumeClaim mounted at the same path in both (the coordinator sends its path to the workers)
   and created by deploy/k8s/models, whose loader pod mounts it at that path too,
   both listening on 0.0.0.0, probes and Services on the ports the servers listen on (gRPC probes on the
-  coordinator, which serves grpc.health.v1), selectors that match the pods, one coordinator replica with
+  coordinator and the workers, which serve grpc.health.v1), selectors that match the pods, one coordinator replica with
   the Recreate strategy, non-root pods without privilege escalation, one image for every container.
 
 Then it breaks copies of the tp2 rendering in known ways (MUTATIONS) and fails unless every break is
@@ -355,8 +355,8 @@ def check_overlay(name: str, tp: int, docs: list[dict], server_flags: dict[str, 
             f.check(p["grpc"].get("port") == cport, cw, f"{probe} checks port {p['grpc'].get('port')}, not {cport}")
     for probe in ("readinessProbe", "livenessProbe"):
         p = worker.get(probe)
-        if f.check(p is not None, ww, f"no {probe}"):
-            port = (p.get("tcpSocket") or p.get("grpc") or {}).get("port")
+        if f.check(p is not None and "grpc" in p, ww, f"{probe} must be a gRPC probe (grpc.health.v1)"):
+            port = p["grpc"].get("port")
             f.check(port_number(worker, port) == wport, ww, f"{probe} checks port {port}, not {wport}")
     svcs = [s for s in o.by_kind.get("Service", []) if labels_match(s["spec"].get("selector", {}), dep["spec"]["template"]["metadata"]["labels"])]
     if f.check(len(svcs) == 1, name, "expected one Service selecting the coordinator"):
@@ -424,6 +424,8 @@ MUTATIONS = [
          slice(None), [m for m in _pod(d, "StatefulSet")["containers"][0]["volumeMounts"] if m["name"] != "models"])),
     ("HTTP probe on the coordinator", "readinessProbe must be a gRPC probe",
      lambda d: _pod(d, "Deployment")["containers"][0].update(readinessProbe={"tcpSocket": {"port": 50051}})),
+    ("TCP probe on the workers", "livenessProbe must be a gRPC probe",
+     lambda d: _pod(d, "StatefulSet")["containers"][0].update(livenessProbe={"tcpSocket": {"port": "grpc"}})),
     ("running as root", "runAsNonRoot is not true",
      lambda d: _pod(d, "StatefulSet")["securityContext"].update(runAsNonRoot=False)),
     ("two coordinators", "exactly 1 replica",

@@ -60,43 +60,10 @@ double SecondsSince(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
-// grpc.health.v1 Check through a generic call (the health proto's stub is not among grpc++'s public
-// headers): 1 SERVING, 2 NOT_SERVING, 0 UNKNOWN, -1 when the call fails.
-constexpr int kServing = 1, kNotServing = 2;
+using testing::kNotServing;
+using testing::kServing;
 int GrpcHealth(const std::string& address, const std::string& service) {
-  grpc::GenericStub generic(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  std::string request;  // HealthCheckRequest{service}: field 1, length-delimited
-  if (!service.empty()) request = std::string("\x0a") + static_cast<char>(service.size()) + service;
-  grpc::Slice slice(request.data(), request.size());
-  grpc::ByteBuffer request_bytes(&slice, 1), response_bytes;
-  // The empty critical section and the callback's lock state for ThreadSanitizer the order that gRPC keeps with
-  // its own (uninstrumented) synchronization; this thread returns only once it holds the lock again, after the
-  // callback's last touch of this frame (registration_test.cc, Health).
-  std::mutex mu;
-  std::condition_variable cv;
-  bool finished = false;
-  grpc::Status st;
-  { const std::lock_guard<std::mutex> lock(mu); }
-  generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request_bytes, &response_bytes,
-                    [&](grpc::Status s) {
-                      const std::lock_guard<std::mutex> lock(mu);
-                      st = std::move(s);
-                      finished = true;
-                      cv.notify_all();
-                    });
-  {
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return finished; });
-  }
-  if (!st.ok()) return -1;
-  std::vector<grpc::Slice> slices;
-  if (!response_bytes.Dump(&slices).ok()) return -1;
-  std::string body;
-  for (const auto& s : slices) body.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  if (body.empty()) return 0;
-  return body.size() == 2 && body[0] == '\x08' ? body[1] : -1;
+  return testing::GrpcHealthCheck(address, service);
 }
 
 int HttpHealth(int port) {

@@ -417,47 +417,13 @@ grpc::Status RegisterAt(const std::string& coordinator, const std::string& addre
   return stub->RegisterWorker(&ctx, Req(address), resp);
 }
 
-// grpc.health.v1 Check through a generic call (the health proto's stub is not part of grpc++'s public
-// headers): 1 SERVING, 2 NOT_SERVING (the response's status field), -1 when the call fails.
-constexpr int kServing = 1, kNotServing = 2;
+using testing::kNotServing;
+using testing::kServing;
 int Health(const std::string& address, const std::string& service) {
-  grpc::GenericStub generic(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  std::string request;  // HealthCheckRequest{service}: field 1, length-delimited
-  if (!service.empty()) request = std::string("\x0a") + static_cast<char>(service.size()) + service;
-  grpc::Slice slice(request.data(), request.size());
-  grpc::ByteBuffer request_bytes(&slice, 1), response_bytes;
-  // The callback runs on a gRPC thread after the call has started, an order kept by gRPC's own synchronization,
-  // which ThreadSanitizer cannot see in Debian's uninstrumented gRPC (tools/sanitize.sh tsan): the empty critical
-  // section after the state is built and the callback's lock state that order. This thread returns only once it
-  // holds the lock again, after the callback's last touch of this frame.
-  std::mutex mu;
-  std::condition_variable cv;
-  bool finished = false;
   grpc::Status st;
-  { const std::lock_guard<std::mutex> lock(mu); }
-  generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request_bytes, &response_bytes,
-                    [&](grpc::Status s) {
-                      const std::lock_guard<std::mutex> lock(mu);
-                      st = std::move(s);
-                      finished = true;
-                      cv.notify_all();
-                    });
-  {
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return finished; });
-  }
+  const int status = testing::GrpcHealthCheck(address, service, 10, &st);
   EXPECT_TRUE(st.ok()) << service << ": " << st.error_message();
-  if (!st.ok()) return -1;
-  std::vector<grpc::Slice> slices;
-  EXPECT_TRUE(response_bytes.Dump(&slices).ok());
-  std::string body;
-  for (const auto& s : slices) body.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  if (body.empty()) return 0;  // UNKNOWN, the default value
-  EXPECT_EQ(body.size(), 2u);
-  EXPECT_EQ(body[0], '\x08');
-  return body.size() == 2 ? body[1] : -1;
+  return status;
 }
 
 TEST(EmbeddedServerRegistrationTest, WaitsForTheWorkerNotReadyMeanwhileThenGeneratesThroughIt) {
@@ -466,6 +432,11 @@ TEST(EmbeddedServerRegistrationTest, WaitsForTheWorkerNotReadyMeanwhileThenGener
   wo.secret = kSecret;
   auto worker = WorkerServer::Start(wo);
   ASSERT_TRUE(worker.ok()) << worker.status();
+  // The worker's own grpc.health.v1 (probes; no secret): up, but no model loaded yet.
+  const std::string worker_address = (*worker)->address();
+  EXPECT_EQ(Health(worker_address, ""), kServing);
+  EXPECT_EQ(Health(worker_address, "liveness"), kServing);
+  EXPECT_EQ(Health(worker_address, "adore.v1.Worker"), kNotServing);
 
   ServerOptions o;
   o.model = testing::ModelPath();
@@ -507,6 +478,7 @@ TEST(EmbeddedServerRegistrationTest, WaitsForTheWorkerNotReadyMeanwhileThenGener
 
   EXPECT_EQ(Health(address, ""), kServing);
   EXPECT_EQ(Health(address, "adore.v1.Adore"), kServing);
+  EXPECT_EQ(Health(worker_address, "adore.v1.Worker"), kServing);  // loaded by the coordinator
   // Generation runs on the registered worker: the engine's own greedy tokens.
   auto weights = LoadModelWeights(testing::ModelPath());
   ASSERT_TRUE(weights.ok());

@@ -1,6 +1,8 @@
 // WorkerService: the adore.v1.Worker API over one StepExecutor, driven by an actor thread.
 #include "worker/grpc/worker_service.h"
 
+#include <grpcpp/health_check_service_interface.h>
+
 #include <omp.h>
 
 #include <cmath>
@@ -146,9 +148,21 @@ grpc::Status WorkerService::Health(grpc::ServerContext* context, const v1::Worke
   return grpc::Status::OK;
 }
 
+void WorkerService::SetReadyLocked(bool ready) {
+  if (ready == ready_published_) return;
+  ready_published_ = ready;
+  if (options_.on_ready_changed) options_.on_ready_changed(ready);
+}
+
+void WorkerService::RepublishReady() {
+  std::lock_guard<std::mutex> lock(health_mu_);
+  if (options_.on_ready_changed) options_.on_ready_changed(ready_published_);
+}
+
 void WorkerService::PublishHealth() {
   std::lock_guard<std::mutex> lock(health_mu_);
   if (loaded_) health_.set_state(v1::WORKER_STATE_READY);
+  SetReadyLocked(loaded_);
   health_.set_epoch(epoch_);
   health_.set_last_step_id(last_step_id_);
   health_.set_live_sequences(static_cast<int64_t>(totals_.size()));
@@ -241,6 +255,7 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
   {
     std::lock_guard<std::mutex> lock(health_mu_);
     health_.set_state(v1::WORKER_STATE_LOADING);
+    SetReadyLocked(false);
   }
   auto fail_load = [&](const grpc::Status& st) {
     std::lock_guard<std::mutex> lock(health_mu_);
@@ -487,6 +502,7 @@ void WorkerService::LeaveGroup() {
   slots_used_ = 0;
   std::lock_guard<std::mutex> lock(health_mu_);
   health_.set_state(v1::WORKER_STATE_EMPTY);
+  SetReadyLocked(false);
   health_.set_last_step_id(0);
   health_.set_live_sequences(0);
   health_.set_kv_slots_used(0);
@@ -685,9 +701,20 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(const WorkerSe
   }
   std::unique_ptr<WorkerServer> s(new WorkerServer());
   s->options_ = o;
-  s->service_ = std::make_unique<WorkerService>(
-      WorkerServiceOptions{.secret = o.secret, .comm_listen_host = o.comm_listen_host, .device = o.device,
-                           .model_sha256 = model_sha256, .debug_step_delay_ms = o.debug_step_delay_ms});
+  // grpc.health.v1 for probes (no secret needed: it reveals only these statuses): "" and "liveness" are
+  // SERVING while the process serves; "adore.v1.Worker" is SERVING while a model is loaded and ready.
+  // The health service exists once the server is built; the ready callback reads it through health_, set
+  // right after (a Load, which fires the callback, may already be arriving).
+  WorkerServiceOptions so{.secret = o.secret, .comm_listen_host = o.comm_listen_host, .device = o.device,
+                          .model_sha256 = model_sha256, .debug_step_delay_ms = o.debug_step_delay_ms};
+  // The service's threads stop (Shutdown resets service_) before this object goes.
+  so.on_ready_changed = [server = s.get()](bool ready) {
+    if (grpc::HealthCheckServiceInterface* h = server->health_.load()) {
+      h->SetServingStatus(v1::Worker::service_full_name(), ready);
+    }
+  };
+  s->service_ = std::make_unique<WorkerService>(std::move(so));
+  grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   const std::string addr = absl::StrFormat("%s:%d", o.listen, o.port);
   builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &s->port_);
@@ -696,6 +723,14 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(const WorkerSe
   builder.SetMaxSendMessageSize(256 << 20);
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) return absl::UnavailableError(absl::StrFormat("cannot listen on %s", addr));
+  grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
+  if (health != nullptr) {
+    health->SetServingStatus(true);
+    health->SetServingStatus("liveness", true);
+    health->SetServingStatus(v1::Worker::service_full_name(), false);
+    s->health_.store(health);
+    s->service_->RepublishReady();  // a Load that finished before the store
+  }
   return s;
 }
 

@@ -8,6 +8,7 @@
 // engine and its sequences: the coordinator loads the worker again afterwards.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -48,6 +49,9 @@ struct WorkerServiceOptions {
   // Testing only (the fault tests): every step waits this long before it runs, so that a stream of the
   // tiny test model lasts long enough to be interrupted. 0: off.
   int64_t debug_step_delay_ms = 0;
+  // Called (under the health lock, so in order) whenever the worker becomes loaded and ready or stops being
+  // so (a Load starts or fails): WorkerServer mirrors it into grpc.health.v1's "adore.v1.Worker" status.
+  std::function<void(bool ready)> on_ready_changed;
 };
 
 class WorkerService final : public adore::v1::Worker::Service {
@@ -66,6 +70,9 @@ class WorkerService final : public adore::v1::Worker::Service {
                     adore::v1::StepResult* response) override;
   grpc::Status Health(grpc::ServerContext* context, const adore::v1::WorkerHealthRequest* request,
                       adore::v1::WorkerHealthResponse* response) override;
+  // Calls options.on_ready_changed with the current readiness (under the health lock): for a listener that
+  // could not take calls when the state last changed.
+  void RepublishReady();
 
  private:
   grpc::Status Authenticate(const grpc::ServerContext& context) const;
@@ -112,6 +119,8 @@ class WorkerService final : public adore::v1::Worker::Service {
   // What Health answers (written by the actor).
   mutable std::mutex health_mu_;
   adore::v1::WorkerHealthResponse health_;
+  bool ready_published_ = false;  // the last value given to options_.on_ready_changed; guarded by health_mu_
+  void SetReadyLocked(bool ready);
 
   std::thread thread_;  // last: starts after everything above exists
 };
@@ -144,6 +153,7 @@ class WorkerServer {
   WorkerServerOptions options_;
   std::unique_ptr<WorkerService> service_;
   std::unique_ptr<grpc::Server> server_;
+  std::atomic<grpc::HealthCheckServiceInterface*> health_{nullptr};  // server_'s grpc.health.v1 service
   int port_ = 0;
   bool shut_down_ = false;
 };
