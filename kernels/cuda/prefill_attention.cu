@@ -65,6 +65,58 @@ struct Params {
   int64_t out_stride;
 };
 
+// The packed rows one block works on: grid (query-row tiles, num_kv_heads, num_seqs); packed row r is
+// token r / group, head kvh * group + r % group of sequence seq; the block takes [row0, row0 + kBM).
+struct BlockRows {
+  int seq, kvh, group;
+  int64_t q_begin, num_packed, row0, s_begin, num_slots;
+};
+__device__ __forceinline__ BlockRows BlockRowsOf(const Params& p) {
+  BlockRows b;
+  b.seq = blockIdx.z;
+  b.kvh = blockIdx.y;
+  b.group = p.num_heads / p.num_kv_heads;
+  b.q_begin = p.q_offsets[b.seq];
+  b.num_packed = (p.q_offsets[b.seq + 1] - b.q_begin) * b.group;
+  b.row0 = static_cast<int64_t>(blockIdx.x) * kBM;
+  b.s_begin = p.slot_offsets[b.seq];
+  b.num_slots = p.slot_offsets[b.seq + 1] - b.s_begin;
+  return b;
+}
+
+// The block's kBM query rows into shared memory (`pitch` bf16 per row), zeros past the sequence's rows.
+template <int D>
+__device__ __forceinline__ void LoadQueryTile(const Params& p, const BlockRows& b, bf16* sq, int pitch) {
+  for (int idx = threadIdx.x; idx < kBM * (D / 8); idx += kThreads) {
+    const int r = idx / (D / 8), c = (idx % (D / 8)) * 8;
+    const int64_t pr = b.row0 + r;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (pr < b.num_packed) {
+      const int64_t i = pr / b.group;
+      const int h = b.kvh * b.group + static_cast<int>(pr % b.group);
+      val = *reinterpret_cast<const uint4*>(p.q + (b.q_begin + i) * p.q_stride + static_cast<int64_t>(h) * D + c);
+    }
+    *reinterpret_cast<uint4*>(sq + r * pitch + c) = val;
+  }
+}
+
+// Threads < kBN: slot t0 + threadIdx.x's pool row (-1: empty or out of the pool) and position into the
+// shared arrays; returns whether any row of the block can see it (0 for the other threads).
+__device__ __forceinline__ int LoadSlotTile(const Params& p, const BlockRows& b, int64_t t0, int max_qpos, int* srow,
+                                            int* spos) {
+  if (threadIdx.x >= kBN) return 0;
+  const int64_t s = t0 + threadIdx.x;
+  int row = -1, pos = INT_MAX;
+  if (s < b.num_slots) {
+    row = p.slot_rows[b.s_begin + s];
+    pos = p.slot_pos[b.s_begin + s];
+    if (row < 0 || row >= p.num_rows) row = -1;
+  }
+  srow[threadIdx.x] = row;
+  spos[threadIdx.x] = pos;
+  return row >= 0 && pos <= max_qpos;
+}
+
 // Grid (query-row tiles, num_kv_heads, num_seqs); 4 warps, each owning 16 packed rows (row r = token
 // r / group, head kvh * group + r % group). Per 64-slot tile: the block gathers K/V rows through the slot
 // table into shared memory; each warp computes its 16 x 64 scores (Q fragments stay in registers), applies
@@ -88,26 +140,12 @@ __global__ void __launch_bounds__(kThreads) PrefillWmmaKernel(const Params p) {
   int* smisc = reinterpret_cast<int*>(smem + L::misc);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int seq = blockIdx.z, kvh = blockIdx.y;
-  const int group = p.num_heads / p.num_kv_heads;
-  const int64_t q_begin = p.q_offsets[seq];
-  const int64_t num_packed = (p.q_offsets[seq + 1] - q_begin) * group;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kBM;
+  const BlockRows b = BlockRowsOf(p);
+  const int kvh = b.kvh, group = b.group;
+  const int64_t q_begin = b.q_begin, num_packed = b.num_packed, row0 = b.row0, num_slots = b.num_slots;
   if (row0 >= num_packed) return;  // uniform over the block, before any barrier
-  const int64_t s_begin = p.slot_offsets[seq];
-  const int64_t num_slots = p.slot_offsets[seq + 1] - s_begin;
 
-  for (int idx = threadIdx.x; idx < kBM * (D / 8); idx += kThreads) {
-    const int r = idx / (D / 8), c = (idx % (D / 8)) * 8;
-    const int64_t pr = row0 + r;
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (pr < num_packed) {
-      const int64_t i = pr / group;
-      const int h = kvh * group + static_cast<int>(pr % group);
-      val = *reinterpret_cast<const uint4*>(p.q + (q_begin + i) * p.q_stride + static_cast<int64_t>(h) * D + c);
-    }
-    *reinterpret_cast<uint4*>(sq + r * L::kQp + c) = val;
-  }
+  LoadQueryTile<D>(p, b, sq, L::kQp);
   for (int idx = threadIdx.x; idx < kBM * L::kOp; idx += kThreads) so[idx] = 0.0f;
   int my_qpos = INT_MIN;
   if (threadIdx.x < kBM) {
@@ -128,19 +166,7 @@ __global__ void __launch_bounds__(kThreads) PrefillWmmaKernel(const Params p) {
 
   const int64_t kv_row_stride = static_cast<int64_t>(p.num_kv_heads) * D;
   for (int64_t t0 = 0; t0 < num_slots; t0 += kBN) {
-    int visible = 0;
-    if (threadIdx.x < kBN) {
-      const int64_t s = t0 + threadIdx.x;
-      int row = -1, pos = INT_MAX;
-      if (s < num_slots) {
-        row = p.slot_rows[s_begin + s];
-        pos = p.slot_pos[s_begin + s];
-        if (row < 0 || row >= p.num_rows) row = -1;
-      }
-      srow[threadIdx.x] = row;
-      spos[threadIdx.x] = pos;
-      visible = row >= 0 && pos <= max_qpos;
-    }
+    const int visible = LoadSlotTile(p, b, t0, max_qpos, srow, spos);
     if (!__syncthreads_or(visible)) continue;  // every slot of the tile is empty or in every row's future
 
     for (int idx = threadIdx.x; idx < kBN * (D / 8); idx += kThreads) {
@@ -259,26 +285,12 @@ __global__ void __launch_bounds__(kThreads) PrefillMmaKernel(const Params p) {
   S& sm = *reinterpret_cast<S*>(smem_raw);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const int seq = blockIdx.z, kvh = blockIdx.y;
-  const int group = p.num_heads / p.num_kv_heads;
-  const int64_t q_begin = p.q_offsets[seq];
-  const int64_t num_packed = (p.q_offsets[seq + 1] - q_begin) * group;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kBM;
+  const BlockRows b = BlockRowsOf(p);
+  const int kvh = b.kvh, group = b.group;
+  const int64_t q_begin = b.q_begin, num_packed = b.num_packed, row0 = b.row0, num_slots = b.num_slots;
   if (row0 >= num_packed) return;  // uniform over the block, before any barrier
-  const int64_t s_begin = p.slot_offsets[seq];
-  const int64_t num_slots = p.slot_offsets[seq + 1] - s_begin;
 
-  for (int idx = threadIdx.x; idx < kBM * (D / 8); idx += kThreads) {
-    const int r = idx / (D / 8), c = (idx % (D / 8)) * 8;
-    const int64_t pr = row0 + r;
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (pr < num_packed) {
-      const int64_t i = pr / group;
-      const int h = kvh * group + static_cast<int>(pr % group);
-      val = *reinterpret_cast<const uint4*>(p.q + (q_begin + i) * p.q_stride + static_cast<int64_t>(h) * D + c);
-    }
-    *reinterpret_cast<uint4*>(&sm.q[r][c]) = val;
-  }
+  LoadQueryTile<D>(p, b, &sm.q[0][0], S::kPitch);
   // Positions of this lane's two fragment rows (g and g + 8 of the warp's 16), and the block's largest.
   auto row_qpos = [&](int r) {
     const int64_t pr = row0 + r;
@@ -303,19 +315,7 @@ __global__ void __launch_bounds__(kThreads) PrefillMmaKernel(const Params p) {
   const int64_t kv_row_stride = static_cast<int64_t>(p.num_kv_heads) * D;
   const int64_t kv_col = static_cast<int64_t>(kvh) * D;
   for (int64_t t0 = 0; t0 < num_slots; t0 += kBN) {
-    int visible = 0;
-    if (threadIdx.x < kBN) {
-      const int64_t s = t0 + threadIdx.x;
-      int row = -1, pos = INT_MAX;
-      if (s < num_slots) {
-        row = p.slot_rows[s_begin + s];
-        pos = p.slot_pos[s_begin + s];
-        if (row < 0 || row >= p.num_rows) row = -1;
-      }
-      sm.row[threadIdx.x] = row;
-      sm.pos[threadIdx.x] = pos;
-      visible = row >= 0 && pos <= max_qpos;
-    }
+    const int visible = LoadSlotTile(p, b, t0, max_qpos, sm.row, sm.pos);
     if (!__syncthreads_or(visible)) continue;  // every slot of the tile is empty or in every row's future
 
     for (int idx = threadIdx.x; idx < kBN * (D / 8); idx += kThreads) {
