@@ -20,8 +20,9 @@
 #include "common/synthetic_model.h"
 #include "common/status.h"
 #include "coordinator/grpc/remote_runner.h"
-#include "worker/grpc/worker_service.h"
 #include "worker/cpu_engine.h"
+#include "worker/grpc/worker_service.h"
+#include "worker/memory_budget.h"
 #if ADORE_WITH_CUDA
 #include "worker/cuda/cuda_engine.h"
 #endif
@@ -207,7 +208,23 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(const Serv
     return absl::FailedPreconditionError("default policy adore: no controller loaded (--controller)");
   }
   ADORE_RETURN_IF_ERROR(defaults.release.Validate(weights.config.max_context));
-  const int64_t kv_rows = o.kv_rows > 0 ? o.kv_rows : 8 * weights.config.max_context;
+  if (o.memory_budget_bytes < 0) {
+    return absl::InvalidArgumentError(absl::StrFormat("memory_budget_bytes: %d is negative", o.memory_budget_bytes));
+  }
+  if (o.memory_budget_bytes > 0 && o.kv_rows > 0) {
+    return absl::InvalidArgumentError("memory_budget_bytes and kv_rows: give one of them, not both");
+  }
+  if (!(o.gpu_memory_fraction > 0.0 && o.gpu_memory_fraction <= 1.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("gpu_memory_fraction: %g is not in (0, 1]", o.gpu_memory_fraction));
+  }
+  const int64_t weights_float_bytes = WeightsFloatBytes(weights);
+  int64_t kv_rows = o.kv_rows > 0 ? o.kv_rows : 8 * weights.config.max_context;
+  if (o.memory_budget_bytes > 0 && o.backend == "cpu") {
+    const ModelConfig& c = weights.config;
+    const int64_t slot_bytes = 2 * c.num_layers * c.num_kv_heads * c.head_dim * static_cast<int64_t>(sizeof(float));
+    ADORE_ASSIGN_OR_RETURN(kv_rows, CpuKvRowsForBudget(o.memory_budget_bytes, weights_float_bytes, slot_bytes));
+  }
   std::vector<std::string> worker_addresses = o.workers;
   std::string worker_secret = o.worker_secret;
   if (o.embedded_workers > 1) {
@@ -236,12 +253,12 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(const Serv
     ro.load.set_model_path(synthetic ? o.model : std::filesystem::absolute(o.model).string());
     ro.load.set_backend(o.backend == "cpu" ? v1::BACKEND_CPU : v1::BACKEND_CUDA);
     ro.load.set_expected_sha256(model_sha256);  // each worker checks the file it loads
-    if (o.backend == "cpu" && o.kv_rows > 0) {  // the worker's pool gets what its float32 weights leave
-      int64_t weights_bytes = 0;
-      for (const auto& [name, t] : weights.tensors) weights_bytes += t.numel() * static_cast<int64_t>(sizeof(float));
+    if (o.memory_budget_bytes > 0) {
+      ro.load.set_memory_budget_bytes(o.memory_budget_bytes);
+    } else if (o.backend == "cpu" && o.kv_rows > 0) {  // the worker's pool gets what its float32 weights leave
       const ModelConfig& c = weights.config;
-      ro.load.set_memory_budget_bytes(weights_bytes + o.kv_rows * 2 * c.num_layers * c.num_kv_heads * c.head_dim *
-                                                          static_cast<int64_t>(sizeof(float)));
+      ro.load.set_memory_budget_bytes(weights_float_bytes + o.kv_rows * 2 * c.num_layers * c.num_kv_heads *
+                                                                c.head_dim * static_cast<int64_t>(sizeof(float)));
     }
     v1::ReleaseParams* d = ro.load.mutable_default_release();
     d->set_policy(static_cast<v1::Policy>(static_cast<int>(defaults.release.kind) + 1));  // kFull.. = 1..
@@ -274,6 +291,10 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(const Serv
     co.max_logit_rows = o.max_batch;
     co.max_tokens = std::max<int64_t>(4096, o.max_batch * (1 + kMaxRebuild));
     co.kv_rows = o.kv_rows;
+    co.kv_memory_fraction = o.gpu_memory_fraction;
+    if (o.memory_budget_bytes > 0) {
+      ADORE_ASSIGN_OR_RETURN(co.kv_bytes, CudaKvBytesForBudget(o.memory_budget_bytes, weights_float_bytes));
+    }
     co.adore_controller = s->controller_.get();  // adore's controller runs on the GPU
     co.adore_lanes = 2 * co.max_batch;
     ADORE_ASSIGN_OR_RETURN(auto engine, synthetic ? CudaEngine::CreateSynthetic(weights.config, /*seed=*/1, co)

@@ -37,6 +37,13 @@ struct ServerOptions {
   // cuda); not with `workers` or `expect_workers`.
   int embedded_workers = 1;
   int64_t kv_rows = 0;                   // KV pool rows; 0 = 8 x the model's context (cpu) / memory budget (cuda)
+  // Bytes each rank may use for weights, KV pool and workspaces together (the Worker API's
+  // LoadRequest.memory_budget_bytes; device memory for cuda, RAM for cpu); the KV pool gets what the
+  // weights leave (worker/memory_budget.h). 0: kv_rows, else the defaults above. Not with kv_rows.
+  int64_t memory_budget_bytes = 0;
+  // cuda, one embedded engine: share of the device memory left after weights and workspaces that the KV
+  // pool takes when neither kv_rows nor memory_budget_bytes is set; in (0, 1].
+  double gpu_memory_fraction = 0.9;
   int64_t max_batch = 64;
   std::string controller;                // ADORE controller file; empty or missing = no adore policy
   // External workers (adore-worker), host:port each, rank order: when set, steps run on them

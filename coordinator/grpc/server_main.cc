@@ -24,6 +24,12 @@ ABSL_FLAG(int32_t, port, 50051, "port; 0 = any free port (printed at start)");
 ABSL_FLAG(std::string, backend, "cpu", "engine: cpu or cuda");
 ABSL_FLAG(int32_t, embedded_workers, 1, "tensor-parallel ranks run in this process: 1 = one engine; N > 1 = N worker actors on loopback (Gloo for cpu, NCCL over devices 0..N-1 for cuda)");
 ABSL_FLAG(int64_t, kv_rows, 0, "KV pool rows (tokens over all sequences); 0 = 8 x context (cpu), memory budget (cuda)");
+ABSL_FLAG(int64_t, memory_budget_bytes, 0,
+          "bytes each rank may use for weights, KV pool and workspaces (device memory for cuda, RAM for cpu); the KV "
+          "pool gets what the weights leave; 0 = --kv_rows or the defaults; not with --kv_rows");
+ABSL_FLAG(double, gpu_memory_fraction, 0.9,
+          "cuda, one embedded engine, neither --kv_rows nor --memory_budget_bytes: share of the device memory left "
+          "after weights and workspaces that the KV pool takes, in (0, 1]");
 ABSL_FLAG(int64_t, max_batch, 64, "sequences per step");
 ABSL_FLAG(std::string, controller, "tools/adore/controller.bin", "ADORE controller (adore policy available if it loads)");
 ABSL_FLAG(std::string, default_policy, "full", "policy for requests that do not set one: full, window, heavy_hitter, adore");
@@ -67,6 +73,8 @@ int main(int argc, char** argv) {
   o.backend = absl::GetFlag(FLAGS_backend);
   o.embedded_workers = absl::GetFlag(FLAGS_embedded_workers);
   o.kv_rows = absl::GetFlag(FLAGS_kv_rows);
+  o.memory_budget_bytes = absl::GetFlag(FLAGS_memory_budget_bytes);
+  o.gpu_memory_fraction = absl::GetFlag(FLAGS_gpu_memory_fraction);
   o.max_batch = absl::GetFlag(FLAGS_max_batch);
   o.controller = absl::GetFlag(FLAGS_controller);
   o.defaults.max_tokens = absl::GetFlag(FLAGS_default_max_tokens);

@@ -10,6 +10,7 @@
 #include <set>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "adore/v1/adore.grpc.pb.h"
 #include "common/model_weights.h"
 #include "common/stream_decoder.h"
@@ -19,6 +20,7 @@
 #include "tests/test_util.h"
 #include "worker/cpu_engine.h"
 #include "worker/generator.h"
+#include "worker/memory_budget.h"
 
 namespace adore {
 namespace {
@@ -481,6 +483,45 @@ TEST_F(GrpcServerTest, DeadlineEndsTheStreamAndFreesItsKv) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_EQ(server_->scheduler().stats().kv_rows_reserved, 0);
+}
+
+// --memory_budget_bytes: the CPU engine's pool is what the budget leaves after the float32 weights; too small
+// a budget and a budget together with kv_rows are refused at start, naming the field.
+TEST(ServerMemoryBudgetTest, CpuPoolIsWhatTheBudgetLeavesAfterTheWeights) {
+  const std::string tiny = std::string(ADORE_SOURCE_DIR) + "/tests/data/tiny_hf";
+  auto weights = LoadModelWeights(tiny);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  const ModelConfig& c = weights->config;
+  const int64_t slot_bytes = 2 * c.num_layers * c.num_kv_heads * c.head_dim * static_cast<int64_t>(sizeof(float));
+  const int64_t weights_bytes = WeightsFloatBytes(*weights);
+  ServerOptions o;
+  o.model = tiny;
+  o.port = 0;
+  o.max_batch = 4;
+  o.controller = "";
+  o.memory_budget_bytes = weights_bytes + 100 * slot_bytes + slot_bytes / 2;
+  {
+    auto s = EmbeddedServer::Start(o);
+    ASSERT_TRUE(s.ok()) << s.status();
+    auto stub = v1::Adore::NewStub(grpc::CreateChannel((*s)->address(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    v1::ServerStats stats;
+    ASSERT_TRUE(stub->GetStats(&ctx, v1::GetStatsRequest(), &stats).ok());
+    EXPECT_EQ(stats.kv_slots_used() + stats.kv_slots_free(), 100);
+  }
+  o.memory_budget_bytes = weights_bytes + 10 * slot_bytes;
+  auto small = EmbeddedServer::Start(o);
+  ASSERT_FALSE(small.ok());
+  EXPECT_EQ(small.status().code(), absl::StatusCode::kResourceExhausted) << small.status();
+  EXPECT_TRUE(absl::StrContains(small.status().message(), "memory_budget_bytes")) << small.status();
+  o.memory_budget_bytes = weights_bytes + 100 * slot_bytes;
+  o.kv_rows = 50;
+  auto both = EmbeddedServer::Start(o);
+  ASSERT_FALSE(both.ok());
+  EXPECT_EQ(both.status().code(), absl::StatusCode::kInvalidArgument) << both.status();
+  o.kv_rows = 0;
+  o.memory_budget_bytes = -1;
+  EXPECT_EQ(EmbeddedServer::Start(o).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include "common/synthetic_model.h"
 #include "worker/comm/gloo_communicator.h"
 #include "worker/cpu_engine.h"
+#include "worker/memory_budget.h"
 #include "worker/release_policy.h"
 #if ADORE_WITH_CUDA
 #include "worker/cuda/cuda_engine.h"
@@ -48,19 +49,6 @@ absl::StatusOr<PolicyKind> FromProto(v1::Policy p) {
     case v1::POLICY_ADORE: return PolicyKind::kAdore;
     default: return absl::InvalidArgumentError(absl::StrFormat("policy: %d is not a known policy", p));
   }
-}
-
-// float32 bytes of the model's weights (a synthetic model's from its shape: it has no tensors here).
-int64_t WeightsBytes(const ModelWeights& w) {
-  int64_t n = 0;
-  for (const auto& [name, t] : w.tensors) n += t.numel();
-  if (w.tensors.empty()) {
-    const ModelConfig& c = w.config;
-    const int64_t d = c.hidden_size, q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
-    n = c.vocab_size * d * (c.tie_embeddings ? 1 : 2) + d +
-        c.num_layers * (d * (q + 2 * kv) + q * d + 3 * c.intermediate_size * d + 2 * d);
-  }
-  return n * static_cast<int64_t>(sizeof(float));
 }
 
 }  // namespace
@@ -296,7 +284,7 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
   }
   if (r.cpu_threads() > 0) omp_set_num_threads(r.cpu_threads());  // this thread runs every forward
 
-  const int64_t weights_bytes = WeightsBytes(*weights);
+  const int64_t weights_bytes = WeightsFloatBytes(*weights);
   int64_t slot_bytes = 0, capacity = 0;
   std::unique_ptr<Engine> engine;
   v1::Backend backend = r.backend();
@@ -304,14 +292,9 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
     slot_bytes = 2 * config.num_layers * std::max<int64_t>(config.num_kv_heads / r.tp_size(), 1) * config.head_dim *
                  static_cast<int64_t>(sizeof(float));
     if (r.memory_budget_bytes() > 0) {
-      // The KV pool gets what the weights leave (workspaces are small next to them on the CPU).
-      capacity = (r.memory_budget_bytes() - weights_bytes) / std::max<int64_t>(slot_bytes, 1);
-      if (capacity < 16) {
-        return fail_load(Err(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                             absl::StrFormat("memory_budget_bytes: %d bytes do not hold the weights (%d bytes) "
-                                             "and the smallest KV pool (16 slots of %d bytes)",
-                                             r.memory_budget_bytes(), weights_bytes, slot_bytes)));
-      }
+      absl::StatusOr<int64_t> rows = CpuKvRowsForBudget(r.memory_budget_bytes(), weights_bytes, slot_bytes);
+      if (!rows.ok()) return fail_load(FromAbsl(rows.status()));
+      capacity = *rows;
     } else {
       capacity = 8 * config.max_context;  // the CPU default of adore-server (not all free RAM)
     }
@@ -332,13 +315,9 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
     co.max_tokens = std::max<int64_t>(4096, co.max_batch * (1 + kMaxRebuild));
     co.device = r.device();
     if (r.memory_budget_bytes() > 0) {
-      // bf16 weights; the KV pool gets the rest but a 10% margin for workspaces.
-      co.kv_bytes = static_cast<int64_t>(0.9 * static_cast<double>(r.memory_budget_bytes() - weights_bytes / 2));
-      if (co.kv_bytes <= 0) {
-        return fail_load(Err(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                             absl::StrFormat("memory_budget_bytes: %d bytes do not hold the weights",
-                                             r.memory_budget_bytes())));
-      }
+      absl::StatusOr<int64_t> kv_bytes = CudaKvBytesForBudget(r.memory_budget_bytes(), weights_bytes);
+      if (!kv_bytes.ok()) return fail_load(FromAbsl(kv_bytes.status()));
+      co.kv_bytes = *kv_bytes;
     }
     if (r.tp_size() > 1) {
       co.tp_rank = r.tp_rank();
