@@ -247,6 +247,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(const Serv
     RemoteRunnerOptions ro;
     ro.workers = worker_addresses;
     ro.secret = worker_secret;
+    ro.rendezvous_host = o.embedded_workers > 1 ? "127.0.0.1" : o.rendezvous_host;  // embedded ranks: loopback
     if (o.embedded_workers > 1 && o.backend == "cuda") {  // rank r drives device r
       for (int r = 0; r < o.embedded_workers; ++r) ro.devices.push_back(r);
     }

@@ -52,6 +52,10 @@ struct ServerOptions {
   // them (cpu backend; the coordinator hosts their Gloo rendezvous on 127.0.0.1).
   std::vector<std::string> workers;
   std::string worker_secret;             // sent to the workers as metadata adore-worker-secret
+  // Address of this machine where the Gloo rendezvous store of cpu tensor-parallel workers listens (on an
+  // ephemeral port) and that the workers are told; 127.0.0.1 unless the workers run on other hosts (then
+  // an address they reach this process at, e.g. the pod IP).
+  std::string rendezvous_host = "127.0.0.1";
   // Worker registration instead of a fixed list (`workers` empty): > 0 = serve adore.v1.Coordinator on
   // this server's port and wait until this many adore-worker processes have registered
   // (coordinator/grpc/registry.h; with worker_secret they must carry it), then drive them in rank order

@@ -24,6 +24,9 @@ ABSL_FLAG(int32_t, port, 50051, "port; 0 = any free port (printed at start)");
 ABSL_FLAG(std::string, backend, "cpu", "engine: cpu or cuda");
 ABSL_FLAG(int32_t, embedded_workers, 1, "tensor-parallel ranks run in this process: 1 = one engine; N > 1 = N worker actors on loopback (Gloo for cpu, NCCL over devices 0..N-1 for cuda)");
 ABSL_FLAG(int64_t, kv_rows, 0, "KV pool rows (tokens over all sequences); 0 = 8 x context (cpu), memory budget (cuda)");
+ABSL_FLAG(std::string, rendezvous_host, "127.0.0.1",
+          "cpu tensor parallelism with external workers: address of this machine where the workers' Gloo rendezvous "
+          "store listens and that they are told (the pod IP when workers run on other hosts)");
 ABSL_FLAG(int64_t, memory_budget_bytes, 0,
           "bytes each rank may use for weights, KV pool and workspaces (device memory for cuda, RAM for cpu); the KV "
           "pool gets what the weights leave; 0 = --kv_rows or the defaults; not with --kv_rows");
@@ -74,6 +77,7 @@ int main(int argc, char** argv) {
   o.embedded_workers = absl::GetFlag(FLAGS_embedded_workers);
   o.kv_rows = absl::GetFlag(FLAGS_kv_rows);
   o.memory_budget_bytes = absl::GetFlag(FLAGS_memory_budget_bytes);
+  o.rendezvous_host = absl::GetFlag(FLAGS_rendezvous_host);
   o.gpu_memory_fraction = absl::GetFlag(FLAGS_gpu_memory_fraction);
   o.max_batch = absl::GetFlag(FLAGS_max_batch);
   o.controller = absl::GetFlag(FLAGS_controller);

@@ -28,12 +28,14 @@ namespace {
 
 constexpr char kSecret[] = "tp-secret-91c2";
 
-std::vector<std::unique_ptr<WorkerServer>> StartWorkers(int n) {
+// comm_hosts[i]: rank i's Gloo address (--comm_host); empty = the default.
+std::vector<std::unique_ptr<WorkerServer>> StartWorkers(int n, const std::vector<std::string>& comm_hosts = {}) {
   std::vector<std::unique_ptr<WorkerServer>> workers;
   for (int i = 0; i < n; ++i) {
     WorkerServerOptions wo;
     wo.port = 0;
     wo.secret = kSecret;
+    if (i < static_cast<int>(comm_hosts.size())) wo.comm_listen_host = comm_hosts[i];
     auto w = WorkerServer::Start(wo);
     EXPECT_TRUE(w.ok()) << w.status();
     if (!w.ok()) return {};
@@ -60,11 +62,15 @@ struct Case {
   PolicyKind policy = PolicyKind::kFull;  // releasing policies run at kv_budget 32 (adore with rebuild 4)
 };
 
+// The group meets at addresses given explicitly, as across hosts (--rendezvous_host, --comm_host): other
+// loopback addresses than 127.0.0.1, one per rank and one for the coordinator's rendezvous store.
 TEST(TpWorkersTest, ThreeRanksGenerateWhatOneEngineDoes) {
   if (!testing::ModelAvailable()) GTEST_SKIP() << "model not fetched: run tools/fetch-model.sh";
-  auto workers = StartWorkers(3);
+  auto workers = StartWorkers(3, {"127.0.0.3", "127.0.0.4", "127.0.0.5"});
   ASSERT_EQ(workers.size(), 3u);
-  auto server = EmbeddedServer::Start(Options(workers));
+  ServerOptions so = Options(workers);
+  so.rendezvous_host = "127.0.0.2";
+  auto server = EmbeddedServer::Start(so);
   ASSERT_TRUE(server.ok()) << server.status();
   auto stub = v1::Adore::NewStub(grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
 

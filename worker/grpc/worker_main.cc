@@ -40,6 +40,9 @@ ABSL_FLAG(std::string, secret, "", "shared secret every call must carry (metadat
 ABSL_FLAG(std::string, secret_file, "", "file holding the shared secret (surrounding whitespace is ignored)");
 ABSL_FLAG(std::string, backend, "cpu", "backend this worker serves: cpu or cuda");
 ABSL_FLAG(int32_t, device, 0, "CUDA device ordinal (cuda backend)");
+ABSL_FLAG(std::string, comm_host, "",
+          "cpu tensor parallelism: address this worker's Gloo device binds and gives its peers (the pod IP when ranks "
+          "run on other hosts); empty = 127.0.0.1 when the coordinator's rendezvous is on loopback, else the host name");
 ABSL_FLAG(std::string, coordinator, "", "host:port of an adore-server --expect_workers to register with once serving "
           "(retried with backoff until it answers); empty = wait to be dialed (adore-server --workers)");
 ABSL_FLAG(std::string, advertise, "", "with --coordinator: host:port the coordinator is to dial for this worker; "
@@ -203,6 +206,7 @@ int main(int argc, char** argv) {
   o.port = absl::GetFlag(FLAGS_port);
   o.secret = absl::GetFlag(FLAGS_secret);
   o.device = absl::GetFlag(FLAGS_device);
+  o.comm_listen_host = absl::GetFlag(FLAGS_comm_host);
   o.debug_step_delay_ms = std::max(0, absl::GetFlag(FLAGS_debug_step_delay_ms));
   const std::string secret_file = absl::GetFlag(FLAGS_secret_file);
   if (!secret_file.empty()) {
