@@ -25,12 +25,17 @@ def gpu_count():
     return len([l for l in out.stdout.splitlines() if l.startswith("GPU ")])
 
 
-def run_bench(args, model, tp, batches, prompts, graphs, out_json, log):
+def run_bench(args, model, tp, batches, prompts, graphs, out_json, log, policy="full"):
     cmd = [os.path.join(args.bin, "adore-bench-cuda"), "--synthetic", model, "--tp", str(tp),
            "--max_context", str(args.max_context), "--batch", batches, "--prompt", prompts,
            "--gen", str(args.gen), "--warmup", "4", "--commit", args.commit,
            "--cuda_graphs=" + ("true" if graphs else "false"), "--json", out_json,
            "--max_fit_batch", str(args.max_fit_batch)] + (["--skip_prefill"] if args.skip_prefill else [])
+    if policy == "adore":  # decode from a synthetic history (adore-bench-cuda --skip_prefill --policy adore)
+        cmd += ["--policy", "adore", "--kv_budget", str(args.kv_budget), "--rebuild", "0",
+                "--controller", args.controller]
+        if not args.skip_prefill:
+            cmd.append("--skip_prefill")
     print("+", " ".join(cmd), flush=True)
     t0 = time.time()
     with open(log, "w") as f:
@@ -51,6 +56,11 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--commit", required=True)
     p.add_argument("--models", default="llama2-7b,llama3-8b")
+    p.add_argument("--policies", default="full", help="full and/or adore (m = --kv_budget, R = 0; its decode "
+                   "starts from a synthetic history: the window cache of an uncomputed prompt and random "
+                   "controller state for every prompt position, so each step costs what it does after a real prompt)")
+    p.add_argument("--kv_budget", type=int, default=1024)
+    p.add_argument("--controller", default="tools/adore/controller.bin")
     p.add_argument("--prompts", default="2048,8192,32768")
     p.add_argument("--tp", default="", help="tp sizes; default 1, 2, 4, 8 up to the GPU count")
     p.add_argument("--gen", type=int, default=32)
@@ -71,40 +81,42 @@ def main():
     tps = [int(x) for x in args.tp.split(",")] if args.tp else [k for k in (1, 2, 4, 8) if k <= n]
     start = time.time()
     rows, raw, machine = [], [], None
-    for model in args.models.split(","):
-        for tp in tps:
-            if time.time() - start > args.time_budget:
-                print(f"time budget spent: skipping {model} tp={tp}", flush=True)
+    for model, policy, tp in [(mo, po, tp) for mo in args.models.split(",") for po in args.policies.split(",")
+                          for tp in tps]:
+        if time.time() - start > args.time_budget:
+            print(f"time budget spent: skipping {model} {policy} tp={tp}", flush=True)
+            continue
+        tag = f"{model}_{policy}_tp{tp}"
+        res = run_bench(args, model, tp, "1,max", args.prompts, True, os.path.join(args.out, tag + ".json"),
+                        os.path.join(args.out, tag + ".log"), policy)
+        comm = None
+        if tp > 1 and time.time() - start <= args.time_budget:
+            comm = run_bench(args, model, tp, "1,max", "2048", False,
+                             os.path.join(args.out, tag + "_eager.json"), os.path.join(args.out, tag + "_eager.log"),
+                             policy)
+        if res is None:
+            continue
+        machine = machine or res["machine"]
+        raw.append(tag)
+        comm_by = {}
+        if comm is not None:
+            for r in comm["rows"]:
+                comm_by[(r["max_fit"], r["prompt"])] = r
+        for r in res["rows"]:
+            if r.get("kind") != "decode":
                 continue
-            tag = f"{model}_tp{tp}"
-            res = run_bench(args, model, tp, "1,max", args.prompts, True, os.path.join(args.out, tag + ".json"),
-                            os.path.join(args.out, tag + ".log"))
-            comm = None
-            if tp > 1 and time.time() - start <= args.time_budget:
-                comm = run_bench(args, model, tp, "1,max", "2048", False,
-                                 os.path.join(args.out, tag + "_eager.json"), os.path.join(args.out, tag + "_eager.log"))
-            if res is None:
-                continue
-            machine = machine or res["machine"]
-            raw.append(tag)
-            comm_by = {}
-            if comm is not None:
-                for r in comm["rows"]:
-                    comm_by[(r["max_fit"], r["prompt"])] = r
-            for r in res["rows"]:
-                if r.get("kind") != "decode":
-                    continue
-                e = comm_by.get((r["max_fit"], r["prompt"]))
-                rows.append({
-                    "tp": tp, "policy": "full", "model": r["model"], "batch": r["batch"], "prompt": r["prompt"],
-                    "max_fit": r["max_fit"], "decode_tok_s": r["decode_tok_s"], "ms_per_token": r["ms_per_token"]
-                    if "ms_per_token" in r else r["step_ms"],
-                    "comm_ms_per_step": (e or {}).get("comm_ms_per_step") if tp > 1 else 0.0,
-                    "comm_note": "" if tp == 1 else (
-                        "from an eager run of the same shape" if e else "not measured (eager runs at prompt 2048 only)"),
-                    "eager_decode_tok_s": (e or {}).get("decode_tok_s"),
-                    "step_over_floor": r["step_over_floor"], "floor_step_ms": r["floor_step_ms"],
-                    "note": r["note"]})
+            e = comm_by.get((r["max_fit"], r["prompt"]))
+            rows.append({
+                "tp": tp, "policy": policy, "m": args.kv_budget if policy == "adore" else None,
+                "model": r["model"], "batch": r["batch"], "prompt": r["prompt"],
+                "max_fit": r["max_fit"], "decode_tok_s": r["decode_tok_s"], "ms_per_token": r["ms_per_token"]
+                if "ms_per_token" in r else r["step_ms"],
+                "comm_ms_per_step": (e or {}).get("comm_ms_per_step") if tp > 1 else 0.0,
+                "comm_note": "" if tp == 1 else (
+                    "from an eager run of the same shape" if e else "not measured (eager runs at prompt 2048 only)"),
+                "eager_decode_tok_s": (e or {}).get("decode_tok_s"),
+                "step_over_floor": r["step_over_floor"], "floor_step_ms": r["floor_step_ms"],
+                "note": r["note"]})
     doc = {"command": "python3 bench/scaling.py " + " ".join(sys.argv[1:]), "machine": machine or "unknown",
            "commit": args.commit, "settings": {"gen": args.gen, "tp_sizes": tps, "gpus": n,
                                                "ranks": "threads of one process, one GPU each, NCCL (NVLS off)",
@@ -126,12 +138,13 @@ def plot(doc, png):
         print("matplotlib missing: no plot", flush=True)
         return
     rows = [r for r in doc["rows"] if r["max_fit"] and r["decode_tok_s"]]
-    series = sorted({(r["model"], r["prompt"]) for r in rows})
+    series = sorted({(r["model"], r["prompt"], r["policy"]) for r in rows})
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for model, prompt in series:
-        pts = sorted((r["tp"], r["decode_tok_s"]) for r in rows if r["model"] == model and r["prompt"] == prompt)
+    for model, prompt, policy in series:
+        pts = sorted((r["tp"], r["decode_tok_s"]) for r in rows
+                     if r["model"] == model and r["prompt"] == prompt and r["policy"] == policy)
         base = dict(pts).get(1)
-        label = f"{model.split(' (')[0]}, {prompt // 1024}k"
+        label = f"{model.split(' (')[0]}, {prompt // 1024}k, {policy}"
         a1.plot([t for t, _ in pts], [v for _, v in pts], marker="o", label=label)
         if base:
             a2.plot([t for t, _ in pts], [100 * v / (t * base) for t, v in pts], marker="o", label=label)

@@ -192,10 +192,12 @@ def cmd_extract(args):
                 continue
             t1 = time.time()
             ids = torch.from_numpy(corpus[f"{src}/{split}"][start:start + seq_len].astype(np.int64))
-            r = model(ids, feature_layers=layers, chunk=args.chunk)
+            r = model(ids, feature_layers=layers, chunk=args.chunk, want_vattn=args.vattn)
             rec = {"ids": ids.to(torch.int32), "attn": r["attn"].to(torch.float16).cpu(),
                    "feats": r["features"].to(torch.float16).cpu(), "source": src, "split": split,
                    "start": int(start), "feature_layers": list(layers)}
+            if args.vattn:
+                rec["vattn"] = r["vattn"].to(torch.float16).cpu()
             torch.save(rec, path + ".tmp")
             os.replace(path + ".tmp", path)
             print(f"extract: {split} {n + 1}/{len(plan)} {src}@{start} T={seq_len} "
@@ -223,6 +225,8 @@ def main():
     e.add_argument("--heldout-len", type=int, default=1024)
     e.add_argument("--chunk", type=int, default=1024, help="queries per attention chunk")
     e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--vattn", action="store_true",
+                   help="also store the value-weighted pooled attention (train_controller.py --target vattn)")
     args = ap.parse_args()
     {"corpus": cmd_corpus, "extract": cmd_extract}[args.cmd](args)
 

@@ -165,13 +165,20 @@ class LlamaGguf(torch.nn.Module):
         return out
 
     @torch.no_grad()
-    def forward(self, ids, feature_layers=(), want_logits=False, want_attn=True, chunk=1024):
+    def forward(self, ids, feature_layers=(), want_logits=False, want_attn=True, chunk=1024, mask=None,
+                want_vattn=False):
         """ids: [T] int tensor (one sequence). Returns dict with
         'features': [T, len(feature_layers), hidden] float32: each layer's attn_norm output (the input of
                     its q/k/v projections; the engine's `h` buffer after RmsNormRef at that layer);
         'attn': [T, T] float32, row t = attention of query t summed over layers and heads, divided by
                 num_layers * num_heads (each row sums to 1; zero above the diagonal);
-        'logits': [T, vocab] when want_logits."""
+        'logits': [T, vocab] when want_logits;
+        'vattn': [T, T] float32 when want_vattn: like 'attn' but each head's weight on token i is multiplied
+                 by the norm of what token i adds to the residual through that head (|W_o,h v_h,i|), each row
+                 renormalised to sum to 1: the share of the attention output a token carries.
+        mask: optional [T, T] bool, True where query t may see token i (combined with causality): the
+        keep schedule of a release policy. One masked forward equals token-by-token decoding with that
+        schedule (no rebuild): token i's K/V come from its own masked row, as in the engine."""
         T = ids.shape[0]
         dev = self.embd.device
         pos = torch.arange(T, device=dev)
@@ -182,6 +189,9 @@ class LlamaGguf(torch.nn.Module):
         pooled = torch.zeros(T, T, device=dev, dtype=torch.float32) if want_attn else None
         feats = []
         causal = torch.ones(T, T, device=dev, dtype=torch.bool).tril()
+        if mask is not None:
+            causal = causal & mask.to(dev)
+        vpooled = torch.zeros(T, T, device=dev, dtype=torch.float32) if want_vattn else None
         for li, w in enumerate(self.layers):
             h = self.rms(x, w["attn_norm"])
             if li in feature_layers:
@@ -191,6 +201,9 @@ class LlamaGguf(torch.nn.Module):
             v = (h @ w["attn_v"].T).view(T, nkv, hd).transpose(0, 1)
             k = k.repeat_interleave(group, dim=0)
             v = v.repeat_interleave(group, dim=0)
+            if want_vattn:  # |W_o[:, head h] v_h,i| per head and token: [nh, T]
+                wo = w["attn_output"].view(-1, nh, hd).transpose(0, 1)  # [nh, hidden, hd]
+                vnorm = torch.linalg.vector_norm(v @ wo.transpose(1, 2), dim=-1)
             out = torch.empty(nh, T, hd, device=dev)
             for s in range(0, T, chunk):
                 e = min(T, s + chunk)
@@ -200,6 +213,8 @@ class LlamaGguf(torch.nn.Module):
                 out[:, s:e] = p @ v[:, :e]
                 if want_attn:
                     pooled[s:e, :e] += p.sum(0)
+                if want_vattn:
+                    vpooled[s:e, :e] += (p * vnorm[:, None, :e]).sum(0)
             x = x + out.transpose(0, 1).reshape(T, nh * hd) @ w["attn_output"].T
             h = self.rms(x, w["ffn_norm"])
             g = h @ w["ffn_gate"].T
@@ -210,6 +225,8 @@ class LlamaGguf(torch.nn.Module):
             res["features"] = torch.stack([feats[order.index(l)] for l in feature_layers], dim=1)
         if want_attn:
             res["attn"] = pooled / (self.num_layers * nh)
+        if want_vattn:
+            res["vattn"] = vpooled / vpooled.sum(-1, keepdim=True)
         if want_logits:
             res["logits"] = self.rms(x, self.out_norm) @ self.lm_head.T
         return res

@@ -122,13 +122,15 @@ def select_cache(score, cached, m, rebuild, prot):
 
 
 def simulate(ctrl, P, feats, m, *, policy="adore", rebuild=0, num_sink=4, num_recent=16, horizon=4,
-             loss_kind="bce", tbptt=64, train=False, on_chunk=None):
+             loss_kind="bce", tbptt=64, train=False, on_chunk=None, Y=None, record=False):
     """Runs the release loop over a batch. P [B, T, T] pooled attention (float32), feats [B, T, L, H].
     policy: adore (controller scores; num_sink + num_recent protected), h2o (accumulated observed mass, the
     engine's heavy_hitter: the recent m/2 protected), window (num_sink + the most recent).
     Returns dict: loss sum (train) and, in eval, sums of recall / mass coverage over steps where the cache
     is full: for query t+1, the cache chosen after step t (plus t+1 itself) against the true top-m of
-    P[t+1] and its attention mass."""
+    P[t+1] and its attention mass. Y [B, T, T]: the map the labels are taken from (default P; e.g. the
+    value-weighted attention). record: also return 'mask' [B, T, T] bool, the cache each query saw (the
+    schedule, for a masked forward)."""
     B, T, _ = P.shape
     dev = P.device
     ar = torch.arange(T, device=dev)
@@ -139,13 +141,18 @@ def simulate(ctrl, P, feats, m, *, policy="adore", rebuild=0, num_sink=4, num_re
         kf, qf = ctrl.features(feats)
         h = torch.zeros(B, 0, ctrl.state_dim, device=dev)
         if train:
-            cs = torch.cat([torch.zeros(B, 1, T, device=dev), P.cumsum(1)], 1)  # cs[u] = sum of P[< u]
+            Yf = P if Y is None else Y
+            cs = torch.cat([torch.zeros(B, 1, T, device=dev), Yf.cumsum(1)], 1)  # cs[u] = sum of Y[< u]
     zero_h = torch.zeros(B, 1, ctrl.state_dim if ctrl is not None else 1, device=dev)
     chunk_loss = None
+    if record:
+        out["mask"] = torch.zeros(B, T, T, dtype=torch.bool, device=dev)
     for t in range(T):
         n = t + 1
         idx = ar[:n]
         cached = torch.cat([cached, torch.ones(B, 1, dtype=torch.bool, device=dev)], 1)
+        if record:
+            out["mask"][:, t, :n] = cached
         a = P[:, t, :n] * cached
         a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)
         acc = torch.cat([acc, torch.zeros(B, 1, device=dev)], 1) + a
@@ -158,7 +165,7 @@ def simulate(ctrl, P, feats, m, *, policy="adore", rebuild=0, num_sink=4, num_re
             s = ctrl.score_of(h, x)
             if train and n >= m and n < T:
                 e = min(T, n + horizon)
-                fut = cs[:, e, :n] - cs[:, n, :n]  # attention of the next `horizon` queries to tokens <= t
+                fut = cs[:, e, :n] - cs[:, n, :n]  # what the next `horizon` queries pay tokens <= t
                 lm = ~prot
                 l = 0.0
                 if loss_kind in ("bce", "both"):
@@ -266,7 +273,10 @@ def write_golden(ctrl, seq, path, num_pool, n_tokens=8, seed=0):
 def crop(seq, T):
     if seq["ids"].shape[0] <= T:
         return seq
-    return dict(seq, ids=seq["ids"][:T], attn=seq["attn"][:T, :T].contiguous(), feats=seq["feats"][:T])
+    out = dict(seq, ids=seq["ids"][:T], attn=seq["attn"][:T, :T].contiguous(), feats=seq["feats"][:T])
+    if "vattn" in seq:
+        out["vattn"] = seq["vattn"][:T, :T].contiguous()
+    return out
 
 
 def batches(seqs, bs, gen):
@@ -281,10 +291,50 @@ def batches(seqs, bs, gen):
     return [out[i] for i in torch.randperm(len(out), generator=gen).tolist()]
 
 
-def stack(batch, dev):
+def stack(batch, dev, target="attn"):
     P = torch.stack([s["attn"] for s in batch]).to(dev).float()
     F = torch.stack([s["feats"] for s in batch]).to(dev)
-    return P, F
+    Y = None if target == "attn" else torch.stack([s[target] for s in batch]).to(dev).float()
+    return P, F, Y
+
+
+def evaluate_ppl(ctrl, seqs, ms, dev, args, log, policies=("adore", "h2o", "window")):
+    """Perplexity of held-out text under each policy's schedule: the closed-loop simulation's cache per
+    query as the attention mask of one forward of the model (gguf_llama.py; equal to token-by-token decoding
+    with that schedule and no rebuild), over the positions >= m, against full attention on the same
+    positions. The simulation's masses approximate the engine's (full attention renormalised over the
+    cache), so this is the controller's quality before the engine's own evaluation (adore-eval)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from gguf_llama import LlamaGguf
+    model = LlamaGguf(args.ppl_model, device=dev)
+    rows = []
+    T = min(s["ids"].shape[0] for s in seqs)
+    seqs = [crop(s, T) for s in seqs]
+    P, F, _ = stack(seqs, dev)  # one batched simulation per policy and budget
+    for m in ms:
+        if T <= m:
+            continue
+        tot = {}
+        masks = {"full": [None] * len(seqs)}
+        for pol in policies:
+            masks[pol] = simulate(ctrl, P, F, m, policy=pol, num_sink=args.num_sink, num_recent=args.num_recent,
+                                  record=True)["mask"]
+        for name, ms_ in masks.items():
+            for s, mask in zip(seqs, ms_):
+                ids = s["ids"].long().to(dev)
+                logits = model(ids, want_attn=False, want_logits=True, mask=mask)["logits"]
+                lp = torch.log_softmax(logits[:-1].double(), -1).gather(1, ids[1:, None]).squeeze(1)[m - 1:]
+                a = tot.setdefault(name, [0.0, 0])
+                a[0] -= float(lp.sum())
+                a[1] += lp.numel()
+        use = seqs
+        base = math.exp(tot["full"][0] / tot["full"][1])
+        for name in ["full"] + list(policies):
+            ppl = math.exp(tot[name][0] / tot[name][1])
+            rows.append((m, name, ppl, ppl / base - 1))
+            log(f"  m={m:5d} {name:12s} perplexity {ppl:9.3f}  {100 * (ppl / base - 1):+6.2f}% vs full  "
+                f"({len(use)} seqs, positions >= m)")
+    return rows
 
 
 def evaluate(ctrl, seqs, ms, dev, args, log, policies=("adore", "h2o", "window"), rebuilds=(0,)):
@@ -304,7 +354,7 @@ def evaluate(ctrl, seqs, ms, dev, args, log, policies=("adore", "h2o", "window")
                 tot = {"recall": 0.0, "coverage": 0.0, "n": 0}
                 with torch.no_grad():
                     for group in groups:
-                        P, F = stack(group, dev)
+                        P, F, _ = stack(group, dev)
                         r = simulate(ctrl, P, F, m, policy=pol, rebuild=R, num_sink=args.num_sink,
                                      num_recent=args.num_recent, train=False)
                         for k in tot:
@@ -337,6 +387,14 @@ def main():
     ap.add_argument("--num-recent", type=int, default=16)
     ap.add_argument("--horizon", type=int, default=4)
     ap.add_argument("--loss", default="bce", choices=["bce", "listwise", "both"])
+    ap.add_argument("--target", default="attn", choices=["attn", "vattn"],
+                    help="map the labels come from: pooled attention, or value-weighted attention (extract "
+                         "--vattn): each head's weight times the norm of what the token adds through that head")
+    ap.add_argument("--ppl-model", default="", help="GGUF model: also report held-out perplexity per policy")
+    ap.add_argument("--ppl-source", default="austen", help="held-out source for the perplexity evaluation")
+    ap.add_argument("--ppl-seqs", type=int, default=4)
+    ap.add_argument("--ppl-policies", default="adore,h2o,window")
+    ap.add_argument("--no-recall-eval", action="store_true", help="skip the top-m recall evaluation")
     ap.add_argument("--tbptt", type=int, default=64)
     ap.add_argument("--train-limit", type=int, default=0)
     ap.add_argument("--heldout-limit", type=int, default=0)
@@ -419,7 +477,7 @@ def main():
             if args.time_budget and time.time() - t0 > args.time_budget:
                 stop = True
                 break
-            P, F = stack(batch, dev)
+            P, F, Y = stack(batch, dev, args.target)
             T = P.shape[1]
             m = max(16, int(T * fracs[int(torch.randint(len(fracs), (1,), generator=gen))]))
             def on_chunk():
@@ -432,7 +490,7 @@ def main():
             opt.zero_grad()
             r = simulate(ctrl, P, F, m, policy="adore", rebuild=args.rebuild, num_sink=args.num_sink,
                          num_recent=args.num_recent, horizon=args.horizon, loss_kind=args.loss,
-                         tbptt=args.tbptt, train=True, on_chunk=on_chunk)
+                         tbptt=args.tbptt, train=True, on_chunk=on_chunk, Y=Y)
             tot += r["loss"] / max(1, r["loss_n"])
             n += 1
         log(f"epoch {ep + 1}/{args.epochs}: loss {tot / max(1, n):.5f}  ({n} batches, {time.time() - t0:.0f}s)")
@@ -447,12 +505,19 @@ def main():
     ms = [int(x) for x in args.eval_m.split(",")]
     log("# held-out evaluation (closed loop; recall = fraction of the true top-m of the next query's pooled "
         "attention held in the cache; mass = its attention mass held)")
-    evaluate(ctrl, held, ms, dev, args, log, rebuilds=[int(x) for x in args.eval_rebuild.split(",")])
+    if not args.no_recall_eval:
+        evaluate(ctrl, held, ms, dev, args, log, rebuilds=[int(x) for x in args.eval_rebuild.split(",")])
     for spec in filter(None, args.eval_protect.split(",")):
         sink, recent = (int(v) for v in spec.split(":"))
         log(f"# controller with protected set sink={sink} recent={recent}")
         evaluate(ctrl, held, ms, dev, argparse.Namespace(**dict(vars(args), num_sink=sink, num_recent=recent)),
                  log, policies=("adore",), rebuilds=(0,))
+    if args.ppl_model:
+        pseqs = [s for s in held if s["source"] == args.ppl_source][:args.ppl_seqs]
+        log(f"# held-out perplexity ({args.ppl_source}, {len(pseqs)} seqs): the simulated schedule as the mask of "
+            "one model forward")
+        with torch.no_grad():
+            evaluate_ppl(ctrl, pseqs, ms, dev, args, log, policies=args.ppl_policies.split(","))
     ctrl = ctrl.cpu()
     write_bin(ctrl, args.out, layers, H, args.num_sink, args.num_recent)
     log(f"# wrote {args.out} ({os.path.getsize(args.out)} bytes)")

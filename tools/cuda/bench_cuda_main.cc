@@ -30,6 +30,7 @@
 #include "tools/bench_util.h"
 #include "worker/adore_controller.h"
 #include "worker/cuda/cuda_engine.h"
+#include "worker/cuda/device_adore.h"
 #include "worker/release_policy.h"
 #if ADORE_HAVE_NCCL
 #include "worker/comm/nccl_communicator.h"
@@ -293,6 +294,54 @@ nlohmann::json NullRow(const std::string& model, int32_t batch, int32_t prompt, 
 }
 
 // One (batch, prompt) configuration: prefill, `warmup` untimed steps, `gen` timed steps, then release.
+// --skip_prefill with the device adore policy: each sequence holds the window cache of an uncomputed prompt
+// (the sinks and the most recent kv_budget - sinks positions, rows from the pool as they are) and its
+// controller lane holds random per-token state for every prompt position, so each timed step does the work
+// of a step after a real prompt: the controller over all `prompt` positions, the plan, the release and the
+// m-slot attention. Only the tokens chosen differ.
+absl::Status AdoptSyntheticHistory(adore::CudaEngine& engine, std::span<adore::SequenceKv> seqs,
+                                   const std::vector<std::vector<int32_t>>& prompts,
+                                   std::span<const std::unique_ptr<adore::ReleasePolicy>> policies, const Grid& g,
+                                   std::vector<int32_t>* last) {
+  const int64_t m = g.release.kv_budget, sinks = g.release.num_sink;
+  std::vector<float> keys, states, acc, scores;
+  for (size_t b = 0; b < seqs.size(); ++b) {
+    auto* dp = dynamic_cast<adore::DeviceAdorePolicy*>(policies[b].get());
+    if (dp == nullptr) {
+      return absl::InvalidArgumentError("--skip_prefill with a releasing policy needs --policy adore with its "
+                                        "controller on the GPU");
+    }
+    const int64_t n = static_cast<int64_t>(prompts[b].size());
+    if (keys.empty()) {  // one random history, written into every lane
+      const adore::AdoreControllerConfig& ac = dp->runtime()->controller().config();
+      std::mt19937 rng(static_cast<uint32_t>(g.seed));
+      std::normal_distribution<float> normal(0.0f, 1.0f);
+      std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+      keys.resize(n * ac.key_dim);
+      states.resize(n * ac.state_dim);
+      acc.resize(n);
+      scores.resize(n);
+      for (float& x : keys) x = normal(rng);
+      for (float& x : states) x = 2.0f * unit(rng) - 1.0f;
+      for (float& x : acc) x = 2.0f * unit(rng);
+      for (float& x : scores) x = normal(rng);
+    }
+    ADORE_RETURN_IF_ERROR(dp->runtime()->WriteLaneState(dp->lane(), n, keys, states, acc, scores));
+    const int64_t cached = std::min(n, m);
+    ADORE_ASSIGN_OR_RETURN(std::vector<int32_t> rows, engine.pool().Allocate(cached));
+    seqs[b].rows = std::move(rows);
+    seqs[b].pos.clear();
+    for (int64_t p = 0; p < std::min(sinks, cached); ++p) seqs[b].pos.push_back(static_cast<int32_t>(p));
+    for (int64_t p = n - (cached - static_cast<int64_t>(seqs[b].pos.size())); p < n; ++p) {
+      seqs[b].pos.push_back(static_cast<int32_t>(p));
+    }
+    seqs[b].next_pos = n;
+    ADORE_RETURN_IF_ERROR(dp->AdoptHistory(seqs[b], prompts[b], m));
+    last->push_back(prompts[b].back());
+  }
+  return absl::OkStatus();
+}
+
 nlohmann::json RunDecodeRow(adore::CudaEngine& engine, const std::string& model, int32_t batch, int32_t prompt,
                             const Grid& g) {
   const adore::ModelConfig& c = engine.config();
@@ -323,12 +372,16 @@ nlohmann::json RunDecodeRow(adore::CudaEngine& engine, const std::string& model,
   std::vector<std::unique_ptr<adore::ReleasePolicy>> policies;
   absl::Cleanup drop_policies = [&] { policies.clear(); };  // before the sequences' rows go back
   if (policy) {
-    // The policy observes every query: the prompts go in token by token, all sequences in each call.
     for (int32_t b = 0; b < batch && st.ok(); ++b) {
       absl::StatusOr<std::unique_ptr<adore::ReleasePolicy>> p = engine.MakePolicy(g.release);
       if (!p.ok()) st = p.status();
       if (p.ok()) policies.push_back(*std::move(p));
     }
+  }
+  if (policy && g.skip_prefill) {
+    if (st.ok()) st = AdoptSyntheticHistory(engine, std::span<adore::SequenceKv>(seqs), prompts, policies, g, &last);
+  } else if (policy) {
+    // The policy observes every query: the prompts go in token by token, all sequences in each call.
     std::vector<adore::ForwardItem> items(batch);
     const std::vector<adore::SamplingParams> params(batch, adore::SamplingParams{});
     for (int32_t x = 0; x < prompt && st.ok(); ++x) {

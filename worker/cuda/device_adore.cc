@@ -4,6 +4,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <utility>
 
 #include "absl/strings/str_format.h"
 #include "common/status.h"
@@ -46,6 +47,26 @@ absl::StatusOr<std::shared_ptr<DeviceAdoreRuntime>> DeviceAdoreRuntime::Create(c
 
 DeviceAdoreRuntime::~DeviceAdoreRuntime() {
   if (arena_ != nullptr) cudaFree(arena_);
+}
+
+absl::Status DeviceAdoreRuntime::WriteLaneState(int32_t lane, int64_t rows, std::span<const float> keys,
+                                                std::span<const float> states, std::span<const float> acc,
+                                                std::span<const float> scores) const {
+  const int64_t kd = controller_->config().key_dim, sd = controller_->config().state_dim;
+  if (lane < 0 || lane >= lanes_ || rows < 0 || rows > max_positions_ ||
+      static_cast<int64_t>(keys.size()) != rows * kd || static_cast<int64_t>(states.size()) != rows * sd ||
+      static_cast<int64_t>(acc.size()) != rows || static_cast<int64_t>(scores.size()) != rows) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "device adore: lane state of %d rows for lane %d (of %d, %d positions each) with %d keys, %d states, %d acc, "
+        "%d scores", rows, lane, lanes_, max_positions_, keys.size(), states.size(), acc.size(), scores.size()));
+  }
+  const int64_t row0 = static_cast<int64_t>(lane) * max_positions_;
+  for (const auto& [dst, src] : {std::pair{state_.keys + row0 * kd, keys}, std::pair{state_.states + row0 * sd, states},
+                                 std::pair{state_.acc + row0, acc}, std::pair{state_.scores + row0, scores}}) {
+    ADORE_RETURN_IF_ERROR(kernels::CudaStatus(
+        cudaMemcpy(dst, src.data(), src.size() * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy(adore lane)"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<int32_t> DeviceAdoreRuntime::AcquireLane() {
@@ -127,6 +148,32 @@ absl::Status DeviceAdorePolicy::ObserveStep(const SequenceKv& seq, const StepObs
 absl::StatusOr<std::vector<int32_t>> DeviceAdorePolicy::SelectRelease(const SequenceKv& seq, int64_t count) {
   (void)seq, (void)count;
   return absl::InternalError("adore policy (device): SelectRelease is not used (PlanStep plans the step)");
+}
+
+absl::Status DeviceAdorePolicy::AdoptHistory(const SequenceKv& seq, std::span<const int32_t> tokens, int64_t budget) {
+  const int64_t n = seq.next_pos;
+  if (static_cast<int64_t>(tokens.size()) != n) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("adore policy (device): %d token ids for a sequence of %d positions", tokens.size(), n));
+  }
+  if (budget < num_sink_ + num_recent_ + 1) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "adore policy: budget %d cannot hold %d protected and 1 new token", budget, num_sink_ + num_recent_));
+  }
+  std::vector<int32_t> cached;
+  for (int64_t s = 0; s < seq.num_slots(); ++s) {
+    if (seq.rows[s] >= 0) cached.push_back(seq.pos[s]);
+  }
+  std::sort(cached.begin(), cached.end());
+  std::vector<int32_t> release;
+  const int64_t excess = static_cast<int64_t>(cached.size()) + 1 - budget;
+  for (int32_t p : cached) {  // oldest first, skipping the sinks and the recent window (the new token included)
+    if (static_cast<int64_t>(release.size()) >= excess) break;
+    if (p >= num_sink_ && p < n + 1 - num_recent_) release.push_back(p);
+  }
+  tokens_.assign(tokens.begin(), tokens.end());
+  SetNextPlan(n, 1, budget, kernels::kAdorePlanOk, release, {});
+  return absl::OkStatus();
 }
 
 void DeviceAdorePolicy::RecordTokens(std::span<const int32_t> positions, std::span<const int32_t> tokens) {

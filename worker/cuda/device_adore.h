@@ -44,6 +44,12 @@ class DeviceAdoreRuntime {
   int64_t lanes() const { return lanes_; }
   int32_t* slot_of_row() const { return slot_of_row_; }  // scratch [lanes * max_positions]
 
+  // Benchmarks: writes the first `rows` positions of a lane's per-token state (host arrays in the state
+  // layout: keys [rows, key_dim], GRU states [rows, state_dim], accumulated mass and last score [rows]), as if
+  // its sequence had been observed that far. Synchronous. INVALID_ARGUMENT for sizes that do not match.
+  absl::Status WriteLaneState(int32_t lane, int64_t rows, std::span<const float> keys, std::span<const float> states,
+                              std::span<const float> acc, std::span<const float> scores) const;
+
  private:
   DeviceAdoreRuntime() = default;
   const AdoreController* controller_ = nullptr;
@@ -76,6 +82,13 @@ class DeviceAdorePolicy final : public ReleasePolicy {
   // Records the step's token ids by position (for rebuild); the controller itself observed on the device.
   absl::Status ObserveStep(const SequenceKv& seq, const StepObservation& step) override;
   absl::StatusOr<std::vector<int32_t>> SelectRelease(const SequenceKv& seq, int64_t count) override;
+
+  // Benchmarks (decode over a prompt that was not computed): takes `seq` (positions 0..next_pos-1, of which
+  // its slot table caches some; `tokens` are their ids) as already observed, its lane state written with
+  // DeviceAdoreRuntime::WriteLaneState, and plans the next step of one new token within `budget` slots by
+  // releasing the oldest unprotected cached positions; the device plans every step after that.
+  // INVALID_ARGUMENT when tokens do not cover the sequence or the budget cannot hold the protected tokens.
+  absl::Status AdoptHistory(const SequenceKv& seq, std::span<const int32_t> tokens, int64_t budget);
 
   // For the engine.
   const DeviceAdoreRuntime* runtime() const { return runtime_.get(); }
