@@ -53,7 +53,8 @@ ABSL_FLAG(std::string, controller, "tools/adore/controller.bin", "adore: the con
 ABSL_FLAG(bool, skip_prefill, false,
           "decode rows: take each prompt's KV rows from the pool without computing them (their bytes are whatever "
           "the pool holds: a decode step reads and costs the same), so large batches at long contexts are timed "
-          "without their prefill; prefill columns are then empty");
+          "without their prefill; prefill columns are then empty. With --policy adore: each sequence starts from "
+          "the window cache of such a prompt and random controller state for every prompt position");
 ABSL_FLAG(std::vector<std::string>, prompt, std::vector<std::string>({"2048", "8192", "32768"}),
           "prompt lengths in tokens, comma-separated");
 ABSL_FLAG(int32_t, gen, 32, "timed decode steps per configuration (greedy; every step has the full batch)");
@@ -567,8 +568,10 @@ absl::Status Run(int argc, char** argv) {
     g.release = {.kind = kind, .kv_budget = kind == adore::PolicyKind::kFull ? 0 : absl::GetFlag(FLAGS_kv_budget),
                  .rebuild = absl::GetFlag(FLAGS_rebuild), .controller = controller.get()};
     ADORE_RETURN_IF_ERROR(g.release.Validate(int64_t{1} << 20));
-    if (kind != adore::PolicyKind::kFull && g.skip_prefill) {
-      return absl::InvalidArgumentError("--skip_prefill: a releasing policy must observe its prompt");
+    if (kind != adore::PolicyKind::kFull && kind != adore::PolicyKind::kAdore && g.skip_prefill) {
+      return absl::InvalidArgumentError(
+          "--skip_prefill: only adore (controller on the GPU) can start from a synthetic history; other releasing "
+          "policies must observe their prompt");
     }
   }
   if (g.tp < 1) return absl::InvalidArgumentError("--tp must be >= 1");
