@@ -24,9 +24,12 @@ import time
 
 
 def model_flags(model):
+    """MODEL[,controller=PATH]: a GGUF file or synthetic:SHAPE, and the controller file its adore runs use."""
+    model, _, ctl = model.partition(",controller=")
+    flags = ["--controller", ctl] if ctl else []
     if model.startswith("synthetic:"):
-        return ["--synthetic", model[len("synthetic:"):]]
-    return ["--model", model]
+        return flags + ["--synthetic", model[len("synthetic:"):]]
+    return flags + ["--model", model]
 
 
 def bench(args, tag, model, extra):
@@ -49,7 +52,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bin", required=True)
     p.add_argument("--model", action="append", required=True,
-                   help="a GGUF file or synthetic:SHAPE (smollm2-135m, llama2-7b, llama3-8b); repeatable")
+                   help="a GGUF file or synthetic:SHAPE (smollm2-135m, llama2-7b, llama3-8b), optionally followed by "
+                        ",controller=PATH (the adore runs' controller; default tools/adore/controller.bin, "
+                        "trained for SmolLM2's hidden size); repeatable")
     p.add_argument("--adore_prompt", choices=["synthetic", "tokenwise"], default="synthetic")
     p.add_argument("--out", required=True)
     p.add_argument("--commit", required=True)

@@ -411,7 +411,17 @@ def main():
     ap.add_argument("--ckpt", default=".dev/adore/controller.pt", help="PyTorch checkpoint written after training")
     ap.add_argument("--eval-protect", default="",
                     help="extra sink:recent protected sets to evaluate the controller with, e.g. 0:16,4:0,4:64")
+    ap.add_argument("--random-for-hidden", type=int, default=0,
+                    help="only write an untrained controller (random weights, feature layers 3,10,20) for a model "
+                         "of this hidden size to --out and exit: for throughput benchmarks at shapes (e.g. the "
+                         "7B synthetic one) that no controller was trained for; the cost is the same")
     args = ap.parse_args()
+    if args.random_for_hidden:
+        torch.manual_seed(args.seed)
+        write_bin(Controller(3 * args.random_for_hidden, args.key_dim, args.state_dim), args.out, [3, 10, 20],
+                  args.random_for_hidden, args.num_sink, args.num_recent)
+        print(f"wrote {args.out}: untrained controller for hidden size {args.random_for_hidden}")
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

@@ -615,6 +615,8 @@ absl::Status Run(int argc, char** argv) {
       options.max_mass_slots = static_cast<int64_t>(max_batch) * (g.release.kv_budget + 2);
       options.adore_controller = g.release.controller;
       options.adore_lanes = std::max<int64_t>(max_batch, 16);
+      // Slot tables of every item, read by the decode and the rebuild group (CudaEngine's worst case).
+      options.max_slots = static_cast<int64_t>(max_batch) * 3 * (g.release.kv_budget + 2) + options.max_tokens;
     }
     options.max_batch = std::max(max_batch, 16);  // the warmup round below runs up to 16 sequences
     options.max_logit_rows = options.max_batch;
