@@ -52,9 +52,9 @@ def run_bench(args, model, tp, batches, prompts, graphs, out_json, log, policy="
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bin", required=True, help="folder with adore-bench-cuda (and lib/)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--commit", required=True)
+    p.add_argument("--bin", required=False, help="folder with adore-bench-cuda (and lib/)")
+    p.add_argument("--out", required=False)
+    p.add_argument("--commit", required=False)
     p.add_argument("--models", default="llama2-7b,llama3-8b")
     p.add_argument("--policies", default="full", help="full and/or adore (m = --kv_budget, R = 0; its decode "
                    "starts from a synthetic history: the window cache of an uncomputed prompt and random "
@@ -75,6 +75,8 @@ def main():
         with open(args.plot) as f:
             plot(json.load(f), os.path.splitext(args.plot)[0] + ".png")
         return
+    if not (args.bin and args.out and args.commit):
+        p.error("--bin, --out and --commit are required (except with --plot)")
     os.makedirs(args.out, exist_ok=True)
     os.environ["NCCL_NVLS_ENABLE"] = "0"
     n = gpu_count()

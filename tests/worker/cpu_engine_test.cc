@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <sstream>
 
 #include "common/model_weights.h"
+#include "common/tokenizer.h"
 #include "worker/adore_controller.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -312,9 +314,21 @@ TEST_F(CpuEngineTest, RebuiltTokenReentersWithItsOriginalKv) {
 TEST_F(CpuEngineTest, AdoreRebuildBringsReleasedTokensBack) {
   auto controller = AdoreController::Load(std::string(ADORE_SOURCE_DIR) + "/tools/adore/controller.bin");
   ASSERT_TRUE(controller.ok()) << controller.status();
-  std::vector<int32_t> ids;
-  for (int i = 0; i < 160; ++i) ids.push_back(300 + (i * 37) % 2000);
-  const int64_t budget = 48;
+  // Real prose: the trained controller rebuilds where a released token becomes important again, which a
+  // synthetic token pattern need not give it.
+  std::ifstream text_in(testing::DataPath("eval/emma_excerpt.txt"), std::ios::binary);
+  ASSERT_TRUE(text_in);
+  std::ostringstream text;
+  text << text_in.rdbuf();
+  auto weights = LoadModelWeights(testing::ModelPath());
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  auto tokenizer = Tokenizer::Create(weights->tokenizer);
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  auto encoded = (*tokenizer)->Encode(text.str(), /*parse_special=*/true, /*add_bos=*/false);
+  ASSERT_TRUE(encoded.ok()) << encoded.status();
+  ASSERT_GE(encoded->size(), 320u);
+  const std::vector<int32_t> ids(encoded->begin(), encoded->begin() + 320);
+  const int64_t budget = 64;
   auto policy = MakeReleasePolicy(
       {.kind = PolicyKind::kAdore, .kv_budget = budget, .rebuild = 8, .controller = controller->get()});
   ASSERT_TRUE(policy.ok()) << policy.status();
