@@ -161,7 +161,8 @@ def plot(doc, png):
     a2.set_ylim(0, 120)
     a2.axhline(85, color="gray", ls="--", lw=1)
     a1.legend(fontsize=8)
-    fig.suptitle(f"CUDA engine tensor parallelism, full attention ({doc['machine'].split(';')[0]}, commit {doc['commit']})",
+    policies = ", ".join(sorted({r["policy"] for r in rows})) or "full"
+    fig.suptitle(f"CUDA engine tensor parallelism, {policies} ({doc['machine'].split(';')[0]}, commit {doc['commit']})",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
