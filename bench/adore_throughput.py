@@ -93,7 +93,13 @@ def main():
                          "max_fit": r.get("max_fit"), "step_over_floor": r.get("step_over_floor"),
                          "prompt_ms": r.get("prefill_ms"), "adore_prompt": adore_prompt,
                          "tokens_released": r.get("tokens_released"),
-                         "tokens_rebuilt": r.get("tokens_rebuilt"), "note": r.get("note", "")})
+                         "tokens_rebuilt": r.get("tokens_rebuilt"),
+                         # host time with the GPU idle for release plans and slot tables (KV management) and
+                         # the device controller's GPU time, per step and as shares of the step
+                         "plan_ms_per_step": r.get("plan_ms_per_step"),
+                         "controller_ms_per_step": r.get("controller_ms_per_step"),
+                         "kv_management_share": r.get("kv_management_share"),
+                         "controller_share": r.get("controller_share"), "note": r.get("note", "")})
     full = {(r["model"], r["max_fit"]): r for r in rows if r["policy"] == "full" and r["decode_tok_s"]}
     for r in rows:
         base = full.get((r["model"], r["max_fit"]))
@@ -104,7 +110,8 @@ def main():
         json.dump(doc, f, indent=2)
     for r in rows:
         print(r["model"][:16], r["policy"], r["R"], r["batch"], r["max_fit"], r["decode_tok_s"], r["ms_per_token"],
-              r["speedup_vs_full"], r["note"][:60], flush=True)
+              r["speedup_vs_full"], "kv-mgmt", r["kv_management_share"], "ctl", r["controller_share"], r["note"][:60],
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -246,7 +246,7 @@ absl::Status Prefill(adore::CudaEngine& engine, std::span<adore::SequenceKv> seq
 absl::StatusOr<std::vector<double>> Decode(adore::CudaEngine& engine, std::span<adore::SequenceKv> seqs,
                                            std::vector<int32_t>* last, int32_t steps,
                                            std::span<const std::unique_ptr<adore::ReleasePolicy>> policies = {},
-                                           int64_t kv_budget = 0) {
+                                           int64_t kv_budget = 0, adore::CallTimings* total = nullptr) {
   std::vector<adore::ForwardItem> items(seqs.size());
   const std::vector<adore::SamplingParams> params(seqs.size(), adore::SamplingParams{});
   std::vector<int32_t> next;
@@ -262,6 +262,10 @@ absl::StatusOr<std::vector<double>> Decode(adore::CudaEngine& engine, std::span<
     const auto t0 = Clock::now();
     ADORE_RETURN_IF_ERROR(engine.ForwardSample(std::span<adore::ForwardItem>(items), params, &next));
     seconds.push_back(SecondsSince(t0));
+    if (total != nullptr) {
+      total->plan_ms += engine.last_timings().plan_ms;
+      total->controller_ms += engine.last_timings().controller_ms;
+    }
     *last = next;
   }
   return seconds;
@@ -411,11 +415,12 @@ nlohmann::json RunDecodeRow(adore::CudaEngine& engine, const std::string& model,
   }
   const double prefill_s = SecondsSince(t0);
   absl::StatusOr<std::vector<double>> steps;
+  adore::CallTimings timings;  // summed over the timed steps
   const std::span<const std::unique_ptr<adore::ReleasePolicy>> pol(policies);
   if (st.ok()) steps = Decode(engine, std::span<adore::SequenceKv>(seqs), &last, g.warmup, pol, g.release.kv_budget);
   if (g.comm != nullptr) g.comm->TakeStats();
   if (st.ok() && steps.ok()) {
-    steps = Decode(engine, std::span<adore::SequenceKv>(seqs), &last, g.gen, pol, g.release.kv_budget);
+    steps = Decode(engine, std::span<adore::SequenceKv>(seqs), &last, g.gen, pol, g.release.kv_budget, &timings);
   }
   if (g.comm != nullptr) {
     // Device time of the collectives, recorded for eager steps only (a graph replays them unobserved).
@@ -445,6 +450,12 @@ nlohmann::json RunDecodeRow(adore::CudaEngine& engine, const std::string& model,
   row["step_ms_min"] = 1e3 * *std::min_element(steps->begin(), steps->end());
   row["floor_step_ms"] = floor_ms;
   row["step_over_floor"] = step_ms / floor_ms;
+  // Host time with the GPU idle for the release plans and the slot tables (PlanForward: KV management),
+  // and the GPU time of the device controller, per step and as shares of the step.
+  row["plan_ms_per_step"] = timings.plan_ms / g.gen;
+  row["controller_ms_per_step"] = timings.controller_ms / g.gen;
+  row["kv_management_share"] = timings.plan_ms / g.gen / step_ms;
+  row["controller_share"] = timings.controller_ms / g.gen / step_ms;
   row["kv_bytes_per_step"] = kv_bytes;
   if (!g.skip_prefill) {
     row["prefill_ms"] = 1e3 * prefill_s;  // with a policy: the prompt token by token
@@ -622,6 +633,7 @@ absl::Status Run(int argc, char** argv) {
     options.max_logit_rows = options.max_batch;
     options.kv_memory_fraction = absl::GetFlag(FLAGS_kv_memory_fraction);
     options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
+    options.time_calls = true;
     ADORE_ASSIGN_OR_RETURN(options.decode_attention,
                            adore::kernels::ParseDecodeAttentionKernel(absl::GetFlag(FLAGS_decode_attention)));
     ADORE_ASSIGN_OR_RETURN(options.prefill_attention,

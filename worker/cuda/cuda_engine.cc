@@ -2,12 +2,14 @@
 #include "worker/cuda/cuda_engine.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <tuple>
 #include <cstdio>
 #include <cstring>
 #include <string>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_format.h"
 #include "common/status.h"
 #include "kernels/cuda/cuda_status.h"
@@ -100,6 +102,8 @@ CudaEngine::~CudaEngine() {
   adore_.reset();
   pool_.reset();
   weights_.reset();
+  if (adore_start_ != nullptr) cudaEventDestroy(adore_start_);
+  if (adore_stop_ != nullptr) cudaEventDestroy(adore_stop_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
 
@@ -136,6 +140,10 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Finish(std::unique_ptr<C
         o.max_tokens, o.max_batch, kMaxGridRows, o.max_logit_rows, o.kv_memory_fraction));
   }
   ADORE_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&engine->stream_, cudaStreamNonBlocking));
+  if (o.time_calls) {
+    ADORE_CUDA_RETURN_IF_ERROR(cudaEventCreate(&engine->adore_start_));
+    ADORE_CUDA_RETURN_IF_ERROR(cudaEventCreate(&engine->adore_stop_));
+  }
   ADORE_ASSIGN_OR_RETURN(engine->blas_, k::Blas::Create());
   ADORE_RETURN_IF_ERROR(engine->AllocateWorkspaces());
   if (o.adore_controller != nullptr) ADORE_RETURN_IF_ERROR(engine->SetUpDeviceAdore());
@@ -329,8 +337,14 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
   // The pinned staging is rewritten below; a call that failed midway may still be copying from it.
   ADORE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
   pending_adore_.clear();
+  timings_ = CallTimings{};
+  adore_timed_ = false;
+  const auto plan_start = std::chrono::steady_clock::now();
   ADORE_ASSIGN_OR_RETURN(const PlannedForward pf,
                          PlanForward(items, c, pool_->rows(), options_.tp_size > 1 ? options_.comm : nullptr));
+  if (options_.time_calls) {
+    timings_.plan_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - plan_start).count();
+  }
 
   // Token groups in launch order: decode with mass (policy items' new token), other decode items, then
   // prefill groups (prefill items, then policy items' rebuilt tokens).
@@ -476,7 +490,12 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
   } else {
     ADORE_RETURN_IF_ERROR(RunLayers(plan));
   }
-  if (!device_items.empty()) ADORE_RETURN_IF_ERROR(RunDeviceAdore(items, pf, plan, device_items));
+  if (!device_items.empty()) {
+    adore_timed_ = options_.time_calls;
+    if (adore_timed_) ADORE_CUDA_RETURN_IF_ERROR(cudaEventRecord(adore_start_, stream_));
+    ADORE_RETURN_IF_ERROR(RunDeviceAdore(items, pf, plan, device_items));
+    if (adore_timed_) ADORE_CUDA_RETURN_IF_ERROR(cudaEventRecord(adore_stop_, stream_));
+  }
   if (plan.num_mass_decode > static_cast<int64_t>(device_items.size())) {
     ADORE_RETURN_IF_ERROR(ObservePolicies(items, pf, plan, mass_offset, mass_token));  // device ones record ids
   } else {
@@ -627,6 +646,16 @@ absl::Status CudaEngine::RunDeviceAdore(std::span<ForwardItem> items, const Plan
 }
 
 void CudaEngine::FinishDeviceAdore() {
+  const auto start = std::chrono::steady_clock::now();
+  if (adore_timed_) {  // the stream was synchronized: both events are complete
+    float ms = 0.0f;
+    if (cudaEventElapsedTime(&ms, adore_start_, adore_stop_) == cudaSuccess) timings_.controller_ms = ms;
+  }
+  absl::Cleanup timed = [&] {
+    if (options_.time_calls) {
+      timings_.plan_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    }
+  };
   const int64_t B = options_.max_batch, C = kAdorePlanCapacity;
   const int32_t* ho = host_adore_out_;
   for (const PendingPlan& p : pending_adore_) {

@@ -61,6 +61,15 @@ struct CudaEngineOptions {
   // time (controller state: adore_lanes x max_context x ~200 bytes, taken before the KV pool is sized).
   const AdoreController* adore_controller = nullptr;
   int64_t adore_lanes = 256;
+  // Record CallTimings for every call (the controller's GPU time through CUDA events): benchmarks.
+  bool time_calls = false;
+};
+
+// Where one forward call's time went, with CudaEngineOptions::time_calls (else all zero).
+struct CallTimings {
+  double plan_ms = 0;        // host, GPU idle: the release plans (policies' PlanStep), their checks and
+                             // application to the slot tables (PlanForward), and the device plans' return
+  double controller_ms = 0;  // GPU: the device adore controller's kernels (projection, GRU step, plans)
 };
 
 
@@ -115,6 +124,8 @@ class CudaEngine final : public Engine {
   int tp_size() const { return options_.tp_size; }
   CudaKvPool& pool() { return *pool_; }
   cudaStream_t stream() const { return stream_; }
+  // The last call's timings (CudaEngineOptions::time_calls).
+  const CallTimings& last_timings() const { return timings_; }
 
  private:
   struct Plan;  // one call's host-side layout (defined in the .cc)
@@ -175,6 +186,9 @@ class CudaEngine final : public Engine {
     int64_t num_steps, budget, index;  // index: the item's row in the plan outputs
   };
   std::vector<PendingPlan> pending_adore_;
+  CallTimings timings_;
+  cudaEvent_t adore_start_ = nullptr, adore_stop_ = nullptr;  // with time_calls
+  bool adore_timed_ = false;  // the events of this call were recorded
 
   std::map<std::pair<int64_t, int64_t>, cudaGraphExec_t> graphs_;  // (batch, slot bound) -> decode graph
   std::set<std::pair<int64_t, int64_t>> graph_shapes_seen_;
