@@ -12,6 +12,7 @@ to .dev/bench/ instead of bench/results/, unless --out is given.
   bench/llamacpp.sh cpu                       # once: builds .dev/llamacpp-cpu/bin/llama-batched-bench
   python3 bench/cpu_decode.py [--batches 1,8] [--prompts 128,512] [--gen 64] [--threads N]
                               [--reps 3] [--stat median|max] [--adore-bench PATH] [--llama-batched-bench PATH]
+  python3 bench/cpu_decode.py --plot-only bench/results/cpu_decode.json [--png OUT.png]   # redraw the plot only
 """
 import argparse
 import glob
@@ -260,8 +261,25 @@ def main():
     ap.add_argument("--out", default=None,
                     help=f"output JSON (default: {os.path.relpath(FINAL_JSON, ROOT)} for a complete run, "
                          f"{os.path.relpath(PARTIAL_JSON, ROOT)} otherwise); the PNG goes next to it")
+    ap.add_argument("--plot-only", metavar="JSON",
+                    help="only redraw the plot and table from an existing results JSON (runs no engine)")
+    ap.add_argument("--png", default=None, help="with --plot-only: the PNG to write (default: next to the JSON)")
     args = ap.parse_args()
     command = shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv])
+
+    if args.plot_only:
+        with open(args.plot_only) as f:
+            result = json.load(f)
+        rows = result["rows"]
+        batches = sorted({r["batch"] for r in rows})
+        prompts = sorted({r["prompt"] for r in rows})
+        gen = rows[0]["gen"] if rows else "?"
+        threads = rows[0]["threads"] if rows else "?"
+        title = (f"{MODEL_LABEL}, gen {gen}, {threads} threads, {result.get('stat', 'median')} of "
+                 f"{result.get('reps', '?')} | {result.get('machine', '')}")
+        plot(rows, batches, prompts, args.png or os.path.splitext(args.plot_only)[0] + ".png", title)
+        print(markdown(rows, batches, prompts))
+        return
 
     if not os.path.isfile(args.model):
         sys.exit(f"cpu_decode: model not found: {args.model} (run tools/fetch-model.sh)")

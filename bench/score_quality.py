@@ -10,7 +10,8 @@ rows}), a PNG plot next to it, and prints a markdown table for docs/BENCHMARKS.m
 
   python3 bench/score_quality.py --raw R1.json R2.json ... --gen G1.json G2.json ... \
       --machine "..." --commit SHA [--out bench/results/quality.json]
-Needs: pip install rouge-score sacrebleu matplotlib
+  python3 bench/score_quality.py --plot-only bench/results/quality.json [--png OUT.png]   # redraw the plot only
+Needs: pip install rouge-score sacrebleu matplotlib (--plot-only: matplotlib only)
 """
 import argparse, json, os, sys
 
@@ -60,12 +61,21 @@ def config_key(r):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--raw", nargs="+", required=True)
+    ap.add_argument("--raw", nargs="+")
     ap.add_argument("--gen", nargs="*", default=[])
-    ap.add_argument("--machine", required=True)
-    ap.add_argument("--commit", required=True)
+    ap.add_argument("--machine")
+    ap.add_argument("--commit")
     ap.add_argument("--out", default="bench/results/quality.json")
+    ap.add_argument("--plot-only", metavar="JSON",
+                    help="only redraw the plot from an existing quality.json (needs neither rouge-score nor sacrebleu)")
+    ap.add_argument("--png", default=None, help="with --plot-only: the PNG to write (default: next to the JSON)")
     a = ap.parse_args()
+    if a.plot_only:
+        with open(a.plot_only) as f:
+            plot(json.load(f)["rows"], a.png or os.path.splitext(a.plot_only)[0] + ".png")
+        return
+    if not (a.raw and a.machine and a.commit):
+        ap.error("--raw, --machine and --commit are required (except with --plot-only)")
 
     rows, commands = load_rows(a.raw)
     scores = score_generations(a.gen) if a.gen else {}
@@ -92,6 +102,14 @@ def main():
               f'{fmt(g.get("rouge_l"), "%.3f")} | {fmt(g.get("bleu"), "%.1f")} | '
               f'{fmt(g.get("same_prefix_tokens"), "%.1f")} | {r["released"]} | {r["rebuilt"]} |')
 
+    plot(rows, os.path.splitext(a.out)[0] + ".png")
+
+
+def plot(rows, png):
+    """Perplexity and ROUGE-L vs full against the KV budget (when matplotlib is importable)."""
+    ppl_rows = [r for r in rows if r["task"] == "ppl"]
+    context = ppl_rows[0]["context"] if ppl_rows else None
+    gen = {config_key(r): r for r in rows if r["task"] == "generation"}
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -124,7 +142,7 @@ def main():
         x.grid(alpha=0.3)
         x.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.splitext(a.out)[0] + ".png", dpi=120)
+    fig.savefig(png, dpi=120)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 packages=(build-essential cmake ninja-build pkg-config python3 python3-pip python3-venv
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libgtest-dev libgmock-dev libgloo-dev libopenblas-dev libopenblas-openmp-dev nlohmann-json3-dev libcpp-httplib-dev libpcre2-dev
-  libssl-dev openssl)
+  libssl-dev openssl python3-matplotlib)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
