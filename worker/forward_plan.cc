@@ -51,13 +51,15 @@ namespace {
 // Checks a policy's plan against the sequence before anything is applied.
 absl::Status CheckPlan(size_t item, const SequenceKv& seq, const StepPlan& plan, int64_t num_new, int64_t budget,
                        int64_t max_rebuild) {
-  std::vector<uint8_t> seen(seq.num_slots(), 0);
-  for (int32_t s : plan.release) {
-    if (s < 0 || s >= seq.num_slots() || seq.rows[s] < 0 || seen[s]) {
+  // A step releases a few slots (at most the rebuilt and new tokens' count plus a bounded excess): a
+  // pairwise duplicate check costs less than a pass over the slot table every step.
+  for (size_t a = 0; a < plan.release.size(); ++a) {
+    const int32_t s = plan.release[a];
+    const bool repeated = std::find(plan.release.begin(), plan.release.begin() + a, s) != plan.release.begin() + a;
+    if (s < 0 || s >= seq.num_slots() || seq.rows[s] < 0 || repeated) {
       return absl::InternalError(absl::StrFormat("forward item %d: policy released slot %d, not a distinct occupied slot",
                                                  item, s));
     }
-    seen[s] = 1;
   }
   if (plan.rebuild_positions.size() != plan.rebuild_tokens.size()) {
     return absl::InternalError(absl::StrFormat("forward item %d: policy rebuild plan has %d positions, %d tokens", item,
@@ -122,6 +124,12 @@ absl::StatusOr<Decision> Decide(std::span<ForwardItem> items, const ModelConfig&
   return d;
 }
 
+bool HasEmptySlot(const SequenceKv& seq) {
+  int32_t lowest = 0;
+  for (int32_t r : seq.rows) lowest = std::min(lowest, r);
+  return lowest < 0;
+}
+
 // Writes the checked plans into the slot tables (nothing can fail any more).
 PlannedForward ApplyPlans(std::span<ForwardItem> items, const std::vector<StepPlan>& plans,
                           const std::vector<int32_t>& fresh_rows, int64_t num_logit_rows, RowAllocator& rows) {
@@ -145,10 +153,14 @@ PlannedForward ApplyPlans(std::span<ForwardItem> items, const std::vector<StepPl
       p.tokens.push_back(tok);
       p.positions.push_back(seq.next_pos++);
     }
-    // Slots to fill, in order: released ones, empty ones, then appended.
+    // Slots to fill, in order: released ones, empty ones, then appended. The empty ones are looked for only
+    // when the released ones do not suffice, and only in a table that has one (a vectorized minimum: a
+    // decode step of a full cache or of full attention does not walk its table element by element).
     std::vector<int32_t> targets(plan.release.begin(), plan.release.end());
-    for (int32_t s = 0; s < seq.num_slots(); ++s) {
-      if (seq.rows[s] < 0) targets.push_back(s);
+    if (p.tokens.size() > targets.size() && HasEmptySlot(seq)) {
+      for (int32_t s = 0; s < seq.num_slots(); ++s) {
+        if (seq.rows[s] < 0) targets.push_back(s);
+      }
     }
     size_t next_target = 0;
     for (size_t t = 0; t < p.tokens.size(); ++t) {
