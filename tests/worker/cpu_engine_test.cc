@@ -5,14 +5,13 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
-#include <sstream>
 
 #include "common/model_weights.h"
-#include "common/tokenizer.h"
 #include "worker/adore_controller.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/policy_test_util.h"
+#include "tests/eval_text_util.h"
 #include "tests/test_util.h"
 
 namespace adore {
@@ -316,15 +315,9 @@ TEST_F(CpuEngineTest, AdoreRebuildBringsReleasedTokensBack) {
   ASSERT_TRUE(controller.ok()) << controller.status();
   // Real prose: the trained controller rebuilds where a released token becomes important again, which a
   // synthetic token pattern need not give it.
-  std::ifstream text_in(testing::DataPath("eval/emma_excerpt.txt"), std::ios::binary);
-  ASSERT_TRUE(text_in);
-  std::ostringstream text;
-  text << text_in.rdbuf();
   auto weights = LoadModelWeights(testing::ModelPath());
   ASSERT_TRUE(weights.ok()) << weights.status();
-  auto tokenizer = Tokenizer::Create(weights->tokenizer);
-  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
-  auto encoded = (*tokenizer)->Encode(text.str(), /*parse_special=*/true, /*add_bos=*/false);
+  auto encoded = testing::EmmaExcerptTokens(*weights);
   ASSERT_TRUE(encoded.ok()) << encoded.status();
   ASSERT_GE(encoded->size(), 320u);
   const std::vector<int32_t> ids(encoded->begin(), encoded->begin() + 320);

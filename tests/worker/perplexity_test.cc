@@ -7,13 +7,12 @@
 
 #include <cmath>
 #include <fstream>
-#include <sstream>
 #include <vector>
 
 #include "common/model_weights.h"
-#include "common/tokenizer.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/eval_text_util.h"
 #include "tests/test_util.h"
 
 namespace adore {
@@ -86,15 +85,9 @@ TEST(PerplexityTest, MatchesTransformersOnEmmaExcerpt) {
   }
   ASSERT_NE(run, nullptr) << "golden has no run for context 512, stride 256, max_tokens 1500";
 
-  std::ifstream text_in(testing::DataPath("eval/emma_excerpt.txt"), std::ios::binary);
-  ASSERT_TRUE(text_in);
-  std::ostringstream text;
-  text << text_in.rdbuf();
   auto weights = LoadModelWeights(testing::ModelPath());
   ASSERT_TRUE(weights.ok()) << weights.status();
-  auto tokenizer = Tokenizer::Create(weights->tokenizer);
-  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
-  auto ids = (*tokenizer)->Encode(text.str(), /*parse_special=*/true, /*add_bos=*/false);
+  auto ids = testing::EmmaExcerptTokens(*weights);
   ASSERT_TRUE(ids.ok()) << ids.status();
   // Perplexities are only comparable over the same token stream.
   ASSERT_EQ(static_cast<int64_t>(ids->size()), golden["text_tokens"].get<int64_t>())
