@@ -197,7 +197,7 @@ absl::StatusOr<ModelConfig> ReadGgufConfig(const GgufFile& f) {
   return c;
 }
 
-absl::StatusOr<ModelWeights> LoadGguf(const std::string& path) {
+absl::StatusOr<ModelWeights> LoadGguf(const std::string& path, bool read_tensors) {
   ADORE_ASSIGN_OR_RETURN(GgufFile f, GgufFile::Open(path));
   ModelWeights w;
   ADORE_ASSIGN_OR_RETURN(w.config, ReadGgufConfig(f));
@@ -233,6 +233,7 @@ absl::StatusOr<ModelWeights> LoadGguf(const std::string& path) {
         CheckShape(path, e.name, std::vector<int64_t>(info->ne.rbegin(), info->ne.rend()), e.shape));
   }
   for (const auto& e : expected) {
+    if (!read_tensors) break;
     ADORE_ASSIGN_OR_RETURN(Tensor t, f.ReadTensor(e.name));
     w.source_types[e.name] = GgmlTypeName(f.FindTensor(e.name)->type);
     w.tensors.emplace(e.name, std::move(t));
@@ -563,7 +564,7 @@ struct HfTensorSource {
 
 // config.json first (it sizes everything), then model.safetensors or the shards named by
 // model.safetensors.index.json, shape checks, tokenizer.json, and finally the tensor data.
-absl::StatusOr<ModelWeights> LoadHfDirectory(const std::string& dir) {
+absl::StatusOr<ModelWeights> LoadHfDirectory(const std::string& dir, bool read_tensors) {
   const std::string config_path = (fs::path(dir) / "config.json").string();
   ADORE_ASSIGN_OR_RETURN(Json config_json, ReadJsonFile(config_path));
   ModelWeights w;
@@ -632,6 +633,7 @@ absl::StatusOr<ModelWeights> LoadHfDirectory(const std::string& dir) {
   // After the shape checks, so vocab_size is bounded by the embedding actually stored.
   ADORE_RETURN_IF_ERROR(ReadHfTokenizer(dir, config_json, &w));
   for (const ExpectedTensor& e : expected) {
+    if (!read_tensors) break;
     const HfTensorSource& src = sources.at(e.name);
     const SafetensorsFile& s = shards[src.shard];
     const SafetensorsTensorInfo* info = s.Find(src.hf_name);
@@ -654,12 +656,20 @@ absl::StatusOr<const Tensor*> ModelWeights::Get(const std::string& name) const {
   return &it->second;
 }
 
-absl::StatusOr<ModelWeights> LoadModelWeights(const std::string& path) {
+namespace {
+
+absl::StatusOr<ModelWeights> Load(const std::string& path, bool read_tensors) {
   std::error_code ec;
-  if (fs::is_directory(path, ec)) return LoadHfDirectory(path);
+  if (fs::is_directory(path, ec)) return LoadHfDirectory(path, read_tensors);
   if (!fs::exists(path, ec))
     return absl::NotFoundError(absl::StrFormat("%s: no such file or directory", path));
-  return LoadGguf(path);
+  return LoadGguf(path, read_tensors);
 }
+
+}  // namespace
+
+absl::StatusOr<ModelWeights> LoadModelWeights(const std::string& path) { return Load(path, true); }
+
+absl::StatusOr<ModelWeights> LoadModelInfo(const std::string& path) { return Load(path, false); }
 
 }  // namespace adore

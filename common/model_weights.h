@@ -43,4 +43,9 @@ struct ModelWeights {
 // the config implies; errors name the file and the tensor or field.
 absl::StatusOr<ModelWeights> LoadModelWeights(const std::string& path);
 
+// The same file checks, config and tokenizer as LoadModelWeights, without reading any tensor data
+// (`tensors` and `source_types` stay empty): for a process that only tokenizes and schedules, such as a
+// coordinator whose workers load the model.
+absl::StatusOr<ModelWeights> LoadModelInfo(const std::string& path);
+
 }  // namespace adore

@@ -193,7 +193,12 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(const Serv
     }
     verified_sha256 = *std::move(digest);
   }
-  ADORE_ASSIGN_OR_RETURN(ModelWeights weights, synthetic ? SyntheticModelInfo(o.model) : LoadModelWeights(o.model));
+  // With workers (listed, registering or embedded ranks) the engines live there: this process reads only
+  // the config and the tokenizer (the same checks, none of the tensor data).
+  const bool engine_here = o.workers.empty() && o.expect_workers <= 0 && o.embedded_workers <= 1;
+  ADORE_ASSIGN_OR_RETURN(ModelWeights weights, synthetic     ? SyntheticModelInfo(o.model)
+                                               : engine_here ? LoadModelWeights(o.model)
+                                                             : LoadModelInfo(o.model));
   ADORE_ASSIGN_OR_RETURN(s->tokenizer_, Tokenizer::Create(weights.tokenizer));
   ServiceInfo info;
   info.config = weights.config;
@@ -266,7 +271,6 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(const Serv
     d->set_kv_budget(defaults.release.kind == PolicyKind::kFull ? 0 : defaults.release.kv_budget);
     d->set_rebuild(defaults.release.rebuild);
     if (s->controller_ != nullptr) ro.load.set_controller_path(std::filesystem::absolute(o.controller).string());
-    weights.tensors.clear();
     // Registered workers are driven exactly like a list given up front, once all are there.
     if (o.expect_workers > 0) {
       ADORE_ASSIGN_OR_RETURN(ro.workers, s->WaitForWorkers());

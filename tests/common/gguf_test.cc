@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/model_weights.h"
+#include "worker/memory_budget.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -199,6 +200,31 @@ TEST_F(SmolLm2GgufTest, WholeTensorSumsMatchGgufPy) {
     EXPECT_NEAR(abs_sum, ref_abs, 1e-6 * ref_abs) << name;
     EXPECT_NEAR(sq_sum, spec["sq_sum"].get<double>(), 1e-6 * spec["sq_sum"].get<double>()) << name;
   }
+}
+
+// What a coordinator with workers loads: LoadModelWeights' config and tokenizer, no tensor data; the
+// float32 weight size the memory budget uses then comes from the config and equals the real tensors'.
+TEST_F(SmolLm2GgufTest, ModelInfoIsTheConfigAndTokenizerWithoutTensors) {
+  auto info = LoadModelInfo(ModelPath());
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_TRUE(info->tensors.empty());
+  EXPECT_TRUE(info->source_types.empty());
+  const ModelConfig &a = info->config, &b = weights_->config;
+  EXPECT_EQ(a.architecture, b.architecture);
+  EXPECT_EQ(a.hidden_size, b.hidden_size);
+  EXPECT_EQ(a.num_layers, b.num_layers);
+  EXPECT_EQ(a.num_heads, b.num_heads);
+  EXPECT_EQ(a.num_kv_heads, b.num_kv_heads);
+  EXPECT_EQ(a.intermediate_size, b.intermediate_size);
+  EXPECT_EQ(a.vocab_size, b.vocab_size);
+  EXPECT_EQ(a.max_context, b.max_context);
+  EXPECT_EQ(a.tie_embeddings, b.tie_embeddings);
+  EXPECT_EQ(info->tokenizer.tokens, weights_->tokenizer.tokens);
+  EXPECT_EQ(info->tokenizer.merges, weights_->tokenizer.merges);
+  EXPECT_EQ(info->tokenizer.eos_id, weights_->tokenizer.eos_id);
+  EXPECT_EQ(info->tokenizer.chat_template, weights_->tokenizer.chat_template);
+  EXPECT_EQ(WeightsFloatBytes(*info), WeightsFloatBytes(*weights_));
+  EXPECT_EQ(LoadModelInfo("/nonexistent/model.gguf").status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST_F(SmolLm2GgufTest, ReadTensorUnknownNameIsNotFound) {

@@ -190,6 +190,19 @@ TEST_F(HfCheckpointTest, LoadsConfigAndMapsNames) {
   EXPECT_EQ((*w.Get("blk.0.attn_k.weight"))->shape, (std::vector<int64_t>{8, 16}));
 }
 
+TEST_F(HfCheckpointTest, ModelInfoReadsNoTensors) {
+  TinyHf m;
+  ModelWeights w = Load(&m, "hf_info");
+  auto info = LoadModelInfo(dir_);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_TRUE(info->tensors.empty());
+  EXPECT_FALSE(w.tensors.empty());
+  EXPECT_EQ(info->config.hidden_size, w.config.hidden_size);
+  EXPECT_EQ(info->config.num_layers, w.config.num_layers);
+  EXPECT_EQ(info->config.vocab_size, w.config.vocab_size);
+  EXPECT_EQ(info->tokenizer.tokens, w.tokenizer.tokens);
+}
+
 TEST_F(HfCheckpointTest, PermutesQkRowsLikeLlamaCpp) {
   TinyHf m;
   ModelWeights w = Load(&m, "hf_permute");

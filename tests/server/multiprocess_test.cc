@@ -40,6 +40,7 @@
 #include "worker/adore_controller.h"
 #include "worker/cpu_engine.h"
 #include "worker/grpc/worker_service.h"
+#include "worker/memory_budget.h"
 
 namespace adore {
 namespace {
@@ -69,6 +70,16 @@ enum class Discovery {
   kListed,      // the workers start first; adore-server --workers names them in rank order
   kRegistered,  // adore-server --expect_workers starts first; each adore-worker --coordinator registers
 };
+
+// VmHWM (peak resident set) of a live process, in bytes; -1 when it cannot be read.
+int64_t PeakResidentBytes(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return 1024 * std::stoll(line.substr(6));  // "VmHWM:   12345 kB"
+  }
+  return -1;
+}
 
 // Starts `tp` adore-worker processes and adore-server over them, sends every case at once (continuous
 // batching mixes them), then reads the server's stats and the workers' health (in rank order).
@@ -138,6 +149,15 @@ void Deploy(int tp, const std::string& model, const std::string& dir, const std:
   absl::StatusOr<std::string> addr =
       (*server)->WaitForWordAfter("serving adore.v1.Adore and grpc.health.v1 on ", absl::Seconds(60));
   ASSERT_TRUE(addr.ok()) << addr.status() << logs(nullptr);
+  {
+    // The coordinator of external workers reads the model's config and tokenizer, not its tensors: its
+    // peak resident memory stays far below the float32 weights its workers hold.
+    auto info = LoadModelInfo(model);
+    ASSERT_TRUE(info.ok()) << info.status();
+    const int64_t peak = PeakResidentBytes((*server)->pid());
+    ASSERT_GT(peak, 0) << "no VmHWM for the server process";
+    EXPECT_LT(peak, WeightsFloatBytes(*info) / 2) << "adore-server peak RSS " << peak << " bytes";
+  }
   if (discovery == Discovery::kRegistered) {
     const std::string server_log = (*server)->Logs();
     for (int i = 1; i <= tp; ++i) {
