@@ -152,6 +152,9 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(const Serv
   if (o.expect_workers > 0 && !o.workers.empty()) {
     return absl::InvalidArgumentError("expect_workers: give a workers list or expect_workers, not both");
   }
+  if (o.step_timeout_ms < 1) {
+    return absl::InvalidArgumentError(absl::StrFormat("step_timeout: %d ms is not >= 1", o.step_timeout_ms));
+  }
   if (o.expect_workers > 0 && o.expect_workers_timeout_ms < 1) {
     return absl::InvalidArgumentError(
         absl::StrFormat("expect_workers_timeout: %d ms is not >= 1", o.expect_workers_timeout_ms));
@@ -250,6 +253,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(const Serv
       return absl::InvalidArgumentError(absl::StrFormat("backend: '%s' is not cpu or cuda", o.backend));
     }
     RemoteRunnerOptions ro;
+    ro.step_timeout_ms = o.step_timeout_ms;
     ro.workers = worker_addresses;
     ro.secret = worker_secret;
     ro.rendezvous_host = o.embedded_workers > 1 ? "127.0.0.1" : o.rendezvous_host;  // embedded ranks: loopback

@@ -63,6 +63,9 @@ struct ServerOptions {
   // whose calls get UNAVAILABLE. 0 = off.
   int expect_workers = 0;
   int64_t expect_workers_timeout_ms = 600000;  // longest wait for all of them: Start fails DEADLINE_EXCEEDED
+  // External workers: a step that no rank has answered after this long fails (UNAVAILABLE for the step's
+  // requests; the readiness monitor then loads the workers again): how long a hung worker can stall serving.
+  int64_t step_timeout_ms = 300000;
   // With expect_workers: called on Start's thread once the server listens for registrations, with its
   // address (adore-server prints it; a test started with port 0 learns the port from it).
   std::function<void(const std::string& address)> on_waiting_for_workers;

@@ -240,10 +240,12 @@ class FaultTest : public ::testing::Test {
   }
 
   // Starts adore-server as `name` over `workers` (listed) or waiting for `expect` registrations on `port`.
-  Child* StartServer(const std::string& name, int port, const std::vector<std::string>& workers, int expect) {
+  Child* StartServer(const std::string& name, int port, const std::vector<std::string>& workers, int expect,
+                     const std::vector<std::string>& extra = {}) {
     std::vector<std::string> args = {ADORE_SERVER_BIN, "--model=" + TinyModel(), absl::StrCat("--port=", port),
                                      "--http_port=0", "--kv_rows=4096", "--max_batch=8", "--controller=",
                                      "--worker_secret_file=" + secret_file_};
+    args.insert(args.end(), extra.begin(), extra.end());
     if (!workers.empty()) args.push_back("--workers=" + absl::StrJoin(workers, ","));
     if (expect > 0) {
       args.push_back(absl::StrCat("--expect_workers=", expect));
@@ -385,6 +387,63 @@ void FaultTest::KillWorkerDuringStreams(int tp, Discovery discovery, int kill_ra
               "after the restart; %d streams, all accounted for; test %.1f s\n",
               tp, discovery == Discovery::kListed ? "listed" : "registered", kill_rank, slowest_end_s, not_ready_s,
               serving_again_s, started, SecondsSince(t_test));
+}
+
+// A worker that hangs (SIGSTOP: alive, its port open, answering nothing) while streams run: with
+// --step_timeout_s 2 every stream ends with UNAVAILABLE within the step timeout plus kEndWithinS, the
+// coordinator reports not ready, and once the worker runs again (SIGCONT) it is loaded again and serves.
+TEST_F(FaultTest, HungWorkerEndsStreamsAfterTheStepTimeoutAndServesWhenItResumes) {
+  constexpr int kStepTimeoutS = 2;
+  const std::string worker_address = StartWorker("worker0", 0);
+  ASSERT_FALSE(worker_address.empty());
+  Child* worker = workers_.back().get();
+  Child* server = StartServer("server", 0, {worker_address}, 0, {absl::StrCat("--step_timeout_s=", kStepTimeoutS)});
+  ASSERT_NE(server, nullptr);
+  ASSERT_NO_FATAL_FAILURE(WaitServing(*server));
+  Readiness ready;
+  double took_s = 0;
+  ASSERT_TRUE(WaitForReadiness(address_, http_port_, /*serving=*/true, absl::Seconds(5), &ready, &took_s))
+      << ready.ToString();
+  int started = 0, accounted = 0;
+  const v1::GenerateRequest probe = Request("hello world", 12);
+  const testing::StreamResult before = Generate(address_, probe, &started, &accounted);
+  ASSERT_TRUE(before.status.ok()) << before.status.error_message();
+
+  Streams streams;
+  streams.Start(address_, 4, Request("The quick brown fox", 150));
+  ASSERT_TRUE(streams.WaitForTokens(3, absl::Seconds(20))) << "the streams did not start";
+  const auto t_stop = std::chrono::steady_clock::now();
+  ASSERT_EQ(::kill(worker->pid(), SIGSTOP), 0);
+  streams.Join();
+  double slowest_end_s = 0;
+  for (const auto& s : streams.all()) {
+    EXPECT_EQ(s->status.error_code(), grpc::StatusCode::UNAVAILABLE) << s->status.error_message();
+    EXPECT_FALSE(s->done);
+    const double end_s = std::chrono::duration<double>(s->ended - t_stop).count();
+    slowest_end_s = std::max(slowest_end_s, end_s);
+    EXPECT_LT(end_s, kStepTimeoutS + kEndWithinS) << "a stream ended " << end_s << " s after the worker hung";
+  }
+  // Not ready once the readiness monitor's health call to the hung worker has timed out too (2 s).
+  ASSERT_TRUE(WaitForReadiness(address_, http_port_, /*serving=*/false, absl::Seconds(kEndWithinS + 4), &ready,
+                               &took_s))
+      << ready.ToString();
+  const double not_ready_s = SecondsSince(t_stop);
+  EXPECT_TRUE(server->Running());
+
+  const auto t_cont = std::chrono::steady_clock::now();
+  ASSERT_EQ(::kill(worker->pid(), SIGCONT), 0);
+  ASSERT_TRUE(WaitForReadiness(address_, http_port_, /*serving=*/true, kRecoverWithin, &ready, &took_s))
+      << ready.ToString();
+  const double serving_again_s = SecondsSince(t_cont);
+  const testing::StreamResult after = Generate(address_, probe, &started, &accounted);
+  ASSERT_TRUE(after.status.ok()) << after.status.error_message();
+  EXPECT_EQ(after.tokens, before.tokens);
+  started += streams.started();
+  accounted += streams.completed() + streams.failed();
+  EXPECT_EQ(accounted, started);
+  std::printf("worker hung (SIGSTOP), step timeout %d s: streams ended within %.2f s, not ready after %.2f s; "
+              "serving %.2f s after SIGCONT\n",
+              kStepTimeoutS, slowest_end_s, not_ready_s, serving_again_s);
 }
 
 TEST_F(FaultTest, Tp1KilledWorkerEndsStreamsAndIsLoadedAgainOnItsPort) {
