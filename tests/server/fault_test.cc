@@ -271,6 +271,25 @@ class FaultTest : public ::testing::Test {
     ASSERT_TRUE(absl::SimpleAtoi(http->substr(colon + 1), &http_port_)) << *http;
   }
 
+  // Waits until `server` serves and is ready, then sends the probe request: its tokens, to compare with
+  // what the same request gives after the recovery.
+  void ServeAndProbe(Child& server, testing::StreamResult* before, int* started, int* accounted) {
+    ASSERT_NO_FATAL_FAILURE(WaitServing(server));
+    Readiness ready;
+    double took_s = 0;
+    ASSERT_TRUE(WaitForReadiness(address_, http_port_, /*serving=*/true, absl::Seconds(5), &ready, &took_s))
+        << ready.ToString();
+    *before = Generate(address_, Probe(), started, accounted);
+    ASSERT_TRUE(before->status.ok()) << before->status.error_message();
+    ASSERT_FALSE(before->tokens.empty());
+  }
+  static v1::GenerateRequest Probe() { return Request("hello world", 12); }
+  // 4 streams long enough (150 tokens at 20 ms a step: about 3 s) to be running when the fault comes.
+  void StartLongStreams(Streams* streams) {
+    streams->Start(address_, 4, Request("The quick brown fox", 150));
+    ASSERT_TRUE(streams->WaitForTokens(3, absl::Seconds(20))) << "the streams did not start";
+  }
+
   // The coordinator's port, from an address "host:port".
   static int PortOf(const std::string& address) {
     int port = 0;
@@ -314,23 +333,14 @@ void FaultTest::KillWorkerDuringStreams(int tp, Discovery discovery, int kill_ra
     }
   }
   ASSERT_NE(server, nullptr);
-  ASSERT_NO_FATAL_FAILURE(WaitServing(*server));
+  int started = 0, accounted = 0;
+  testing::StreamResult before;
+  ASSERT_NO_FATAL_FAILURE(ServeAndProbe(*server, &before, &started, &accounted));
+  const v1::GenerateRequest probe = Probe();
   Readiness ready;
   double took_s = 0;
-  ASSERT_TRUE(WaitForReadiness(address_, http_port_, /*serving=*/true, absl::Seconds(5), &ready, &took_s))
-      << ready.ToString();
-
-  int started = 0, accounted = 0;
-  // Before the fault: the tokens a short greedy request gives, to compare with after the recovery.
-  const v1::GenerateRequest probe = Request("hello world", 12);
-  const testing::StreamResult before = Generate(address_, probe, &started, &accounted);
-  ASSERT_TRUE(before.status.ok()) << before.status.error_message();
-  ASSERT_FALSE(before.tokens.empty());
-
-  // Streams long enough (150 tokens at 20 ms a step: about 3 s) to be running when the worker dies.
   Streams streams;
-  streams.Start(address_, 4, Request("The quick brown fox", 150));
-  ASSERT_TRUE(streams.WaitForTokens(3, absl::Seconds(20))) << "the streams did not start";
+  ASSERT_NO_FATAL_FAILURE(StartLongStreams(&streams));
   const auto t_kill = std::chrono::steady_clock::now();
   ASSERT_NO_FATAL_FAILURE(KillHard(*by_rank[kill_rank]));
   streams.Join();
@@ -399,19 +409,11 @@ TEST_F(FaultTest, HungWorkerEndsStreamsAfterTheStepTimeoutAndServesWhenItResumes
   Child* worker = workers_.back().get();
   Child* server = StartServer("server", 0, {worker_address}, 0, {absl::StrCat("--step_timeout_s=", kStepTimeoutS)});
   ASSERT_NE(server, nullptr);
-  ASSERT_NO_FATAL_FAILURE(WaitServing(*server));
-  Readiness ready;
-  double took_s = 0;
-  ASSERT_TRUE(WaitForReadiness(address_, http_port_, /*serving=*/true, absl::Seconds(5), &ready, &took_s))
-      << ready.ToString();
   int started = 0, accounted = 0;
-  const v1::GenerateRequest probe = Request("hello world", 12);
-  const testing::StreamResult before = Generate(address_, probe, &started, &accounted);
-  ASSERT_TRUE(before.status.ok()) << before.status.error_message();
-
+  testing::StreamResult before;
   Streams streams;
-  streams.Start(address_, 4, Request("The quick brown fox", 150));
-  ASSERT_TRUE(streams.WaitForTokens(3, absl::Seconds(20))) << "the streams did not start";
+  ASSERT_NO_FATAL_FAILURE(ServeAndProbe(*server, &before, &started, &accounted));
+  ASSERT_NO_FATAL_FAILURE(StartLongStreams(&streams));
   const auto t_stop = std::chrono::steady_clock::now();
   ASSERT_EQ(::kill(worker->pid(), SIGSTOP), 0);
   streams.Join();
@@ -424,6 +426,8 @@ TEST_F(FaultTest, HungWorkerEndsStreamsAfterTheStepTimeoutAndServesWhenItResumes
     EXPECT_LT(end_s, kStepTimeoutS + kEndWithinS) << "a stream ended " << end_s << " s after the worker hung";
   }
   // Not ready once the readiness monitor's health call to the hung worker has timed out too (2 s).
+  Readiness ready;
+  double took_s = 0;
   ASSERT_TRUE(WaitForReadiness(address_, http_port_, /*serving=*/false, absl::Seconds(kEndWithinS + 4), &ready,
                                &took_s))
       << ready.ToString();
@@ -435,7 +439,7 @@ TEST_F(FaultTest, HungWorkerEndsStreamsAfterTheStepTimeoutAndServesWhenItResumes
   ASSERT_TRUE(WaitForReadiness(address_, http_port_, /*serving=*/true, kRecoverWithin, &ready, &took_s))
       << ready.ToString();
   const double serving_again_s = SecondsSince(t_cont);
-  const testing::StreamResult after = Generate(address_, probe, &started, &accounted);
+  const testing::StreamResult after = Generate(address_, Probe(), &started, &accounted);
   ASSERT_TRUE(after.status.ok()) << after.status.error_message();
   EXPECT_EQ(after.tokens, before.tokens);
   started += streams.started();
