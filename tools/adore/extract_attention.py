@@ -187,6 +187,8 @@ def cmd_extract(args):
         out_dir = os.path.join(args.out, split)
         os.makedirs(out_dir, exist_ok=True)
         for n, (src, start) in enumerate(plan):
+            if n < args.first:
+                continue
             path = os.path.join(out_dir, f"seq_{n:05d}.pt")
             if os.path.exists(path) and not args.overwrite:
                 continue
@@ -224,6 +226,8 @@ def main():
     e.add_argument("--heldout-seqs", type=int, default=4)
     e.add_argument("--heldout-len", type=int, default=1024)
     e.add_argument("--chunk", type=int, default=1024, help="queries per attention chunk")
+    e.add_argument("--first", type=int, default=0,
+                   help="skip the planned sequences before this index (to split the work over processes or GPUs)")
     e.add_argument("--overwrite", action="store_true")
     e.add_argument("--vattn", action="store_true",
                    help="also store the value-weighted pooled attention (train_controller.py --target vattn)")
