@@ -40,90 +40,31 @@ std::string ReadFile(const std::string& path) {
   return ss.str();
 }
 
-// A controller's weights on the host, in the file's layout; written to a controller file for the CPU
-// reference (AdoreController::Parse) and handed to DeviceAdoreWeights::Upload for the GPU.
-struct Weights {
-  int64_t num_layers = 1, hidden = 0, kd = 0, sd = 0;
-  float mass_eps = 1e-5f, mass_coef = 0.25f, age_coef = 0.125f;
-  std::vector<float> key_w, key_b, query_w, query_b, w_ih, w_hh, b_ih, b_hh, score_w, score_b{0.0f};
+// A controller's weights on the host, in the file's layout (tests/adore_controller_file.h); written to a
+// controller file for the CPU reference (AdoreController::Parse) and handed to DeviceAdoreWeights::Upload
+// for the GPU.
+using Weights = testing::ControllerWeights;
+using testing::RandomControllerWeights;
 
-  int64_t f() const { return num_layers * hidden; }
-
-  HostAdoreWeights Host() const {
-    HostAdoreWeights h;
-    h.feature_dim = f();
-    h.key_dim = kd;
-    h.state_dim = sd;
-    h.mass_eps = mass_eps;
-    h.mass_coef = mass_coef;
-    h.age_coef = age_coef;
-    h.key_w = key_w;
-    h.key_b = key_b;
-    h.query_w = query_w;
-    h.query_b = query_b;
-    h.gru_w_ih = w_ih;
-    h.gru_w_hh = w_hh;
-    h.gru_b_ih = b_ih;
-    h.gru_b_hh = b_hh;
-    h.score_w = score_w;
-    h.score_b = score_b[0];
-    return h;
-  }
-
-  // The controller file, laid out as train_controller.py writes it.
-  std::string File() const {
-    Json header = {{"feature_layers", std::vector<int>(num_layers, 0)},
-                   {"hidden_size", hidden},
-                   {"key_dim", kd},
-                   {"state_dim", sd},
-                   {"num_inputs", 5},
-                   {"mass_eps", mass_eps},
-                   {"mass_coef", mass_coef},
-                   {"age_coef", age_coef},
-                   {"num_sink", 4},
-                   {"num_recent", 16}};
-    for (int64_t l = 0; l < num_layers; ++l) header["feature_layers"][l] = 3 + 7 * l;
-    const std::vector<std::pair<std::string, const std::vector<float>*>> tensors = {
-        {"key_proj.weight", &key_w}, {"key_proj.bias", &key_b},  {"query_proj.weight", &query_w},
-        {"query_proj.bias", &query_b}, {"gru.weight_ih", &w_ih}, {"gru.weight_hh", &w_hh},
-        {"gru.bias_ih", &b_ih},        {"gru.bias_hh", &b_hh},   {"score.weight", &score_w},
-        {"score.bias", &score_b}};
-    const std::vector<std::vector<int64_t>> shapes = {{kd, f()},    {kd},        {kd, f()}, {kd},
-                                                      {3 * sd, 5}, {3 * sd, sd}, {3 * sd},  {3 * sd},
-                                                      {1, sd + 5}, {1}};
-    std::string data;
-    header["tensors"] = Json::array();
-    for (size_t i = 0; i < tensors.size(); ++i) {
-      header["tensors"].push_back({{"name", tensors[i].first}, {"shape", shapes[i]}, {"offset", data.size()}});
-      data.append(reinterpret_cast<const char*>(tensors[i].second->data()), tensors[i].second->size() * 4);
-    }
-    const std::string h = header.dump();
-    std::string out("ADORECTL");
-    const uint32_t version = 1, len = static_cast<uint32_t>(h.size());
-    out.append(reinterpret_cast<const char*>(&version), 4);
-    out.append(reinterpret_cast<const char*>(&len), 4);
-    return out + h + data;
-  }
-};
-
-Weights RandomWeights(int64_t num_layers, int64_t hidden, int64_t kd, int64_t sd, uint32_t seed) {
-  Weights w;
-  w.num_layers = num_layers;
-  w.hidden = hidden;
-  w.kd = kd;
-  w.sd = sd;
-  const float a = 1.0f / std::sqrt(static_cast<float>(w.f()));
-  w.key_w = testing::RandomFloats(kd * w.f(), -a, a, seed);
-  w.key_b = testing::RandomFloats(kd, -0.2f, 0.2f, seed + 1);
-  w.query_w = testing::RandomFloats(kd * w.f(), -a, a, seed + 2);
-  w.query_b = testing::RandomFloats(kd, -0.2f, 0.2f, seed + 3);
-  w.w_ih = testing::RandomFloats(3 * sd * 5, -0.6f, 0.6f, seed + 4);
-  w.w_hh = testing::RandomFloats(3 * sd * sd, -0.4f, 0.4f, seed + 5);
-  w.b_ih = testing::RandomFloats(3 * sd, -0.2f, 0.2f, seed + 6);
-  w.b_hh = testing::RandomFloats(3 * sd, -0.2f, 0.2f, seed + 7);
-  w.score_w = testing::RandomFloats(sd + 5, -1.0f, 1.0f, seed + 8);
-  w.score_b = {0.1f};
-  return w;
+HostAdoreWeights ToHost(const Weights& w) {
+  HostAdoreWeights h;
+  h.feature_dim = w.f();
+  h.key_dim = w.kd;
+  h.state_dim = w.sd;
+  h.mass_eps = w.mass_eps;
+  h.mass_coef = w.mass_coef;
+  h.age_coef = w.age_coef;
+  h.key_w = w.key_w;
+  h.key_b = w.key_b;
+  h.query_w = w.query_w;
+  h.query_b = w.query_b;
+  h.gru_w_ih = w.w_ih;
+  h.gru_w_hh = w.w_hh;
+  h.gru_b_ih = w.b_ih;
+  h.gru_b_hh = w.b_hh;
+  h.score_w = w.score_w;
+  h.score_b = w.score_b[0];
+  return h;
 }
 
 // Reads the weights of a controller file (for the GPU side only; the CPU side loads the same file with
@@ -675,11 +616,11 @@ class AdoreControllerCudaTest : public ::testing::Test {
 
 // Random controllers of the shipped shape and a smaller one; sequences of 1, 17, 300 and 4097 tokens.
 TEST_F(AdoreControllerCudaTest, ClosedLoopMatchesCpuWithRandomController) {
-  const Weights w = RandomWeights(3, 22, 32, 16, 7);  // feature_dim 66: not a multiple of 4 (padding)
+  const Weights w = RandomControllerWeights(3, 22, 32, 16, 7);  // feature_dim 66: not a multiple of 4 (padding)
   auto ctl = AdoreController::Parse(w.File(), "random");
   ASSERT_TRUE(ctl.ok()) << ctl.status();
   DeviceAdoreWeights dw;
-  const absl::Status up = dw.Upload(w.Host());
+  const absl::Status up = dw.Upload(ToHost(w));
   ASSERT_TRUE(up.ok()) << up;
   SimOptions opt;
   opt.max_rebuild = 4;
@@ -694,11 +635,11 @@ TEST_F(AdoreControllerCudaTest, ClosedLoopMatchesCpuWithRandomController) {
 TEST_F(AdoreControllerCudaTest, ClosedLoopMatchesCpuWithSmallDimsAndF32Features) {
   for (const auto& [kd, sd] : std::vector<std::pair<int, int>>{{16, 8}, {64, 32}, {16, 32}}) {
     SCOPED_TRACE(::testing::Message() << "key_dim " << kd << " state_dim " << sd);
-    const Weights w = RandomWeights(2, 12, kd, sd, 100 + kd + sd);
+    const Weights w = RandomControllerWeights(2, 12, kd, sd, 100 + kd + sd);
     auto ctl = AdoreController::Parse(w.File(), "random");
     ASSERT_TRUE(ctl.ok()) << ctl.status();
     DeviceAdoreWeights dw;
-    const absl::Status up = dw.Upload(w.Host());
+    const absl::Status up = dw.Upload(ToHost(w));
     ASSERT_TRUE(up.ok()) << up;
     SimOptions opt;
     opt.f32_features = true;
@@ -715,7 +656,7 @@ TEST_F(AdoreControllerCudaTest, ClosedLoopMatchesCpuWithSmallDimsAndF32Features)
 // Scores that are exactly tied or far apart (the score is a multiple of log(mass)), so the GPU's own plan
 // must equal the CPU's: exercises "ties go to the later position" on both lists.
 TEST_F(AdoreControllerCudaTest, TieRulesMatchCpuExactly) {
-  Weights w = RandomWeights(1, 4, 16, 8, 5);
+  Weights w = RandomControllerWeights(1, 4, 16, 8, 5);
   std::fill(w.w_ih.begin(), w.w_ih.end(), 0.0f);
   std::fill(w.w_hh.begin(), w.w_hh.end(), 0.0f);
   std::fill(w.b_ih.begin(), w.b_ih.end(), 0.0f);
@@ -726,7 +667,7 @@ TEST_F(AdoreControllerCudaTest, TieRulesMatchCpuExactly) {
   auto ctl = AdoreController::Parse(w.File(), "ties");
   ASSERT_TRUE(ctl.ok()) << ctl.status();
   DeviceAdoreWeights dw;
-  ASSERT_TRUE(dw.Upload(w.Host()).ok());
+  ASSERT_TRUE(dw.Upload(ToHost(w)).ok());
   SimOptions opt;
   opt.max_rebuild = 3;
   opt.mass_values = {0.0f, 27.0f, 270.0f};
@@ -752,7 +693,7 @@ void LoadShipped(ShippedController* s) {
   s->cpu = std::move(*ctl);
   std::string why;
   ASSERT_TRUE(ReadWeights(ReadFile(path), &s->w, &why)) << why;
-  const absl::Status up = s->gpu.Upload(s->w.Host());
+  const absl::Status up = s->gpu.Upload(ToHost(s->w));
   ASSERT_TRUE(up.ok()) << up;
   ASSERT_EQ(s->gpu.feature_dim(), s->cpu->config().feature_dim());
 }
@@ -1066,16 +1007,16 @@ TEST_F(AdoreControllerCudaTest, PlanStatuses) {
 }
 
 TEST_F(AdoreControllerCudaTest, RejectsBadArguments) {
-  Weights w = RandomWeights(1, 8, 24, 16, 1);  // key_dim 24 unsupported
+  Weights w = RandomControllerWeights(1, 8, 24, 16, 1);  // key_dim 24 unsupported
   DeviceAdoreWeights dw;
-  EXPECT_EQ(dw.Upload(w.Host()).code(), absl::StatusCode::kInvalidArgument);
-  w = RandomWeights(1, 8, 16, 12, 1);  // state_dim 12 unsupported
-  EXPECT_EQ(dw.Upload(w.Host()).code(), absl::StatusCode::kInvalidArgument);
-  w = RandomWeights(1, 8, 16, 8, 1);
+  EXPECT_EQ(dw.Upload(ToHost(w)).code(), absl::StatusCode::kInvalidArgument);
+  w = RandomControllerWeights(1, 8, 16, 12, 1);  // state_dim 12 unsupported
+  EXPECT_EQ(dw.Upload(ToHost(w)).code(), absl::StatusCode::kInvalidArgument);
+  w = RandomControllerWeights(1, 8, 16, 8, 1);
   w.score_w.pop_back();
-  EXPECT_EQ(dw.Upload(w.Host()).code(), absl::StatusCode::kInvalidArgument);
-  w = RandomWeights(1, 8, 16, 8, 1);
-  ASSERT_TRUE(dw.Upload(w.Host()).ok());
+  EXPECT_EQ(dw.Upload(ToHost(w)).code(), absl::StatusCode::kInvalidArgument);
+  w = RandomControllerWeights(1, 8, 16, 8, 1);
+  ASSERT_TRUE(dw.Upload(ToHost(w)).ok());
   EXPECT_FALSE(dw.empty());
 
   DeviceBuffer<float> f(1024);

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/adore_controller_file.h"  // RandomFloats
 
 namespace adore::testing {
 
@@ -103,14 +104,6 @@ inline std::vector<float> ToFloat(const std::vector<__nv_bfloat16>& v) {
 }
 // The float values a bf16 array holds: what the CPU reference must see to measure only compute error.
 inline std::vector<float> RoundToBf16(const std::vector<float>& v) { return ToFloat(ToBf16(v)); }
-
-inline std::vector<float> RandomFloats(size_t n, float lo, float hi, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
 
 // max |got - ref| / max |ref|: the relative error of an output array (1e-2 is the bf16 budget).
 inline double RelError(const std::vector<float>& got, const std::vector<float>& ref) {
