@@ -103,23 +103,38 @@ int64_t FreshRows(std::span<const ForwardItem> items, const std::vector<StepPlan
   return num_fresh;
 }
 
+// Items per call from which the per-item planning runs on several threads (OpenMP): below it a thread
+// team costs more than the loop.
+constexpr int64_t kParallelItems = 64;
+
 // Checks the call, asks each item's policy for its plan, checks it and takes the pool rows (the
-// single-rank path and rank 0).
+// single-rank path and rank 0). The items' plans are independent (a policy plans its own sequence), so
+// they are made in parallel; the error reported is the first item's in call order, as in a serial loop.
 absl::StatusOr<Decision> Decide(std::span<ForwardItem> items, const ModelConfig& c, RowAllocator& rows) {
   Decision d;
   ADORE_ASSIGN_OR_RETURN(d.shape, CheckForwardItems(items, c));
   d.plans.resize(items.size());
-  for (size_t i = 0; i < items.size(); ++i) {
+  const int64_t num_items = static_cast<int64_t>(items.size());
+  std::vector<absl::Status> status(items.size());
+#pragma omp parallel for schedule(static) if (num_items >= kParallelItems)
+  for (int64_t i = 0; i < num_items; ++i) {
     const ForwardItem& it = items[i];
     if (it.policy == nullptr) continue;
     const int64_t len = it.tokens.size();
     if (len > it.kv_budget) {
-      return absl::InvalidArgumentError(absl::StrFormat(
+      status[i] = absl::InvalidArgumentError(absl::StrFormat(
           "forward item %d: %d tokens in one step exceed its kv_budget of %d slots", i, len, it.kv_budget));
+      continue;
     }
-    ADORE_ASSIGN_OR_RETURN(d.plans[i], it.policy->PlanStep(*it.seq, len, it.kv_budget));
-    ADORE_RETURN_IF_ERROR(CheckPlan(i, *it.seq, d.plans[i], len, it.kv_budget, it.policy->max_rebuild_per_step()));
+    absl::StatusOr<StepPlan> plan = it.policy->PlanStep(*it.seq, len, it.kv_budget);
+    if (!plan.ok()) {
+      status[i] = plan.status();
+      continue;
+    }
+    d.plans[i] = *std::move(plan);
+    status[i] = CheckPlan(i, *it.seq, d.plans[i], len, it.kv_budget, it.policy->max_rebuild_per_step());
   }
+  for (const absl::Status& st : status) ADORE_RETURN_IF_ERROR(st);
   ADORE_ASSIGN_OR_RETURN(d.fresh_rows, rows.Allocate(FreshRows(items, d.plans)));
   return d;
 }
@@ -130,19 +145,31 @@ bool HasEmptySlot(const SequenceKv& seq) {
   return lowest < 0;
 }
 
-// Writes the checked plans into the slot tables (nothing can fail any more).
+// Writes the checked plans into the slot tables (nothing can fail any more). Each item touches only its
+// own sequence, policy and share of the fresh rows (a prefix sum of what each needs), so the items are
+// applied in parallel; the rows freed are given back in item order.
 PlannedForward ApplyPlans(std::span<ForwardItem> items, const std::vector<StepPlan>& plans,
                           const std::vector<int32_t>& fresh_rows, int64_t num_logit_rows, RowAllocator& rows) {
   PlannedForward out;
   out.items.resize(items.size());
   out.num_logit_rows = num_logit_rows;
-  int64_t next_fresh = 0;
-  std::vector<int32_t> freed;
+  const int64_t num_items = static_cast<int64_t>(items.size());
+  // Item i takes fresh rows [first_fresh[i], first_fresh[i + 1]): one per token beyond its released slots
+  // (an empty slot it fills or an appended one), as FreshRows counted.
+  std::vector<int64_t> first_fresh(items.size() + 1, 0);
   for (size_t i = 0; i < items.size(); ++i) {
+    const int64_t entries =
+        static_cast<int64_t>(items[i].tokens.size()) + static_cast<int64_t>(plans[i].rebuild_positions.size());
+    first_fresh[i + 1] = first_fresh[i] + std::max<int64_t>(0, entries - static_cast<int64_t>(plans[i].release.size()));
+  }
+  std::vector<std::vector<int32_t>> freed(items.size());
+#pragma omp parallel for schedule(static) if (num_items >= kParallelItems)
+  for (int64_t i = 0; i < num_items; ++i) {
     ForwardItem& it = items[i];
     SequenceKv& seq = *it.seq;
     const StepPlan& plan = plans[i];
     PlannedItem& p = out.items[i];
+    int64_t next_fresh = first_fresh[i];
     p.num_rebuild = static_cast<int64_t>(plan.rebuild_positions.size());
     p.num_released = static_cast<int64_t>(plan.release.size());
     for (int64_t r = 0; r < p.num_rebuild; ++r) {
@@ -179,14 +206,18 @@ PlannedForward ApplyPlans(std::span<ForwardItem> items, const std::vector<StepPl
     // Released slots nobody took: empty them and give their rows back.
     for (; next_target < plan.release.size(); ++next_target) {
       const int32_t slot = targets[next_target];
-      freed.push_back(seq.rows[slot]);
+      freed[i].push_back(seq.rows[slot]);
       seq.rows[slot] = -1;
     }
     if (it.policy != nullptr) it.policy->RecordStep(p.num_released, p.num_rebuild);
-    out.num_tokens += static_cast<int64_t>(p.tokens.size());
-    out.num_slots += seq.num_slots();
   }
-  rows.Free(freed);
+  std::vector<int32_t> all_freed;
+  for (size_t i = 0; i < items.size(); ++i) {
+    out.num_tokens += static_cast<int64_t>(out.items[i].tokens.size());
+    out.num_slots += items[i].seq->num_slots();
+    all_freed.insert(all_freed.end(), freed[i].begin(), freed[i].end());
+  }
+  rows.Free(all_freed);
   return out;
 }
 

@@ -264,6 +264,7 @@ absl::StatusOr<std::vector<double>> Decode(adore::CudaEngine& engine, std::span<
     seconds.push_back(SecondsSince(t0));
     if (total != nullptr) {
       total->plan_ms += engine.last_timings().plan_ms;
+      total->stage_ms += engine.last_timings().stage_ms;
       total->controller_ms += engine.last_timings().controller_ms;
     }
     *last = next;
@@ -450,11 +451,13 @@ nlohmann::json RunDecodeRow(adore::CudaEngine& engine, const std::string& model,
   row["step_ms_min"] = 1e3 * *std::min_element(steps->begin(), steps->end());
   row["floor_step_ms"] = floor_ms;
   row["step_over_floor"] = step_ms / floor_ms;
-  // Host time with the GPU idle for the release plans and the slot tables (PlanForward: KV management),
-  // and the GPU time of the device controller, per step and as shares of the step.
+  // Host time with the GPU idle for the release plans (PlanForward) and for staging the slot tables and
+  // index arrays (together: KV management), and the GPU time of the device controller, per step and as
+  // shares of the step.
   row["plan_ms_per_step"] = timings.plan_ms / g.gen;
   row["controller_ms_per_step"] = timings.controller_ms / g.gen;
-  row["kv_management_share"] = timings.plan_ms / g.gen / step_ms;
+  row["stage_ms_per_step"] = timings.stage_ms / g.gen;
+  row["kv_management_share"] = (timings.plan_ms + timings.stage_ms) / g.gen / step_ms;
   row["controller_share"] = timings.controller_ms / g.gen / step_ms;
   row["kv_bytes_per_step"] = kv_bytes;
   if (!g.skip_prefill) {

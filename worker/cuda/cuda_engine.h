@@ -69,6 +69,8 @@ struct CudaEngineOptions {
 struct CallTimings {
   double plan_ms = 0;        // host, GPU idle: the release plans (policies' PlanStep), their checks and
                              // application to the slot tables (PlanForward), and the device plans' return
+  double stage_ms = 0;       // host, GPU idle: the call's index arrays and every item's slot table staged
+                             // for upload (KV management together with plan_ms)
   double controller_ms = 0;  // GPU: the device adore controller's kernels (projection, GRU step, plans)
 };
 
