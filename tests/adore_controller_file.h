@@ -90,4 +90,15 @@ inline ControllerWeights RandomControllerWeights(int64_t num_layers, int64_t hid
   return w;
 }
 
+// A controller file for a model of `hidden` (three feature layers) whose random scores favour released
+// tokens over cached ones (a negative weight on the `cached` input), so adore with rebuild rebuilds
+// nearly every step: the trained controller rebuilds about once per thousand tokens of prose
+// (bench/results/quality.json), too rarely for tests of a few hundred steps. For tests of the rebuild
+// mechanics, which do not depend on what the scores mean.
+inline std::string RebuildingControllerFile(int64_t hidden) {
+  ControllerWeights w = RandomControllerWeights(3, hidden, 32, 16, 21);
+  w.score_w[w.sd + 1] = -4.0f;  // inputs after the state: log mass, cached, log age, affinity, log acc
+  return w.File();
+}
+
 }  // namespace adore::testing

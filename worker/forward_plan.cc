@@ -6,6 +6,8 @@
 #include <cstring>
 #include <string>
 
+#include <omp.h>
+
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
@@ -13,6 +15,11 @@
 #include "worker/comm/communicator.h"
 
 namespace adore {
+
+int HostThreadsForItems(int64_t num_items) {
+  if (num_items < kParallelItems) return 1;
+  return std::max(1, std::min(omp_get_max_threads(), kMaxHostThreads));
+}
 
 absl::StatusOr<ForwardShape> CheckForwardItems(std::span<const ForwardItem> items, const ModelConfig& c) {
   if (items.empty()) return absl::InvalidArgumentError("forward call with no items");
@@ -103,10 +110,6 @@ int64_t FreshRows(std::span<const ForwardItem> items, const std::vector<StepPlan
   return num_fresh;
 }
 
-// Items per call from which the per-item planning runs on several threads (OpenMP): below it a thread
-// team costs more than the loop.
-constexpr int64_t kParallelItems = 64;
-
 // Checks the call, asks each item's policy for its plan, checks it and takes the pool rows (the
 // single-rank path and rank 0). The items' plans are independent (a policy plans its own sequence), so
 // they are made in parallel; the error reported is the first item's in call order, as in a serial loop.
@@ -116,7 +119,8 @@ absl::StatusOr<Decision> Decide(std::span<ForwardItem> items, const ModelConfig&
   d.plans.resize(items.size());
   const int64_t num_items = static_cast<int64_t>(items.size());
   std::vector<absl::Status> status(items.size());
-#pragma omp parallel for schedule(static) if (num_items >= kParallelItems)
+  const int threads = HostThreadsForItems(num_items);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t i = 0; i < num_items; ++i) {
     const ForwardItem& it = items[i];
     if (it.policy == nullptr) continue;
@@ -163,7 +167,8 @@ PlannedForward ApplyPlans(std::span<ForwardItem> items, const std::vector<StepPl
     first_fresh[i + 1] = first_fresh[i] + std::max<int64_t>(0, entries - static_cast<int64_t>(plans[i].release.size()));
   }
   std::vector<std::vector<int32_t>> freed(items.size());
-#pragma omp parallel for schedule(static) if (num_items >= kParallelItems)
+  const int threads = HostThreadsForItems(num_items);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t i = 0; i < num_items; ++i) {
     ForwardItem& it = items[i];
     SequenceKv& seq = *it.seq;

@@ -11,6 +11,7 @@
 
 #include "common/model_weights.h"
 #include "nlohmann/json.hpp"
+#include "tests/adore_controller_file.h"
 #include "tests/cuda/cuda_test_util.h"
 #include "tests/policy_test_util.h"
 #include "tests/test_util.h"
@@ -438,7 +439,10 @@ TEST_F(CudaEngineTest, RebuiltTokenReentersWithItsOriginalKv) {
 // The trained controller with R = 8 at m = 48: tokens are rebuilt, the cache stays within its budget,
 // no pool row leaks.
 TEST_F(CudaEngineTest, AdoreRebuildStaysWithinBudget) {
-  auto controller = AdoreController::Load(testing::SourcePath("tools/adore/controller.bin"));
+  // Rebuilds nearly every step (tests/adore_controller_file.h): the trained controller rebuilds too rarely
+  // for 160 steps.
+  auto controller =
+      AdoreController::Parse(testing::RebuildingControllerFile(gpu_->config().hidden_size), "rebuilding");
   ASSERT_TRUE(controller.ok()) << controller.status();
   const int64_t free_before = gpu_->pool().num_free();
   auto pa = *MakeReleasePolicy({.kind = PolicyKind::kAdore, .kv_budget = 48, .rebuild = 8, .controller = controller->get()});
@@ -466,17 +470,21 @@ TEST_F(CudaEngineTest, DeviceAdoreMatchesHostAdore) {
   ASSERT_TRUE(controller.ok()) << controller.status();
   auto weights = LoadModelWeights(testing::ModelPath());
   ASSERT_TRUE(weights.ok()) << weights.status();
-  CudaEngineOptions o{.max_tokens = 1024, .max_batch = 32, .max_logit_rows = 512, .kv_rows = 8192};
-  o.adore_controller = controller->get();
-  o.adore_lanes = 8;
-  auto dev = CudaEngine::Create(*weights, o);
-  ASSERT_TRUE(dev.ok()) << dev.status();
   const std::vector<int32_t> a(texts_[0].begin(), texts_[0].begin() + 160);
   const std::vector<int32_t> b(texts_[1].begin(), texts_[1].begin() + 160);
+  // R = 8 with a controller that rebuilds nearly every step (tests/adore_controller_file.h): the trained
+  // one rebuilds too rarely for 160 steps.
+  auto rebuilding = AdoreController::Parse(testing::RebuildingControllerFile(weights->config.hidden_size), "rebuilding");
+  ASSERT_TRUE(rebuilding.ok()) << rebuilding.status();
   for (int64_t rebuild : {0, 8}) {
     SCOPED_TRACE(::testing::Message() << "rebuild " << rebuild);
     const ReleaseConfig rc{.kind = PolicyKind::kAdore, .kv_budget = 48, .rebuild = rebuild,
-                           .controller = controller->get()};
+                           .controller = rebuild > 0 ? rebuilding->get() : controller->get()};
+    CudaEngineOptions o{.max_tokens = 1024, .max_batch = 32, .max_logit_rows = 512, .kv_rows = 8192};
+    o.adore_controller = rc.controller;  // the engine's device policies run this controller
+    o.adore_lanes = 8;
+    auto dev = CudaEngine::Create(*weights, o);
+    ASSERT_TRUE(dev.ok()) << dev.status();
     auto ha = *MakeReleasePolicy(rc), hb = *MakeReleasePolicy(rc);
     auto da = (*dev)->MakePolicy(rc), db = (*dev)->MakePolicy(rc);
     ASSERT_TRUE(da.ok() && db.ok());

@@ -312,14 +312,9 @@ TEST_F(CpuEngineTest, RebuiltTokenReentersWithItsOriginalKv) {
 // The trained controller with R > 0 on a budget far below the context: released tokens come back, the
 // cache never passes its budget and no pool row leaks.
 TEST_F(CpuEngineTest, AdoreRebuildBringsReleasedTokensBack) {
-  // A random controller of the model's shape that scores released tokens above cached ones (a negative
-  // weight on the `cached` input): the trained one rebuilds about once per thousand tokens of prose
-  // (bench/results/quality.json), too rarely for a test of this length. The mechanics under test (released
-  // tokens recomputed at their positions, their K/V back in slots, the stats) do not depend on what the
-  // scores mean.
-  testing::ControllerWeights w = testing::RandomControllerWeights(3, engine_->config().hidden_size, 32, 16, 21);
-  w.score_w[w.sd + 1] = -4.0f;  // inputs after the state: log mass, cached, log age, affinity, log acc
-  auto controller = AdoreController::Parse(w.File(), "random");
+  // Rebuilds nearly every step (tests/adore_controller_file.h): the trained controller rebuilds too rarely
+  // for a test of this length.
+  auto controller = AdoreController::Parse(testing::RebuildingControllerFile(engine_->config().hidden_size), "rebuilding");
   ASSERT_TRUE(controller.ok()) << controller.status();
   auto weights = LoadModelWeights(testing::ModelPath());
   ASSERT_TRUE(weights.ok()) << weights.status();

@@ -446,7 +446,8 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
   // Every group's slot table (rows, positions) into the staging: the bulk of the host's bytes per step
   // (4,096 sequences of 1,024 slots: 32 MB), copied on several threads.
   const int64_t num_groups = static_cast<int64_t>(groups.size());
-#pragma omp parallel for schedule(static) if (num_groups >= 64)
+  const int threads = HostThreadsForItems(num_groups);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t j = 0; j < num_groups; ++j) {
     const SequenceKv& seq = *items[groups[j].item].seq;
     std::copy(seq.rows.begin(), seq.rows.end(), h + off_srows + table_at[j]);
