@@ -98,6 +98,7 @@ def main():
                          # the device controller's GPU time, per step and as shares of the step
                          "plan_ms_per_step": r.get("plan_ms_per_step"),
                          "stage_ms_per_step": r.get("stage_ms_per_step"),
+                         "slot_table_update_steps": r.get("slot_table_update_steps"),
                          "controller_ms_per_step": r.get("controller_ms_per_step"),
                          "kv_management_share": r.get("kv_management_share"),
                          "controller_share": r.get("controller_share"), "note": r.get("note", "")})

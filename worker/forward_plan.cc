@@ -201,9 +201,11 @@ PlannedForward ApplyPlans(std::span<ForwardItem> items, const std::vector<StepPl
         if (seq.rows[slot] < 0) seq.rows[slot] = fresh_rows[next_fresh++];
         p.rows.push_back(seq.rows[slot]);
         seq.pos[slot] = p.positions[t];
+        p.changed_slots.push_back(slot);
         if (it.policy != nullptr) it.policy->OnSlotReused(slot);
       } else {
         p.rows.push_back(fresh_rows[next_fresh++]);
+        p.changed_slots.push_back(static_cast<int32_t>(seq.num_slots()));
         seq.rows.push_back(p.rows.back());
         seq.pos.push_back(p.positions[t]);
       }
@@ -213,7 +215,9 @@ PlannedForward ApplyPlans(std::span<ForwardItem> items, const std::vector<StepPl
       const int32_t slot = targets[next_target];
       freed[i].push_back(seq.rows[slot]);
       seq.rows[slot] = -1;
+      p.changed_slots.push_back(slot);
     }
+    ++seq.version;
     if (it.policy != nullptr) it.policy->RecordStep(p.num_released, p.num_rebuild);
   }
   std::vector<int32_t> all_freed;

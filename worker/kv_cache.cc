@@ -55,6 +55,7 @@ void RowAllocator::Release(SequenceKv& seq) {
   seq.rows.clear();
   seq.pos.clear();
   seq.next_pos = 0;
+  ++seq.version;
 }
 
 void RowAllocator::Free(std::span<const int32_t> rows) {

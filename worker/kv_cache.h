@@ -17,6 +17,11 @@ struct SequenceKv {
   std::vector<int32_t> rows;  // [num_slots] physical row, -1 = empty
   std::vector<int32_t> pos;   // [num_slots] token position held by the slot
   int32_t next_pos = 0;       // position of the next token to be appended
+  // Counts changes to rows / pos: PlanForward (once per call that includes the sequence) and the pools'
+  // Release increment it. Code that edits the table directly must increment it too: the CUDA engine keeps
+  // the tables it staged on the GPU and, when a table's version shows that only its last call's plan
+  // changed it, uploads just the changed entries.
+  uint64_t version = 0;
 
   int64_t num_slots() const { return static_cast<int64_t>(rows.size()); }
 };

@@ -1,4 +1,5 @@
 // KvWrite: scatters the new tokens' K/V rows into the pool by physical row index (-1 = skip).
+// SlotTableUpdate: writes a call's changed slot-table entries into the tables kept on the GPU.
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_status.h"
@@ -32,7 +33,31 @@ __global__ void KvWriteKernel(const bf16* __restrict__ k, const bf16* __restrict
   }
 }
 
+__global__ void SlotTableUpdateKernel(const int32_t* __restrict__ entries, int64_t n, int32_t* __restrict__ slot_rows,
+                                      int32_t* __restrict__ slot_pos, int64_t capacity) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int32_t index = entries[3 * i];
+  if (index < 0 || index >= capacity) return;
+  slot_rows[index] = entries[3 * i + 1];
+  slot_pos[index] = entries[3 * i + 2];
+}
+
 }  // namespace
+
+absl::Status SlotTableUpdate(const SlotTableUpdateArgs& a, cudaStream_t stream) {
+  if (a.entries == nullptr || a.slot_rows == nullptr || a.slot_pos == nullptr) {
+    return absl::InvalidArgumentError("SlotTableUpdate: entries, slot_rows and slot_pos are required");
+  }
+  if (a.n < 0 || a.n > (int64_t{1} << 31) - 1 || a.capacity < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("SlotTableUpdate: bad shape n=", a.n, " capacity=", a.capacity));
+  }
+  if (a.n == 0) return absl::OkStatus();
+  constexpr int kThreads = 256;
+  SlotTableUpdateKernel<<<CeilDiv(a.n, kThreads), kThreads, 0, stream>>>(a.entries, a.n, a.slot_rows, a.slot_pos,
+                                                                         a.capacity);
+  return LaunchStatus("SlotTableUpdateKernel");
+}
 
 absl::Status KvWrite(const KvWriteArgs& a, cudaStream_t stream) {
   if (a.k == nullptr || a.v == nullptr || a.rows == nullptr || a.k_cache == nullptr || a.v_cache == nullptr) {

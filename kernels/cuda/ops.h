@@ -87,6 +87,18 @@ struct KvWriteArgs {
 };
 absl::Status KvWrite(const KvWriteArgs& args, cudaStream_t stream);
 
+// Updates slot tables kept on the GPU between calls by the entries a call changed: for each entry i,
+// slot_rows[index] = row and slot_pos[index] = pos, with (index, row, pos) = entries[3 i .. 3 i + 2].
+// An index outside [0, capacity) skips the entry. Entries must name distinct indices.
+struct SlotTableUpdateArgs {
+  const int32_t* entries = nullptr;  // [n, 3]
+  int64_t n = 0;
+  int32_t* slot_rows = nullptr;  // [capacity]
+  int32_t* slot_pos = nullptr;   // [capacity]
+  int64_t capacity = 0;
+};
+absl::Status SlotTableUpdate(const SlotTableUpdateArgs& args, cudaStream_t stream);
+
 // Slot tables of a batch in CSR form: sequence b owns entries [slot_offsets[b], slot_offsets[b + 1]) of
 // slot_rows / slot_pos. Entry s is visible to a query at position p iff slot_rows[s] is in
 // [0, num_rows) and slot_pos[s] <= p (rows of -1 are empty slots). Query head h reads KV head

@@ -342,9 +342,13 @@ TEST_F(CudaEngineTest, WindowPolicyMatchesCpuEngine) {
   std::unique_ptr<ReleasePolicy> gb = *MakeReleasePolicy({.kind = PolicyKind::kWindow, .kv_budget = 32});
   std::unique_ptr<ReleasePolicy> ca = *MakeReleasePolicy({.kind = PolicyKind::kWindow, .kv_budget = 32});
   std::unique_ptr<ReleasePolicy> cb = *MakeReleasePolicy({.kind = PolicyKind::kWindow, .kv_budget = 32});
+  const int64_t updates_before = gpu_->num_slot_table_updates();
   const auto g = PolicySteps(*gpu_, a, b, ga.get(), gb.get(), 32, true, &gpu_slots);
   const auto c = PolicySteps(*cpu_, a, b, ca.get(), cb.get(), 32, false, &cpu_slots);
   ASSERT_EQ(gpu_slots, cpu_slots);
+  // Once the windows are full the GPU keeps the tables and takes each step's changed entries (the plain
+  // item's growing table goes up whole): most steps.
+  EXPECT_GE(gpu_->num_slot_table_updates() - updates_before, 40);
   const int64_t vocab = gpu_->config().vocab_size;
   std::vector<float> all_g, all_c;
   for (size_t t = 0; t < g.size(); ++t) {

@@ -1,4 +1,9 @@
 // KvWrite (kernels/cuda/kv_write.cu): new K/V rows land in their pool rows, -1 skips, other rows untouched.
+// SlotTableUpdate: a call's changed entries land in the GPU's slot tables, out-of-range indices skip,
+// other entries untouched.
+#include <algorithm>
+#include <numeric>
+#include <random>
 #include <vector>
 
 #include "kernels/cuda/ops.h"
@@ -55,6 +60,50 @@ TEST_F(KvWriteTest, RejectsBadArguments) {
   EXPECT_EQ(KvWrite({.k = d.get(), .v = d.get(), .src_stride = 8, .rows = rows.get(), .n = 1, .row_dim = 16,
                      .k_cache = d.get(), .v_cache = d.get(), .num_rows = 2},
                     nullptr)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(KvWriteTest, SlotTableUpdateWritesChangedEntriesOnly) {
+  for (const auto& [capacity, n] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {1000, 37}, {300000, 5000}}) {
+    SCOPED_TRACE(::testing::Message() << "capacity " << capacity << " n " << n);
+    std::mt19937 rng(static_cast<uint32_t>(capacity + n));
+    std::vector<int32_t> rows(capacity), pos(capacity);
+    for (int64_t i = 0; i < capacity; ++i) {
+      rows[i] = static_cast<int32_t>(rng() % 100000) - 1;
+      pos[i] = static_cast<int32_t>(rng() % 8192);
+    }
+    // Distinct indices (a random subset), some outside [0, capacity), which must be skipped.
+    std::vector<int32_t> index(capacity);
+    std::iota(index.begin(), index.end(), 0);
+    std::shuffle(index.begin(), index.end(), rng);
+    std::vector<int32_t> entries;
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t at = i % 7 == 3 ? static_cast<int32_t>(capacity + i) : (i % 11 == 5 ? -1 - static_cast<int32_t>(i) : index[i]);
+      entries.insert(entries.end(), {at, static_cast<int32_t>(rng() % 100000) - 1, static_cast<int32_t>(rng() % 8192)});
+    }
+    std::vector<int32_t> rows_ref = rows, pos_ref = pos;
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t at = entries[3 * i];
+      if (at < 0 || at >= capacity) continue;
+      rows_ref[at] = entries[3 * i + 1];
+      pos_ref[at] = entries[3 * i + 2];
+    }
+    DeviceBuffer<int32_t> d_entries(entries), d_rows(rows), d_pos(pos);
+    const absl::Status st = SlotTableUpdate({.entries = d_entries.get(), .n = n, .slot_rows = d_rows.get(),
+                                             .slot_pos = d_pos.get(), .capacity = capacity},
+                                            nullptr);
+    ASSERT_TRUE(st.ok()) << st;
+    EXPECT_EQ(d_rows.Download(), rows_ref);
+    EXPECT_EQ(d_pos.Download(), pos_ref);
+  }
+  DeviceBuffer<int32_t> d(3);
+  EXPECT_EQ(SlotTableUpdate({.entries = nullptr, .n = 1, .slot_rows = d.get(), .slot_pos = d.get(), .capacity = 3},
+                            nullptr)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(SlotTableUpdate({.entries = d.get(), .n = -1, .slot_rows = d.get(), .slot_pos = d.get(), .capacity = 3},
+                            nullptr)
                 .code(),
             absl::StatusCode::kInvalidArgument);
 }

@@ -342,6 +342,7 @@ absl::Status AdoptSyntheticHistory(adore::CudaEngine& engine, std::span<adore::S
       seqs[b].pos.push_back(static_cast<int32_t>(p));
     }
     seqs[b].next_pos = n;
+    ++seqs[b].version;  // edited outside PlanForward
     ADORE_RETURN_IF_ERROR(dp->AdoptHistory(seqs[b], prompts[b], m));
     last->push_back(prompts[b].back());
   }
@@ -409,6 +410,7 @@ nlohmann::json RunDecodeRow(adore::CudaEngine& engine, const std::string& model,
       seqs[b].pos.resize(prompt);
       for (int32_t x = 0; x < prompt; ++x) seqs[b].pos[x] = x;
       seqs[b].next_pos = prompt;
+      ++seqs[b].version;  // edited outside PlanForward
       last.push_back(prompts[b].back());
     }
   } else {
@@ -420,9 +422,12 @@ nlohmann::json RunDecodeRow(adore::CudaEngine& engine, const std::string& model,
   const std::span<const std::unique_ptr<adore::ReleasePolicy>> pol(policies);
   if (st.ok()) steps = Decode(engine, std::span<adore::SequenceKv>(seqs), &last, g.warmup, pol, g.release.kv_budget);
   if (g.comm != nullptr) g.comm->TakeStats();
+  const int64_t updates_before = engine.num_slot_table_updates();
   if (st.ok() && steps.ok()) {
     steps = Decode(engine, std::span<adore::SequenceKv>(seqs), &last, g.gen, pol, g.release.kv_budget, &timings);
   }
+  // Timed steps whose slot tables went up as changed entries (the GPU kept the previous step's tables).
+  row["slot_table_update_steps"] = engine.num_slot_table_updates() - updates_before;
   if (g.comm != nullptr) {
     // Device time of the collectives, recorded for eager steps only (a graph replays them unobserved).
     const adore::comm::CommStats cs = g.comm->TakeStats();

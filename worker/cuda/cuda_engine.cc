@@ -90,6 +90,8 @@ CudaEngine::~CudaEngine() {
   if (arena_ != nullptr) cudaFree(arena_);
   if (indices_ != nullptr) cudaFree(indices_);
   if (host_indices_ != nullptr) cudaFreeHost(host_indices_);
+  if (slot_updates_ != nullptr) cudaFree(slot_updates_);
+  if (host_slot_updates_ != nullptr) cudaFreeHost(host_slot_updates_);
   if (host_sample_params_ != nullptr) cudaFreeHost(host_sample_params_);
   if (host_sampled_ != nullptr) cudaFreeHost(host_sampled_);
   if (host_mass_ != nullptr) cudaFreeHost(host_mass_);
@@ -174,6 +176,12 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Finish(std::unique_ptr<C
   auto as_void = [](auto** p) { return reinterpret_cast<void**>(p); };
   ADORE_CUDA_RETURN_IF_ERROR(cudaMalloc(as_void(&engine->indices_), ints * sizeof(int32_t)));
   ADORE_CUDA_RETURN_IF_ERROR(cudaMallocHost(as_void(&engine->host_indices_), ints * sizeof(int32_t)));
+  // Changed slot-table entries per call (more fall back to uploading every table): a decode step changes
+  // one or two slots per sequence, a rebuild a few more.
+  engine->max_slot_updates_ = 4 * o.max_tokens + 2 * o.max_batch;
+  ADORE_CUDA_RETURN_IF_ERROR(cudaMalloc(as_void(&engine->slot_updates_), engine->max_slot_updates_ * 3 * sizeof(int32_t)));
+  ADORE_CUDA_RETURN_IF_ERROR(
+      cudaMallocHost(as_void(&engine->host_slot_updates_), engine->max_slot_updates_ * 3 * sizeof(int32_t)));
   ADORE_CUDA_RETURN_IF_ERROR(
       cudaMallocHost(as_void(&engine->host_sample_params_), o.max_batch * sizeof(k::GpuSamplingParams)));
   ADORE_CUDA_RETURN_IF_ERROR(cudaMallocHost(as_void(&engine->host_sampled_), o.max_batch * sizeof(int32_t)));
@@ -443,15 +451,50 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
       h[off_preq + idx + 1] = static_cast<int32_t>(t - plan.num_decode);
     }
   }
-  // Every group's slot table (rows, positions) into the staging: the bulk of the host's bytes per step
-  // (4,096 sequences of 1,024 slots: 32 MB), copied on several threads.
+  // The slot tables. Where the GPU still holds this layout from the last call and only that call's plans
+  // changed the tables since, the changed entries go up (SlotTableUpdate); else every group's table is
+  // staged (the bulk of the host's bytes: 4,096 sequences of 1,024 slots are 32 MB), on several threads.
   const int64_t num_groups = static_cast<int64_t>(groups.size());
-  const int threads = HostThreadsForItems(num_groups);
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  // Per group: does the GPU hold its table from the last call, changed since by that call's plan only?
+  std::vector<uint8_t> held(groups.size(), 0);
+  int64_t num_updates = 0;
   for (int64_t j = 0; j < num_groups; ++j) {
     const SequenceKv& seq = *items[groups[j].item].seq;
-    std::copy(seq.rows.begin(), seq.rows.end(), h + off_srows + table_at[j]);
-    std::copy(seq.pos.begin(), seq.pos.end(), h + off_spos + table_at[j]);
+    if (staged_.size() == groups.size()) {
+      const StagedTable& st = staged_[j];
+      held[j] = st.seq == &seq && st.version + 1 == seq.version && st.num_slots == seq.num_slots() &&
+                st.at == table_at[j];
+    }
+    // A held table sends its changed entries, another one all of its entries.
+    num_updates += held[j] ? static_cast<int64_t>(pf.items[groups[j].item].changed_slots.size()) : seq.num_slots();
+  }
+  // Entries are 3 ints against 2 per slot of a full upload.
+  const bool update_only = num_updates <= max_slot_updates_ && 3 * num_updates < 2 * total_slots;
+  staged_.clear();  // rewritten below once the tables are on their way
+  if (update_only) {
+    int32_t* u = host_slot_updates_;
+    for (int64_t j = 0; j < num_groups; ++j) {
+      const SequenceKv& seq = *items[groups[j].item].seq;
+      auto put = [&](int64_t slot) {
+        *u++ = static_cast<int32_t>(table_at[j] + slot);
+        *u++ = seq.rows[slot];
+        *u++ = seq.pos[slot];
+      };
+      if (held[j]) {
+        for (int32_t slot : pf.items[groups[j].item].changed_slots) put(slot);
+      } else {
+        for (int64_t slot = 0; slot < seq.num_slots(); ++slot) put(slot);
+      }
+    }
+    ++num_slot_table_updates_;
+  } else {
+    const int threads = HostThreadsForItems(num_groups);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t j = 0; j < num_groups; ++j) {
+      const SequenceKv& seq = *items[groups[j].item].seq;
+      std::copy(seq.rows.begin(), seq.rows.end(), h + off_srows + table_at[j]);
+      std::copy(seq.pos.begin(), seq.pos.end(), h + off_spos + table_at[j]);
+    }
   }
   int64_t r = 0;
   for (size_t i = 0; i < items.size(); ++i) {
@@ -480,11 +523,29 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
     plan.n = plan.num_decode = plan.num_logit_rows = bucket;
     plan.max_decode_slots = (plan.max_decode_slots + 511) / 512 * 512;
   }
-  ADORE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(indices_, host_indices_, (off_srows + total_slots) * sizeof(int32_t),
-                                             cudaMemcpyHostToDevice, stream_));
-  if (total_slots > 0) {
-    ADORE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(indices_ + off_spos, host_indices_ + off_spos,
-                                               total_slots * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+  if (update_only) {
+    ADORE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(indices_, host_indices_, off_srows * sizeof(int32_t),
+                                               cudaMemcpyHostToDevice, stream_));
+    if (num_updates > 0) {
+      ADORE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(slot_updates_, host_slot_updates_, num_updates * 3 * sizeof(int32_t),
+                                                 cudaMemcpyHostToDevice, stream_));
+      ADORE_RETURN_IF_ERROR(k::SlotTableUpdate({.entries = slot_updates_, .n = num_updates,
+                                                .slot_rows = indices_ + off_srows, .slot_pos = indices_ + off_spos,
+                                                .capacity = total_slots},
+                                               stream_));
+    }
+  } else {
+    ADORE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(indices_, host_indices_, (off_srows + total_slots) * sizeof(int32_t),
+                                               cudaMemcpyHostToDevice, stream_));
+    if (total_slots > 0) {
+      ADORE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(indices_ + off_spos, host_indices_ + off_spos,
+                                                 total_slots * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    }
+  }
+  staged_.reserve(groups.size());
+  for (int64_t j = 0; j < num_groups; ++j) {
+    const SequenceKv& seq = *items[groups[j].item].seq;
+    staged_.push_back({&seq, seq.version, seq.num_slots(), table_at[j]});
   }
   plan.tokens = indices_ + off_tokens;
   plan.positions = indices_ + off_pos;

@@ -128,6 +128,9 @@ class CudaEngine final : public Engine {
   cudaStream_t stream() const { return stream_; }
   // The last call's timings (CudaEngineOptions::time_calls).
   const CallTimings& last_timings() const { return timings_; }
+  // Calls so far whose slot tables went up as changed entries (the GPU kept the previous call's tables)
+  // rather than whole: for tests and benchmarks.
+  int64_t num_slot_table_updates() const { return num_slot_table_updates_; }
 
  private:
   struct Plan;  // one call's host-side layout (defined in the .cc)
@@ -171,6 +174,19 @@ class CudaEngine final : public Engine {
   size_t attn_workspace_bytes_ = 0;
   int32_t* indices_ = nullptr;          // per-call index arrays (layout in Plan)
   size_t indices_capacity_ = 0;         // int32 elements
+  // The slot tables in indices_ after the last call, in its group order (empty: none usable). A call with
+  // the same groups, whose sequences only that call's plans changed since (SequenceKv::version), uploads
+  // just the changed entries (SlotTableUpdate) instead of every table.
+  struct StagedTable {
+    const SequenceKv* seq;
+    uint64_t version;
+    int64_t num_slots, at;
+  };
+  std::vector<StagedTable> staged_;
+  int32_t* slot_updates_ = nullptr;       // [max_slot_updates_, 3] (index, row, pos)
+  int32_t* host_slot_updates_ = nullptr;  // pinned mirror
+  int64_t max_slot_updates_ = 0;
+  int64_t num_slot_table_updates_ = 0;  // calls that sent changed entries instead of every table
   kernels::GpuSamplingParams* sample_params_ = nullptr;  // [max_batch]
   int32_t* sampled_ = nullptr;                            // [max_batch]
   float* mass_ = nullptr;                                 // [max_mass_slots] attention mass per slot
