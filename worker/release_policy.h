@@ -79,6 +79,9 @@ class ReleasePolicy {
 
   // Slot `slot` now holds a new token (its per-slot state restarts).
   virtual void OnSlotReused(int32_t slot) {}
+  // Slot `slot` now holds the token at `pos` (every token a step places, in a reused or an appended slot;
+  // after OnSlotReused where the slot was reused).
+  virtual void OnSlotFilled(int32_t slot, int32_t pos) {}
 
   // The most tokens PlanStep may ask to rebuild in one step (engines reserve room for them); a plan that
   // asks for more is refused (INTERNAL).

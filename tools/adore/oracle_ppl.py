@@ -72,6 +72,12 @@ def main():
     ap.add_argument("--model", default="models/SmolLM2-135M-Instruct.Q4_1.gguf")
     ap.add_argument("--corpus", default=".dev/adore/corpus.npz")
     ap.add_argument("--stream", default="austen/heldout", help="token stream of the corpus to cut sequences from")
+    ap.add_argument("--ids", default="",
+                    help="cut the sequences from these token ids (.npy) instead of the corpus, e.g. the held-out "
+                         "text adore-eval scores, tokenized without BOS")
+    ap.add_argument("--score-from", type=int, default=0,
+                    help="score targets from this position (0: from m, where schedules start to differ; 1: all, "
+                         "as adore-eval's streaming perplexity)")
     ap.add_argument("--len", type=int, default=2048)
     ap.add_argument("--seqs", type=int, default=2)
     ap.add_argument("--m", default="256,512")
@@ -81,7 +87,7 @@ def main():
     ap.add_argument("--out", default="", help="write the rows as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    stream = np.load(args.corpus)[args.stream]
+    stream = np.load(args.ids) if args.ids else np.load(args.corpus)[args.stream]
     model = LlamaGguf(args.model, device=args.device)
     budgets = [int(x) for x in args.m.split(",")]
     rules = args.rules.split(",")
@@ -95,15 +101,16 @@ def main():
         V = full["vattn"].cpu().numpy().astype(np.float64)
         for m in budgets:
             key = ("full", m)
-            s, c = nll(full["logits"].cpu(), ids, m)
+            start = args.score_from if args.score_from > 0 else m
+            s, c = nll(full["logits"].cpu(), ids, start)
             totals[key] = [totals.get(key, [0, 0])[0] + s, totals.get(key, [0, 0])[1] + c]
             for rule in rules:
                 mask = torch.from_numpy(schedule(T, m, rule, A, V))
                 r = model(ids, want_logits=True, want_attn=False, mask=mask)
-                s, c = nll(r["logits"].cpu(), ids, m)
+                s, c = nll(r["logits"].cpu(), ids, start)
                 key = (rule, m)
                 totals[key] = [totals.get(key, [0, 0])[0] + s, totals.get(key, [0, 0])[1] + c]
-                print(f"seq {n} m={m} {rule}: ppl(pos >= m) {math.exp(s / c):.3f} ({time.time() - t0:.0f}s)",
+                print(f"seq {n} m={m} {rule}: ppl(targets from {start}) {math.exp(s / c):.3f} ({time.time() - t0:.0f}s)",
                       file=sys.stderr, flush=True)
     rows = []
     for m in budgets:
@@ -111,7 +118,8 @@ def main():
         for rule in ["full"] + rules:
             s, c = totals[(rule, m)]
             ppl = math.exp(s / c)
-            rows.append({"rule": rule, "m": m, "len": T, "seqs": args.seqs, "ppl_after_m": ppl,
+            rows.append({"rule": rule, "m": m, "len": T, "seqs": args.seqs, "score_from": args.score_from or m,
+                         "ppl_after_m": ppl,
                          "vs_full": ppl / base - 1})
             print(f"m={m:5d} {rule:>16s}  ppl {ppl:8.3f}  {100 * (ppl / base - 1):+6.2f}%")
     if args.out:

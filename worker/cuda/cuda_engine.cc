@@ -410,9 +410,12 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
   }
   int32_t* h = host_indices_;
 
-  // token_index[i][j]: where token j of item i's PlannedItem sits in the call's token order.
-  std::vector<std::vector<int32_t>> token_index(items.size());
-  for (size_t i = 0; i < items.size(); ++i) token_index[i].resize(pf.items[i].tokens.size());
+  // token_index[first_token[i] + j]: where token j of item i's PlannedItem sits in the call's token order.
+  std::vector<int64_t> first_token(items.size() + 1, 0);
+  for (size_t i = 0; i < items.size(); ++i) {
+    first_token[i + 1] = first_token[i] + static_cast<int64_t>(pf.items[i].tokens.size());
+  }
+  std::vector<int32_t> token_index(static_cast<size_t>(first_token.back()));
   std::vector<int64_t> mass_offset(items.size(), 0), mass_token(items.size(), 0);
   int64_t t = 0, cursor = 0;
   std::vector<int64_t> table_at(groups.size());  // where each group's slot table starts in the staging
@@ -427,7 +430,7 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
       h[off_tokens + t] = p.tokens[x];
       h[off_pos + t] = p.positions[x];
       h[off_rows + t] = p.rows[x];
-      token_index[g.item][x] = static_cast<int32_t>(t);
+      token_index[first_token[g.item] + x] = static_cast<int32_t>(t);
     }
     if (static_cast<int64_t>(j) < plan.num_mass_decode) {
       mass_offset[g.item] = cursor;
@@ -500,7 +503,9 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
   for (size_t i = 0; i < items.size(); ++i) {
     const PlannedItem& p = pf.items[i];
     const int64_t end = static_cast<int64_t>(p.tokens.size());
-    for (int64_t x = items[i].all_logits ? p.num_rebuild : end - 1; x < end; ++x) h[off_logit + r++] = token_index[i][x];
+    for (int64_t x = items[i].all_logits ? p.num_rebuild : end - 1; x < end; ++x) {
+      h[off_logit + r++] = token_index[first_token[i] + x];
+    }
   }
 
   // Pure decode calls run as CUDA graphs: the batch is padded to a bucket with empty items (no slots, KV

@@ -118,9 +118,14 @@ absl::StatusOr<StepPlan> DeviceAdorePolicy::PlanStep(const SequenceKv& seq, int6
     default:
       return absl::InternalError(absl::StrFormat("adore policy (device): plan status %d", planned_status_));
   }
-  // Positions -> slots of the current table (a scan per released position: a decode step releases few).
+  // Positions -> slots of the current table: the slot that position was placed in, if the table still
+  // holds it there; else a scan (positions placed outside PlanForward, e.g. an adopted history).
   for (int32_t p : planned_release_) {
     int32_t slot = -1;
+    if (p >= 0 && static_cast<size_t>(p) < slot_of_pos_.size()) {
+      const int32_t s = slot_of_pos_[p];
+      if (s >= 0 && s < seq.num_slots() && seq.rows[s] >= 0 && seq.pos[s] == p) slot = s;
+    }
     for (int64_t s = 0; s < seq.num_slots() && slot < 0; ++s) {
       if (seq.rows[s] >= 0 && seq.pos[s] == p) slot = static_cast<int32_t>(s);
     }
@@ -162,7 +167,9 @@ absl::Status DeviceAdorePolicy::AdoptHistory(const SequenceKv& seq, std::span<co
   }
   std::vector<int32_t> cached;
   for (int64_t s = 0; s < seq.num_slots(); ++s) {
-    if (seq.rows[s] >= 0) cached.push_back(seq.pos[s]);
+    if (seq.rows[s] < 0) continue;
+    cached.push_back(seq.pos[s]);
+    OnSlotFilled(static_cast<int32_t>(s), seq.pos[s]);
   }
   std::sort(cached.begin(), cached.end());
   std::vector<int32_t> release;
@@ -182,6 +189,12 @@ void DeviceAdorePolicy::RecordTokens(std::span<const int32_t> positions, std::sp
     if (tokens_.size() <= p) tokens_.resize(p + 1, -1);
     tokens_[p] = i < tokens.size() ? tokens[i] : -1;
   }
+}
+
+void DeviceAdorePolicy::OnSlotFilled(int32_t slot, int32_t pos) {
+  if (pos < 0) return;
+  if (slot_of_pos_.size() <= static_cast<size_t>(pos)) slot_of_pos_.resize(static_cast<size_t>(pos) + 1, -1);
+  slot_of_pos_[pos] = slot;
 }
 
 void DeviceAdorePolicy::SetNextPlan(int64_t num_steps, int64_t num_new, int64_t budget, int32_t status,

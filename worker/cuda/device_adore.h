@@ -98,6 +98,7 @@ class DeviceAdorePolicy final : public ReleasePolicy {
   int64_t num_recent() const { return num_recent_; }
   int64_t num_steps() const { return num_steps_; }  // positions 0..num_steps-1 have been scored
   void RecordTokens(std::span<const int32_t> positions, std::span<const int32_t> tokens);
+  void OnSlotFilled(int32_t slot, int32_t pos) override;
   // What the device planned at the end of a call whose last new token is at position num_steps - 1, for a
   // following step of `num_new` tokens within `budget` slots (release / rebuild: positions).
   void SetNextPlan(int64_t num_steps, int64_t num_new, int64_t budget, int32_t status,
@@ -109,6 +110,9 @@ class DeviceAdorePolicy final : public ReleasePolicy {
   int64_t max_rebuild_, num_sink_, num_recent_;
   std::vector<int32_t> layers_;
   std::vector<int32_t> tokens_;  // token id by position (for rebuild)
+  // The slot last filled with each position (OnSlotFilled; -1 = none seen): PlanStep maps a planned
+  // release to its slot through it, checked against the table (a scan where the check fails).
+  std::vector<int32_t> slot_of_pos_;
   int64_t num_steps_ = 0;
   // The plan for the coming step.
   bool planned_ = false;
