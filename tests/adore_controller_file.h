@@ -32,41 +32,48 @@ struct ControllerWeights {
   int64_t f() const { return num_layers * hidden; }
 
   // The controller file.
-  std::string File() const {
-    using Json = nlohmann::json;
-    Json header = {{"feature_layers", std::vector<int>(num_layers, 0)},
-                   {"hidden_size", hidden},
-                   {"key_dim", kd},
-                   {"state_dim", sd},
-                   {"num_inputs", 5},
-                   {"mass_eps", mass_eps},
-                   {"mass_coef", mass_coef},
-                   {"age_coef", age_coef},
-                   {"num_sink", 4},
-                   {"num_recent", 16}};
-    for (int64_t l = 0; l < num_layers; ++l) header["feature_layers"][l] = 3 + 7 * l;
-    const std::vector<std::pair<std::string, const std::vector<float>*>> tensors = {
-        {"key_proj.weight", &key_w}, {"key_proj.bias", &key_b},  {"query_proj.weight", &query_w},
-        {"query_proj.bias", &query_b}, {"gru.weight_ih", &w_ih}, {"gru.weight_hh", &w_hh},
-        {"gru.bias_ih", &b_ih},        {"gru.bias_hh", &b_hh},   {"score.weight", &score_w},
-        {"score.bias", &score_b}};
-    const std::vector<std::vector<int64_t>> shapes = {{kd, f()},    {kd},        {kd, f()}, {kd},
-                                                      {3 * sd, 5}, {3 * sd, sd}, {3 * sd},  {3 * sd},
-                                                      {1, sd + 5}, {1}};
-    std::string data;
-    header["tensors"] = Json::array();
-    for (size_t i = 0; i < tensors.size(); ++i) {
-      header["tensors"].push_back({{"name", tensors[i].first}, {"shape", shapes[i]}, {"offset", data.size()}});
-      data.append(reinterpret_cast<const char*>(tensors[i].second->data()), tensors[i].second->size() * 4);
-    }
-    const std::string h = header.dump();
-    std::string out("ADORECTL");
-    const uint32_t version = 1, len = static_cast<uint32_t>(h.size());
-    out.append(reinterpret_cast<const char*>(&version), 4);
-    out.append(reinterpret_cast<const char*>(&len), 4);
-    return out + h + data;
-  }
+  std::string File() const;
 };
+
+// A controller file from a header and named float tensors, laid out as train_controller.py writes it
+// (the header gains the tensors' names, shapes and offsets).
+inline std::string WriteControllerFile(nlohmann::json header,
+                                       const std::vector<std::pair<std::string, std::vector<float>>>& tensors,
+                                       const std::vector<std::vector<int64_t>>& shapes) {
+  std::string data;
+  header["tensors"] = nlohmann::json::array();
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    header["tensors"].push_back({{"name", tensors[i].first}, {"shape", shapes[i]}, {"offset", data.size()}});
+    data.append(reinterpret_cast<const char*>(tensors[i].second.data()), tensors[i].second.size() * 4);
+  }
+  const std::string h = header.dump();
+  std::string out("ADORECTL");
+  const uint32_t version = 1, len = static_cast<uint32_t>(h.size());
+  out.append(reinterpret_cast<const char*>(&version), 4);
+  out.append(reinterpret_cast<const char*>(&len), 4);
+  return out + h + data;
+}
+
+inline std::string ControllerWeights::File() const {
+  nlohmann::json header = {{"feature_layers", std::vector<int>(num_layers, 0)},
+                           {"hidden_size", hidden},
+                           {"key_dim", kd},
+                           {"state_dim", sd},
+                           {"num_inputs", 5},
+                           {"mass_eps", mass_eps},
+                           {"mass_coef", mass_coef},
+                           {"age_coef", age_coef},
+                           {"num_sink", 4},
+                           {"num_recent", 16}};
+  for (int64_t l = 0; l < num_layers; ++l) header["feature_layers"][l] = 3 + 7 * l;
+  return WriteControllerFile(header,
+                             {{"key_proj.weight", key_w}, {"key_proj.bias", key_b}, {"query_proj.weight", query_w},
+                              {"query_proj.bias", query_b}, {"gru.weight_ih", w_ih}, {"gru.weight_hh", w_hh},
+                              {"gru.bias_ih", b_ih}, {"gru.bias_hh", b_hh}, {"score.weight", score_w},
+                              {"score.bias", score_b}},
+                             {{kd, f()}, {kd}, {kd, f()}, {kd}, {3 * sd, 5}, {3 * sd, sd}, {3 * sd}, {3 * sd},
+                              {1, sd + 5}, {1}});
+}
 
 // Uniform random weights at the scales of a freshly initialised controller (seeded, reproducible).
 inline ControllerWeights RandomControllerWeights(int64_t num_layers, int64_t hidden, int64_t kd, int64_t sd,

@@ -13,6 +13,7 @@
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/adore_controller_file.h"
 #include "tests/test_util.h"
 
 namespace adore {
@@ -29,21 +30,10 @@ std::string ReadFile(const std::string& path) {
   return ss.str();
 }
 
-// A controller file from a header and named float tensors, laid out as train_controller.py writes it.
+// A controller file from a header and named float tensors (tests/adore_controller_file.h).
 std::string MakeFile(Json header, const std::vector<std::pair<std::string, std::vector<float>>>& tensors,
                      const std::vector<std::vector<int64_t>>& shapes) {
-  std::string data;
-  header["tensors"] = Json::array();
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    header["tensors"].push_back({{"name", tensors[i].first}, {"shape", shapes[i]}, {"offset", data.size()}});
-    data.append(reinterpret_cast<const char*>(tensors[i].second.data()), tensors[i].second.size() * 4);
-  }
-  const std::string h = header.dump();
-  std::string out("ADORECTL");
-  const uint32_t version = 1, len = static_cast<uint32_t>(h.size());
-  out.append(reinterpret_cast<const char*>(&version), 4);
-  out.append(reinterpret_cast<const char*>(&len), 4);
-  return out + h + data;
+  return testing::WriteControllerFile(std::move(header), tensors, shapes);
 }
 
 // A tiny controller: 1 layer of hidden 2, key_dim 2, state_dim 1, every weight zero except the score's
