@@ -103,14 +103,16 @@ struct Decision {
   std::vector<int32_t> fresh_rows;
 };
 
-// Pool rows the plans need beyond the released slots they reuse (rows of empty slots are taken as well).
+// Pool rows an item's plan needs beyond the released slots it reuses (rows of empty slots are taken as
+// well): one per rebuilt or new token past the released slots.
+int64_t FreshRowsOf(const ForwardItem& item, const StepPlan& plan) {
+  const int64_t entries = static_cast<int64_t>(item.tokens.size()) + static_cast<int64_t>(plan.rebuild_positions.size());
+  return std::max<int64_t>(0, entries - static_cast<int64_t>(plan.release.size()));
+}
+
 int64_t FreshRows(std::span<const ForwardItem> items, const std::vector<StepPlan>& plans) {
   int64_t num_fresh = 0;
-  for (size_t i = 0; i < items.size(); ++i) {
-    const int64_t entries =
-        static_cast<int64_t>(items[i].tokens.size()) + static_cast<int64_t>(plans[i].rebuild_positions.size());
-    num_fresh += std::max<int64_t>(0, entries - static_cast<int64_t>(plans[i].release.size()));
-  }
+  for (size_t i = 0; i < items.size(); ++i) num_fresh += FreshRowsOf(items[i], plans[i]);
   return num_fresh;
 }
 
@@ -162,14 +164,10 @@ PlannedForward ApplyPlans(std::span<ForwardItem> items, const std::vector<StepPl
   out.items.resize(items.size());
   out.num_logit_rows = num_logit_rows;
   const int64_t num_items = static_cast<int64_t>(items.size());
-  // Item i takes fresh rows [first_fresh[i], first_fresh[i + 1]): one per token beyond its released slots
-  // (an empty slot it fills or an appended one), as FreshRows counted.
+  // Item i takes fresh rows [first_fresh[i], first_fresh[i + 1]) (FreshRowsOf: an empty slot it fills or an
+  // appended one per token beyond its released slots).
   std::vector<int64_t> first_fresh(items.size() + 1, 0);
-  for (size_t i = 0; i < items.size(); ++i) {
-    const int64_t entries =
-        static_cast<int64_t>(items[i].tokens.size()) + static_cast<int64_t>(plans[i].rebuild_positions.size());
-    first_fresh[i + 1] = first_fresh[i] + std::max<int64_t>(0, entries - static_cast<int64_t>(plans[i].release.size()));
-  }
+  for (size_t i = 0; i < items.size(); ++i) first_fresh[i + 1] = first_fresh[i] + FreshRowsOf(items[i], plans[i]);
   std::vector<std::vector<int32_t>> freed(items.size());
   const int threads = HostThreadsForItems(num_items);
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
