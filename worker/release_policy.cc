@@ -66,13 +66,7 @@ absl::Status ReleasePolicy::ObserveStep(const SequenceKv& seq, const StepObserva
 }
 
 int64_t OccupiedSlots(const SequenceKv& seq) {
-  // Counts the empty slots by their sign bit: a loop the compiler vectorizes (the count_if form was 30% of
-  // PlanForward's time at 4,096 sequences of 1,024 slots).
-  const int32_t* rows = seq.rows.data();
-  const int64_t n = seq.num_slots();
-  int64_t empty = 0;
-  for (int64_t s = 0; s < n; ++s) empty += static_cast<uint32_t>(rows[s]) >> 31;
-  return n - empty;
+  return std::count_if(seq.rows.begin(), seq.rows.end(), [](int32_t r) { return r >= 0; });
 }
 
 absl::StatusOr<StepPlan> ReleasePolicy::PlanStep(const SequenceKv& seq, int64_t num_new, int64_t budget) {
