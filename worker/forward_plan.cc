@@ -200,16 +200,14 @@ PlannedForward ApplyPlans(std::span<ForwardItem> items, const std::vector<StepPl
     for (size_t t = 0; t < p.tokens.size(); ++t) {
       if (next_target < targets.size()) {
         const int32_t slot = targets[next_target++];
-        if (seq.rows[slot] < 0) seq.rows[slot] = fresh_rows[next_fresh++];
+        seq.SetSlot(slot, seq.rows[slot] < 0 ? fresh_rows[next_fresh++] : seq.rows[slot], p.positions[t]);
         p.rows.push_back(seq.rows[slot]);
-        seq.pos[slot] = p.positions[t];
         p.changed_slots.push_back(slot);
         if (it.policy != nullptr) it.policy->OnSlotReused(slot);
       } else {
         p.rows.push_back(fresh_rows[next_fresh++]);
         p.changed_slots.push_back(static_cast<int32_t>(seq.num_slots()));
-        seq.rows.push_back(p.rows.back());
-        seq.pos.push_back(p.positions[t]);
+        seq.AppendSlot(p.rows.back(), p.positions[t]);
       }
       if (it.policy != nullptr) it.policy->OnSlotFilled(p.changed_slots.back(), p.positions[t]);
     }
@@ -217,7 +215,7 @@ PlannedForward ApplyPlans(std::span<ForwardItem> items, const std::vector<StepPl
     for (; next_target < plan.release.size(); ++next_target) {
       const int32_t slot = targets[next_target];
       freed[i].push_back(seq.rows[slot]);
-      seq.rows[slot] = -1;
+      seq.SetSlot(slot, -1, seq.pos[slot]);
       p.changed_slots.push_back(slot);
     }
     ++seq.version;

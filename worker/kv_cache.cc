@@ -7,20 +7,41 @@
 
 namespace adore {
 
+namespace {
+
+// The finalizer of SplitMix64 (Steele, Lea, Flood 2014): every input bit affects every output bit.
+uint64_t Mix64(uint64_t x) {
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+uint64_t SlotHashTerm(int64_t slot, int32_t row, int32_t position) {
+  const uint64_t packed = (static_cast<uint64_t>(static_cast<uint32_t>(row)) << 32) | static_cast<uint32_t>(position);
+  return Mix64(Mix64(static_cast<uint64_t>(slot) + 0x9e3779b97f4a7c15ull) ^ packed);
+}
+
 uint64_t SlotMapHash(const SequenceKv& seq) {
-  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a over (row, pos) pairs, little-endian bytes
-  auto mix = [&](int32_t v) {
-    for (int b = 0; b < 4; ++b) {
-      h ^= static_cast<uint8_t>(static_cast<uint32_t>(v) >> (8 * b));
-      h *= 0x100000001b3ull;
-    }
-  };
-  for (int64_t s = 0; s < seq.num_slots(); ++s) {
-    mix(seq.rows[s]);
-    mix(seq.pos[s]);
-  }
+  uint64_t h = 0;
+  for (int64_t s = 0; s < seq.num_slots(); ++s) h += SlotHashTerm(s, seq.rows[s], seq.pos[s]);
   return h;
 }
+
+void SequenceKv::SetSlot(int64_t s, int32_t row, int32_t position) {
+  map_hash += SlotHashTerm(s, row, position) - SlotHashTerm(s, rows[s], pos[s]);
+  rows[s] = row;
+  pos[s] = position;
+}
+
+void SequenceKv::AppendSlot(int32_t row, int32_t position) {
+  map_hash += SlotHashTerm(num_slots(), row, position);
+  rows.push_back(row);
+  pos.push_back(position);
+}
+
+void SequenceKv::RehashSlotMap() { map_hash = SlotMapHash(*this); }
 
 RowAllocator::RowAllocator(int64_t num_rows) : num_rows_(num_rows) {
   free_.reserve(num_rows);
@@ -55,6 +76,7 @@ void RowAllocator::Release(SequenceKv& seq) {
   seq.rows.clear();
   seq.pos.clear();
   seq.next_pos = 0;
+  seq.map_hash = 0;
   ++seq.version;
 }
 

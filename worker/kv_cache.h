@@ -22,12 +22,26 @@ struct SequenceKv {
   // the tables it staged on the GPU and, when a table's version shows that only its last call's plan
   // changed it, uploads just the changed entries.
   uint64_t version = 0;
+  // SlotMapHash(*this), kept up to date by PlanForward and the pools' Release in O(slots changed), so that
+  // ranks can compare slot maps every step without a pass over every table (at 64 sequences of 8k slots
+  // the whole-table hash cost 5 ms a step). Code that edits rows / pos directly must call RehashSlotMap().
+  uint64_t map_hash = 0;
 
   int64_t num_slots() const { return static_cast<int64_t>(rows.size()); }
+  // Sets slot `s` (an existing one) to (row, position), keeping map_hash.
+  void SetSlot(int64_t s, int32_t row, int32_t position);
+  // Appends a slot, keeping map_hash.
+  void AppendSlot(int32_t row, int32_t position);
+  // Recomputes map_hash from the table.
+  void RehashSlotMap();
 };
 
-// FNV-1a over the (row, pos) pair of every slot: equal on every tensor-parallel rank that took the same
-// release decisions (rows are allocated deterministically), so ranks can check they agree.
+// One slot's share of the slot-map hash: a 64-bit mix of (slot, row, position).
+uint64_t SlotHashTerm(int64_t slot, int32_t row, int32_t position);
+
+// The slot-map hash computed from the table: the sum (mod 2^64) of SlotHashTerm over every slot, free ones
+// (row -1) included. Equal on every tensor-parallel rank that took the same release decisions (rows are
+// allocated deterministically), so ranks can check they agree; a sum, so a changed slot updates it in O(1).
 uint64_t SlotMapHash(const SequenceKv& seq);
 
 // Free-row bookkeeping shared by the CPU and CUDA KV pools: a stack, lowest rows handed out first.

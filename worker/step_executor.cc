@@ -24,7 +24,7 @@ void StepExecutor::End(uint64_t id) {
 
 uint64_t StepExecutor::SlotMapHash(uint64_t id) const {
   auto it = seqs_.find(id);
-  return it == seqs_.end() ? 0 : adore::SlotMapHash(it->second->kv);
+  return it == seqs_.end() ? 0 : it->second->kv.map_hash;  // kept by PlanForward: no pass over the table
 }
 
 absl::StatusOr<WorkerStepResult> StepExecutor::Step(const WorkerStep& step) {

@@ -342,6 +342,8 @@ TEST_F(CpuEngineTest, AdoreRebuildBringsReleasedTokensBack) {
     ForwardItem item{&seq, std::span<const int32_t>(ids).subspan(t, 1), false, policy->get(), budget};
     ASSERT_TRUE(engine_->Forward(std::span<ForwardItem>(&item, 1), &logits).ok()) << "step " << t;
     ASSERT_LE(OccupiedSlots(seq), budget);
+    // The slot-map hash the worker reports every step is kept incrementally; it must equal the table's.
+    ASSERT_EQ(seq.map_hash, SlotMapHash(seq)) << "step " << t;
     const std::vector<uint8_t> after = cached();
     for (size_t p = 0; p < t; ++p) reentered += !before[p] && after[p];
   }

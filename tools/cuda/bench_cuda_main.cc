@@ -342,6 +342,7 @@ absl::Status AdoptSyntheticHistory(adore::CudaEngine& engine, std::span<adore::S
       seqs[b].pos.push_back(static_cast<int32_t>(p));
     }
     seqs[b].next_pos = n;
+    seqs[b].RehashSlotMap();
     ++seqs[b].version;  // edited outside PlanForward
     ADORE_RETURN_IF_ERROR(dp->AdoptHistory(seqs[b], prompts[b], m));
     last->push_back(prompts[b].back());
@@ -410,6 +411,7 @@ nlohmann::json RunDecodeRow(adore::CudaEngine& engine, const std::string& model,
       seqs[b].pos.resize(prompt);
       for (int32_t x = 0; x < prompt; ++x) seqs[b].pos[x] = x;
       seqs[b].next_pos = prompt;
+      seqs[b].RehashSlotMap();
       ++seqs[b].version;  // edited outside PlanForward
       last.push_back(prompts[b].back());
     }
