@@ -190,7 +190,7 @@ PlannedForward ApplyPlans(std::span<ForwardItem> items, const std::vector<StepPl
     // Slots to fill, in order: released ones, empty ones, then appended. The empty ones are looked for only
     // when the released ones do not suffice, and only in a table that has one (a vectorized minimum: a
     // decode step of a full cache or of full attention does not walk its table element by element).
-    std::vector<int32_t> targets(plan.release.begin(), plan.release.end());
+    SlotList targets(plan.release.begin(), plan.release.end());
     if (p.tokens.size() > targets.size() && HasEmptySlot(seq)) {
       for (int32_t s = 0; s < seq.num_slots(); ++s) {
         if (seq.rows[s] < 0) targets.push_back(s);

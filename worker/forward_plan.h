@@ -52,14 +52,14 @@ absl::StatusOr<ForwardShape> CheckForwardItems(std::span<const ForwardItem> item
 // One item's tokens as the engine runs them: the rebuilt tokens first (at their original positions, no
 // logits), then the item's new tokens (positions seq->next_pos...).
 struct PlannedItem {
-  std::vector<int32_t> tokens;
-  std::vector<int32_t> positions;
-  std::vector<int32_t> rows;  // pool row receiving each token's K/V
+  SlotList tokens;  // inline up to kInlineSlots entries (a decode step's token and a few rebuilt ones)
+  SlotList positions;
+  SlotList rows;  // pool row receiving each token's K/V
   int64_t num_rebuild = 0;    // leading tokens that are rebuilt, not new
   int64_t num_released = 0;   // slots released by this step
   // Slots whose (row, pos) this call set: the released and empty slots it refilled, the released ones it
   // emptied and the ones it appended (slot order of the sequence's table after the call).
-  std::vector<int32_t> changed_slots;
+  SlotList changed_slots;
   int64_t num_new() const { return static_cast<int64_t>(tokens.size()) - num_rebuild; }
 };
 

@@ -73,7 +73,8 @@ absl::StatusOr<StepPlan> ReleasePolicy::PlanStep(const SequenceKv& seq, int64_t 
   StepPlan plan;
   const int64_t over = std::max<int64_t>(0, OccupiedSlots(seq) + num_new - budget);
   if (over > 0) {
-    ADORE_ASSIGN_OR_RETURN(plan.release, SelectRelease(seq, over));
+    ADORE_ASSIGN_OR_RETURN(const std::vector<int32_t> release, SelectRelease(seq, over));
+    plan.release.assign(release.begin(), release.end());
   }
   return plan;
 }

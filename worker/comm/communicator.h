@@ -95,6 +95,12 @@ class Communicator {
   // The first transport error, or OK while usable.
   absl::Status health() const;
 
+  // Leaves the group at once, without waiting for the peers: for a group being replaced after a rank failed.
+  // NCCL aborts the communicator, which also ends its collectives still running on the device (so that the
+  // engine's stream can drain before its memory is freed); Gloo has nothing in flight between calls. Later
+  // collectives fail.
+  virtual void Abandon() {}
+
  protected:
   Communicator() = default;
 

@@ -43,11 +43,12 @@ absl::Status NcclStatus(ncclResult_t r, ncclComm_t comm, const char* what) {
   }
 }
 
-// Polls until `done()` is true, yielding for the first millisecond (latency) and sleeping after (CPU).
-// Returns false at the deadline.
+// Polls until `done()` is true, yielding for the first 200 ms (a decode step's wait for its stream, which the
+// tensor-parallel engine makes through Synchronize: a sleep would add up to its length to every step, as a
+// spinning cudaStreamSynchronize does not) and sleeping after (CPU). Returns false at the deadline.
 template <typename Done>
 bool PollUntil(Clock::time_point deadline, Done&& done) {
-  const auto spin_until = Clock::now() + std::chrono::milliseconds(1);
+  const auto spin_until = Clock::now() + std::chrono::milliseconds(200);
   while (true) {
     if (done()) return true;
     const auto now = Clock::now();

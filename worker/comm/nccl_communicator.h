@@ -51,6 +51,7 @@ class NcclCommunicator final : public Communicator {
   int world_size() const override { return world_size_; }
   const char* backend() const override { return "nccl"; }
   int device() const { return device_; }
+  void Abandon() override { Abort(absl::OkStatus()).IgnoreError(); }
 
  protected:
   absl::Status DoAllReduceSum(void* data, size_t count, CommDataType dtype, void* stream) override;

@@ -343,7 +343,7 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
         o.max_batch, o.max_tokens, o.max_logit_rows, o.max_slots, o.max_mass_slots, kMaxFeatureLayers));
   }
   // The pinned staging is rewritten below; a call that failed midway may still be copying from it.
-  ADORE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  ADORE_RETURN_IF_ERROR(WaitStream());
   pending_adore_.clear();
   timings_ = CallTimings{};
   adore_timed_ = false;
@@ -761,7 +761,7 @@ absl::Status CudaEngine::ObservePolicies(std::span<ForwardItem> items, const Pla
     ADORE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_features_, features_, nf * nm * d * sizeof(k::bf16),
                                                cudaMemcpyDeviceToHost, stream_));
   }
-  ADORE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  ADORE_RETURN_IF_ERROR(WaitStream());
   // Features per policy item in its own layer order, as float (features_ is [mass token, layer, hidden]).
   std::vector<std::vector<float>> features(items.size());
   const uint16_t* raw = reinterpret_cast<const uint16_t*>(host_features_);
@@ -918,13 +918,22 @@ absl::Status CudaEngine::RunLayers(const Plan& p) {
                        s);
 }
 
+absl::Status CudaEngine::WaitStream() {
+  // Under tensor parallelism the stream holds collectives: a peer that died mid-step would leave them, and a
+  // plain synchronize, waiting forever. The communicator waits with its op timeout and aborts the group
+  // instead (the worker then leaves it and joins the next one).
+  if (options_.tp_size > 1) ADORE_RETURN_IF_ERROR(options_.comm->Synchronize(stream_));
+  ADORE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  return absl::OkStatus();
+}
+
 absl::Status CudaEngine::Forward(std::span<ForwardItem> items, std::vector<float>* logits) {
   ADORE_ASSIGN_OR_RETURN(const int64_t rows, RunForward(items, /*sampling=*/false));
   const int64_t vocab = config().vocab_size;
   logits->resize(rows * vocab);
   ADORE_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(logits->data(), logits_, rows * vocab * sizeof(float), cudaMemcpyDeviceToHost, stream_));
-  ADORE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  ADORE_RETURN_IF_ERROR(WaitStream());
   FinishDeviceAdore();
   return absl::OkStatus();
 }
@@ -954,7 +963,7 @@ absl::Status CudaEngine::ForwardSample(std::span<ForwardItem> items, std::span<c
                                   stream_));
   ADORE_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(host_sampled_, sampled_, rows * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
-  ADORE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  ADORE_RETURN_IF_ERROR(WaitStream());
   FinishDeviceAdore();
   tokens->assign(host_sampled_, host_sampled_ + rows);
   return absl::OkStatus();

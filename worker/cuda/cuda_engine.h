@@ -138,6 +138,8 @@ class CudaEngine final : public Engine {
   static absl::StatusOr<std::unique_ptr<CudaEngine>> Finish(std::unique_ptr<CudaEngine> engine,
                                                            const CudaEngineOptions& options);
   absl::Status AllocateWorkspaces();
+  // Waits for stream_ (through the communicator's bounded wait under tensor parallelism).
+  absl::Status WaitStream();
   absl::Status SetUpDeviceAdore();  // the controller runtime and its per-call buffers
   // Validates, allocates rows, uploads the indices and runs the model; logits end in logits_ rows.
   absl::StatusOr<int64_t> RunForward(std::span<ForwardItem> items, bool sampling);

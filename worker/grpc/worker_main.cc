@@ -50,6 +50,9 @@ ABSL_FLAG(std::string, advertise, "", "with --coordinator: host:port the coordin
 ABSL_FLAG(std::string, model_sha256, "", "sha256 of the model file (64 hex digits): every Load hashes the file it "
           "names and fails when it differs; empty = only the coordinator's expected_sha256 is checked");
 ABSL_FLAG(int32_t, rank, -1, "with --coordinator: the tensor-parallel rank to ask for; -1 = any (the lowest free)");
+ABSL_FLAG(int32_t, collective_timeout_s, 60,
+          "tensor parallelism: longest wait for one collective; a step whose peer died fails after it (NCCL: the "
+          "communicator is aborted) and the coordinator forms the group again; in [1, 3600]");
 ABSL_FLAG(int32_t, debug_step_delay_ms, 0, "testing only: every step waits this long first (fault tests); 0 = off");
 ABSL_FLAG(int32_t, renew_interval_ms, 1000, "with --coordinator: renew the registration this often (a restarted "
           "coordinator takes the renewal as a new registration); >= 100");
@@ -208,6 +211,12 @@ int main(int argc, char** argv) {
   o.device = absl::GetFlag(FLAGS_device);
   o.comm_listen_host = absl::GetFlag(FLAGS_comm_host);
   o.debug_step_delay_ms = std::max(0, absl::GetFlag(FLAGS_debug_step_delay_ms));
+  const int32_t collective_timeout_s = absl::GetFlag(FLAGS_collective_timeout_s);
+  if (collective_timeout_s < 1 || collective_timeout_s > 3600) {
+    std::fprintf(stderr, "adore-worker: --collective_timeout_s: %d is not in [1, 3600]\n", collective_timeout_s);
+    return 2;
+  }
+  o.collective_timeout_ms = int64_t{collective_timeout_s} * 1000;
   const std::string secret_file = absl::GetFlag(FLAGS_secret_file);
   if (!secret_file.empty()) {
     if (!o.secret.empty()) {

@@ -450,6 +450,7 @@ grpc::Status WorkerService::DoBootstrapGroup(const v1::BootstrapRequest& r, v1::
   }
   go.group = absl::StrFormat("adore-tp-epoch%d", r.epoch());
   go.connect_timeout = absl::Milliseconds(r.timeout_ms() == 0 ? 60000 : r.timeout_ms());
+  go.op_timeout = absl::Milliseconds(options_.collective_timeout_ms);
   auto c = comm::GlooCommunicator::Create(go);
   if (!c.ok()) return FromAbsl(c.status(), absl::StrFormat("bootstrap (rank %d of %d): ", r.rank(), r.world_size()));
   comm_ = *std::move(c);
@@ -466,6 +467,9 @@ grpc::Status WorkerService::DoBootstrapGroup(const v1::BootstrapRequest& r, v1::
 }
 
 void WorkerService::LeaveGroup() {
+  // The communicator first: NCCL collectives a dead peer left waiting on the device end with it, so the
+  // engine's stream can drain when the engine goes.
+  if (comm_ != nullptr) comm_->Abandon();
   executor_.reset();  // releases the live sequences' rows before the engine goes
   engine_.reset();
   controller_.reset();
@@ -507,10 +511,14 @@ grpc::Status WorkerService::DoBootstrapNccl(const v1::BootstrapRequest& r, v1::B
       response->set_communicator(comm_->backend());
       return grpc::Status::OK;
     }
-    return Err(grpc::StatusCode::FAILED_PRECONDITION,
-               absl::StrFormat("epoch: this worker is in NCCL group epoch %d (rank %d of %d); leaving an NCCL group "
-                               "is not built yet: restart the worker",
-                               epoch_, comm_->rank(), comm_->world_size()));
+    if (r.epoch() <= epoch_) {
+      return Err(grpc::StatusCode::FAILED_PRECONDITION,
+                 absl::StrFormat("epoch: %d is not newer than this worker's group epoch %d (rank %d of %d)", r.epoch(),
+                                 epoch_, comm_->rank(), comm_->world_size()));
+    }
+    // A newer generation, as for Gloo: the group (aborted) and everything built over it go; the coordinator
+    // loads this worker again after the rendezvous.
+    LeaveGroup();
   }
   if (loaded_) {
     return Err(grpc::StatusCode::FAILED_PRECONDITION,
@@ -518,6 +526,7 @@ grpc::Status WorkerService::DoBootstrapNccl(const v1::BootstrapRequest& r, v1::B
   }
   comm::NcclCommunicatorOptions no;
   no.init_timeout = absl::Milliseconds(r.timeout_ms() == 0 ? 60000 : r.timeout_ms());
+  no.op_timeout = absl::Milliseconds(options_.collective_timeout_ms);
   auto c = comm::NcclCommunicator::Create(r.nccl_unique_id(), r.rank(), r.world_size(), options_.device, no);
   if (!c.ok()) return FromAbsl(c.status(), absl::StrFormat("bootstrap (rank %d of %d): ", r.rank(), r.world_size()));
   comm_ = *std::move(c);
@@ -685,7 +694,8 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(const WorkerSe
   // The health service exists once the server is built; the ready callback reads it through health_, set
   // right after (a Load, which fires the callback, may already be arriving).
   WorkerServiceOptions so{.secret = o.secret, .comm_listen_host = o.comm_listen_host, .device = o.device,
-                          .model_sha256 = model_sha256, .debug_step_delay_ms = o.debug_step_delay_ms};
+                          .model_sha256 = model_sha256, .collective_timeout_ms = o.collective_timeout_ms,
+                          .debug_step_delay_ms = o.debug_step_delay_ms};
   // The service's threads stop (Shutdown resets service_) before this object goes.
   so.on_ready_changed = [server = s.get()](bool ready) {
     if (grpc::HealthCheckServiceInterface* h = server->health_.load()) {

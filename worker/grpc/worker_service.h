@@ -46,6 +46,9 @@ struct WorkerServiceOptions {
   // file it names and fails FAILED_PRECONDITION "expected_sha256" when it differs, or when the request's
   // expected_sha256 is another digest. Empty: only the request's expected_sha256 is checked.
   std::string model_sha256;
+  // Longest wait for a collective of the tensor-parallel group (Gloo and NCCL op timeout): a step whose peer
+  // died fails after it (NCCL: the communicator is aborted), and the coordinator forms the group again.
+  int64_t collective_timeout_ms = 60000;
   // Testing only (the fault tests): every step waits this long before it runs, so that a stream of the
   // tiny test model lasts long enough to be interrupted. 0: off.
   int64_t debug_step_delay_ms = 0;
@@ -133,7 +136,8 @@ struct WorkerServerOptions {
   std::string comm_listen_host;  // see WorkerServiceOptions
   int device = 0;                // see WorkerServiceOptions
   std::string model_sha256;      // see WorkerServiceOptions
-  int64_t debug_step_delay_ms = 0;  // see WorkerServiceOptions
+  int64_t collective_timeout_ms = 60000;  // see WorkerServiceOptions
+  int64_t debug_step_delay_ms = 0;        // see WorkerServiceOptions
 };
 
 class WorkerServer {
