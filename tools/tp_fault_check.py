@@ -75,7 +75,7 @@ def main():
         out = os.path.join(args.out, f"{tag}.json")
         cmd = [os.path.join(args.bin, "adore-loadgen"), "--server", f"127.0.0.1:{port}", "--requests", str(requests),
                "--concurrency", str(requests), "--prompt_tokens", "64", "--max_tokens", str(max_tokens),
-               "--progress_s", "0", "--json", out, "--label", tag]
+               "--progress_s", "0", "--deadline_s", str(max(1, int(timeout) - 5)), "--json", out, "--label", tag]
         t0 = time.time()
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         with open(os.path.join(args.out, f"{tag}.txt"), "w") as f:
@@ -129,7 +129,7 @@ def main():
         attempts = 0
         while time.time() - t_restart < 240:
             attempts += 1
-            row, _, _ = loadgen(f"probe{attempts}", 1, 4, 60)
+            row, _, _ = loadgen(f"probe{attempts}", 1, 4, 30)
             if row.get("ok") == 1:
                 recovered = time.time() - t_restart
                 break

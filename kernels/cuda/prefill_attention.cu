@@ -218,6 +218,9 @@ __global__ void __launch_bounds__(kThreads) PrefillWmmaKernel(const Params p) {
       sp[R * L::kPp + lane + 32] = __float2bfloat16_rn(p1);
       const float row_sum = WarpSum(p0 + p1);
       for (int e = lane; e < D; e += 32) so[R * L::kOp + e] *= alpha;
+      // Every lane has read sm[R] above; the shuffles between do not order shared-memory accesses
+      // (compute-sanitizer racecheck reported the read / write pair as a hazard), so the warp meets first.
+      __syncwarp();
       if (lane == 0) {
         sm[R] = m_new;
         sl[R] = sl[R] * alpha + row_sum;

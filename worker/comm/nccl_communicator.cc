@@ -156,7 +156,15 @@ NcclCommunicator::~NcclCommunicator() {
 
 absl::Status NcclCommunicator::Abort(absl::Status status) {
   if (comm_ != nullptr) {
-    ncclCommAbort(comm_);
+    // ncclCommAbort first raises the communicator's abort flag, which ends its kernels still on the device,
+    // then frees its resources, and for that waits for every other rank of the node to abort as well
+    // (NVIDIA/nccl#863): with a peer process that died it never returns. So it runs on a thread of its own
+    // that is left behind; the device buffers of a group whose peer died stay allocated until the process
+    // ends. The engine's stream drains as soon as the flag is up.
+    std::thread([comm = comm_, device = device_] {
+      cudaSetDevice(device);
+      ncclCommAbort(comm);
+    }).detach();
     comm_ = nullptr;
   }
   return status;

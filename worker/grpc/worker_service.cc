@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <future>
 #include <unordered_set>
@@ -32,6 +33,15 @@ namespace adore {
 namespace v1 = ::adore::v1;
 
 namespace {
+
+// One line on stderr for what an operator needs to follow a group's life (failed steps, leaving and joining
+// groups); the per-step path logs nothing while it succeeds.
+void Log(const std::string& line) {
+  static const auto start = std::chrono::steady_clock::now();
+  const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(stderr, "adore-worker: [%.3f s] %s\n", t, line.c_str());
+  std::fflush(stderr);
+}
 
 grpc::Status Err(grpc::StatusCode code, const std::string& message) { return grpc::Status(code, message); }
 grpc::Status Invalid(const std::string& message) { return Err(grpc::StatusCode::INVALID_ARGUMENT, message); }
@@ -467,13 +477,18 @@ grpc::Status WorkerService::DoBootstrapGroup(const v1::BootstrapRequest& r, v1::
 }
 
 void WorkerService::LeaveGroup() {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto ms = [&] { return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(); };
+  Log(absl::StrFormat("leaving the group of epoch %d", epoch_));
   // The communicator first: NCCL collectives a dead peer left waiting on the device end with it, so the
   // engine's stream can drain when the engine goes.
   if (comm_ != nullptr) comm_->Abandon();
+  Log(absl::StrFormat("communicator abandoned (%.0f ms)", ms()));
   executor_.reset();  // releases the live sequences' rows before the engine goes
   engine_.reset();
   controller_.reset();
   comm_.reset();
+  Log(absl::StrFormat("engine released (%.0f ms)", ms()));
   loaded_ = false;
   load_request_bytes_.clear();
   load_response_.Clear();
@@ -527,8 +542,13 @@ grpc::Status WorkerService::DoBootstrapNccl(const v1::BootstrapRequest& r, v1::B
   comm::NcclCommunicatorOptions no;
   no.init_timeout = absl::Milliseconds(r.timeout_ms() == 0 ? 60000 : r.timeout_ms());
   no.op_timeout = absl::Milliseconds(options_.collective_timeout_ms);
+  Log(absl::StrFormat("joining NCCL group epoch %d as rank %d of %d", r.epoch(), r.rank(), r.world_size()));
   auto c = comm::NcclCommunicator::Create(r.nccl_unique_id(), r.rank(), r.world_size(), options_.device, no);
-  if (!c.ok()) return FromAbsl(c.status(), absl::StrFormat("bootstrap (rank %d of %d): ", r.rank(), r.world_size()));
+  if (!c.ok()) {
+    Log(absl::StrFormat("joining NCCL group epoch %d failed: %s", r.epoch(), c.status().ToString()));
+    return FromAbsl(c.status(), absl::StrFormat("bootstrap (rank %d of %d): ", r.rank(), r.world_size()));
+  }
+  Log(absl::StrFormat("joined NCCL group epoch %d", r.epoch()));
   comm_ = *std::move(c);
   epoch_ = r.epoch();
   response->set_communicator(comm_->backend());
@@ -630,7 +650,10 @@ grpc::Status WorkerService::DoStep(const v1::StepRequest& r, v1::StepResult* res
   }
 
   absl::StatusOr<WorkerStepResult> result = executor_->Step(step);
-  if (!result.ok()) return FromAbsl(result.status(), "step: ");
+  if (!result.ok()) {
+    Log(absl::StrFormat("step %d (epoch %d) failed: %s", r.step_id(), epoch_, result.status().ToString()));
+    return FromAbsl(result.status(), "step: ");
+  }
 
   auto forget = [&](uint64_t id) {
     totals_.erase(id);
