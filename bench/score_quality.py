@@ -119,21 +119,29 @@ def plot(rows, png):
         print("matplotlib missing: no plot", file=sys.stderr)
         return
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    full = next((r["ppl"] for r in ppl_rows if r["policy"] == "full"), None)
+    full = next((r["ppl"] for r in ppl_rows if r["policy"] == "full" and r.get("context") == context), None)
+    contexts = sorted({r.get("context") for r in ppl_rows})
     series = {}
     for r in ppl_rows:
         if r["policy"] == "full":
             continue
         label = r["policy"] + (f' R={r["R"]}' if r["policy"] == "adore" else "")
-        series.setdefault(label, []).append((r["m"], 100 * r["ppl_vs_full"], gen.get(config_key(r), {}).get("rouge_l")))
-    for label, pts in sorted(series.items()):
+        series.setdefault((label, r.get("context")), []).append(
+            (r["m"], 100 * r["ppl_vs_full"], gen.get(config_key(r), {}).get("rouge_l")))
+    colors = {}
+    for (label, ctx), pts in sorted(series.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
         pts.sort()
-        ax[0].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-        if all(p[2] is not None for p in pts):
-            ax[1].plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=label)
+        color = colors.setdefault(label, f"C{len(colors)}")
+        first = ctx == contexts[0]  # the first context solid, a second one dashed
+        ax[0].plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if first else "s", ls="-" if first else "--",
+                   color=color, label=label + ("" if len(contexts) == 1 else f" @{ctx}"))
+        if first and all(p[2] is not None for p in pts):  # continuations were scored at the first context
+            ax[1].plot([p[0] for p in pts], [p[2] for p in pts], marker="o", color=color, label=label)
     ax[0].axhline(3, color="gray", ls="--", lw=0.8, label="+3% goal")
-    ax[0].set(xscale="log", xlabel="KV budget m (slots)", ylabel="perplexity vs full (%)",
-              title=f"held-out prose, context {context} (full: {full:.2f})" if full else "perplexity")
+    title = f"held-out prose, context {context} (full: {full:.2f})" if full else "perplexity"
+    if len(contexts) > 1:
+        title = "held-out prose, context " + " (solid) / ".join(str(c) for c in contexts) + " (dashed)"
+    ax[0].set(xscale="log", xlabel="KV budget m (slots)", ylabel="perplexity vs full (%)", title=title)
     ax[1].set(xscale="log", xlabel="KV budget m (slots)", ylabel="ROUGE-L F1 vs full",
               title="greedy continuations vs full attention")
     for x in ax:
