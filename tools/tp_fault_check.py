@@ -18,28 +18,12 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(log, needle, proc, timeout):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            return False
-        with open(log) as f:
-            if needle in f.read():
-                return True
-        time.sleep(0.2)
-    return False
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
+from serving import free_port, wait_for  # noqa: E402 - the same helpers as the serving benchmark
 
 
 def main():
@@ -67,7 +51,7 @@ def main():
         log = os.path.join(args.out, f"worker{rank}.log")
         p = start([os.path.join(args.bin, "adore-worker"), "--backend", "cuda", "--port", str(port),
                    "--collective_timeout_s", str(args.collective_timeout)], log, {"CUDA_VISIBLE_DEVICES": str(rank)})
-        if not wait_for(log, "serving", p, 60):
+        if not wait_for(p, log, "serving", 60):
             raise RuntimeError(f"worker {rank} did not start")
         return p
 
@@ -92,7 +76,7 @@ def main():
         server = start([os.path.join(args.bin, "adore-server"), "--backend", "cuda", "--model", args.model,
                         "--port", str(port), "--workers", ",".join(f"127.0.0.1:{p}" for p in wports),
                         "--max_batch", "16", "--controller="], slog)
-        if not wait_for(slog, "serving", server, 300):
+        if not wait_for(server, slog, "serving", 300):
             raise RuntimeError("server did not start")
         row, secs, _ = loadgen("before", args.streams, 16, 120)
         result["before"] = {"ok": row.get("ok"), "errors": row.get("errors")}
