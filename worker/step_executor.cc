@@ -42,10 +42,16 @@ absl::StatusOr<WorkerStepResult> StepExecutor::Step(const WorkerStep& step) {
     if (!st.ok()) return absl::Status(st.code(), absl::StrFormat("step: sequence %d: %s", s.id, st.message()));
   }
   std::unordered_set<uint64_t> decoding;
-  for (const SequenceDecode& d : step.decode) {
+  std::vector<SequenceDecode> decode = step.decode;  // kOwnSample resolved
+  for (SequenceDecode& d : decode) {
     if (!seqs_.count(d.id) || !decoding.insert(d.id).second || starting.count(d.id)) {
       return absl::InvalidArgumentError(
           absl::StrFormat("step: sequence %d cannot decode (unknown, listed twice or starting)", d.id));
+    }
+    if (d.token == kOwnSample) d.token = seqs_.at(d.id)->last_sample;
+    if (d.token < 0 || d.token >= engine_.config().vocab_size) {
+      return absl::InvalidArgumentError(absl::StrFormat("step: sequence %d: token %d to decode is not a vocabulary id",
+                                                        d.id, d.token));
     }
   }
   for (uint64_t id : step.end) {
@@ -99,7 +105,7 @@ absl::StatusOr<WorkerStepResult> StepExecutor::Step(const WorkerStep& step) {
     std::vector<uint64_t> owners;
     std::vector<bool> last_chunk;
     if (first_call) {
-      for (const SequenceDecode& d : step.decode) {
+      for (const SequenceDecode& d : decode) {
         Live& l = *seqs_.at(d.id);
         items.push_back({&l.kv, std::span<const int32_t>(&d.token, 1), false, l.policy.get(), l.budget});
         owners.push_back(d.id);
@@ -174,8 +180,9 @@ absl::StatusOr<WorkerStepResult> StepExecutor::Step(const WorkerStep& step) {
     if (auto f = failed.find(id); f != failed.end()) {
       r.status = f->second;
     } else {
-      const Live& l = *seqs_.at(id);
+      Live& l = *seqs_.at(id);
       r.token = sampled.at(id);
+      l.last_sample = r.token;
       if (l.policy) r.release_stats = l.policy->stats();
       r.kv_slots = OccupiedSlots(l.kv);
     }

@@ -23,9 +23,13 @@ struct SequenceStart {
   ReleaseConfig release;        // full attention by default
 };
 
+// SequenceDecode::token that stands for the token this executor sampled for the sequence in its latest step
+// (a coordinator that sends step n + 1 before step n's answer does not know it yet).
+inline constexpr int32_t kOwnSample = -1;
+
 struct SequenceDecode {
   uint64_t id = 0;
-  int32_t token = 0;  // the token sampled for it by the previous step
+  int32_t token = 0;  // the token sampled for it by the previous step, or kOwnSample
 };
 
 struct WorkerStep {
@@ -66,8 +70,9 @@ class StepExecutor {
 
   // Runs one step. Sequences without a releasing policy are prefilled in chunks together with the step's
   // decode tokens; sequences with one feed their prompt one token per forward call (the policy must see
-  // every query), batched together. INVALID_ARGUMENT for a plan naming an unknown or an already started
-  // id, an empty prompt or bad parameters (nothing runs then); per-sequence failures (e.g. the KV pool is
+  // every query), batched together. A decode token kOwnSample is the sequence's latest sample here.
+  // INVALID_ARGUMENT for a plan naming an unknown or an already started id, an empty prompt or bad
+  // parameters (nothing runs then); per-sequence failures (e.g. the KV pool is
   // full for one sequence's prompt) are reported in its result and the sequence is released.
   absl::StatusOr<WorkerStepResult> Step(const WorkerStep& step);
 
@@ -81,7 +86,8 @@ class StepExecutor {
     std::unique_ptr<ReleasePolicy> policy;
     int64_t budget = 0;
     SamplingParams params;
-    Sampler sampler;  // host sampling (engines that do not sample on their device, retries)
+    Sampler sampler;         // host sampling (engines that do not sample on their device, retries)
+    int32_t last_sample = -1;  // the token sampled in the sequence's latest step (kOwnSample resolves to it)
     explicit Live(const SamplingParams& p) : params(p), sampler(p) {}
   };
   void End(uint64_t id);

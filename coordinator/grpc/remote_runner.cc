@@ -410,18 +410,23 @@ absl::StatusOr<WorkerStepResult> RemoteStepRunner::Step(const WorkerStep& step) 
   orphans_.clear();
   for (uint64_t id : step.end) live_.erase(id);
   const v1::StepResult& resp = responses[0];
-  for (int rank = 1; rank < n; ++rank) {  // every rank must have taken the same release decisions
+  // Every rank must have taken the same release decisions and sampled the same token (a worker decodes its
+  // own sample when a pipelined step leaves last_token unset).
+  for (int rank = 1; rank < n; ++rank) {
     for (int i = 0; i < resp.outputs_size(); ++i) {
       const v1::SequenceOutput& a = resp.outputs(i);
       const v1::SequenceOutput& b = responses[rank].outputs(i);
-      if (a.seq_id() != b.seq_id() || a.slot_map_hash() != b.slot_map_hash() || a.error_code() != b.error_code()) {
+      const int32_t ta = a.has_token() ? a.token() : -1, tb = b.has_token() ? b.token() : -1;
+      if (a.seq_id() != b.seq_id() || a.slot_map_hash() != b.slot_map_hash() || a.error_code() != b.error_code() ||
+          ta != tb) {
         broken_ = true;
         abandon();
         SetLastCheck(absl::UnavailableError("the ranks diverged at the latest step"));
         return absl::InternalError(absl::StrFormat(
-            "step %d: sequence %d: rank %d (%s) diverged from rank 0 (%s): slot map hash %x vs %x, error %d vs %d",
+            "step %d: sequence %d: rank %d (%s) diverged from rank 0 (%s): slot map hash %x vs %x, error %d vs %d, "
+            "token %d vs %d",
             req.step_id(), a.seq_id(), rank, ranks_[rank].address, ranks_[0].address, b.slot_map_hash(),
-            a.slot_map_hash(), b.error_code(), a.error_code()));
+            a.slot_map_hash(), b.error_code(), a.error_code(), tb, ta));
       }
     }
   }

@@ -5,6 +5,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <optional>
 #include <thread>
 
 #include "adore/v1/adore.grpc.pb.h"
@@ -191,6 +192,97 @@ TEST_F(RemoteWorkerTest, StoppedWorkerEndsTheStreamWithUnavailable) {
   while (reader2->Read(&r)) {
   }
   EXPECT_EQ(reader2->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+// The worker side of a pipelined step protocol: a decode entry without last_token continues from the token
+// the worker sampled itself, and step n + 1 may reach the worker before step n (it waits for it). Greedy
+// tokens equal those of explicit last_token steps. Runs on the checked-in tiny model (no fetched model).
+TEST(PipelinedWorkerTest, OwnSamplesAndOutOfOrderStepsGiveTheSameTokens) {
+  auto w = WorkerServer::Start({.port = 0, .secret = kSecret});
+  ASSERT_TRUE(w.ok()) << w.status();
+  auto stub = v1::Worker::NewStub(grpc::CreateChannel((*w)->address(), grpc::InsecureChannelCredentials()));
+  auto call_ctx = [](grpc::ClientContext* ctx) {
+    ctx->AddMetadata(kWorkerSecretKey, kSecret);
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  };
+  {
+    grpc::ClientContext ctx;
+    call_ctx(&ctx);
+    v1::LoadRequest load;
+    load.set_model_path(std::string(ADORE_SOURCE_DIR) + "/tests/data/tiny_hf");
+    load.set_tp_size(1);
+    load.set_backend(v1::BACKEND_CPU);
+    load.mutable_default_release()->set_policy(v1::POLICY_FULL);
+    v1::LoadResponse resp;
+    const grpc::Status st = stub->Load(&ctx, load, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  const std::vector<int32_t> prompt = {5, 17, 42, 99, 3, 64};
+  constexpr int kTokens = 24;
+  uint64_t step_id = 0;
+  auto step = [&](const v1::StepRequest& req) {
+    grpc::ClientContext ctx;
+    call_ctx(&ctx);
+    v1::StepResult out;
+    const grpc::Status st = stub->Step(&ctx, req, &out);
+    EXPECT_TRUE(st.ok()) << "step " << req.step_id() << ": " << st.error_message();
+    return out;
+  };
+  auto start = [&](uint64_t seq) {
+    v1::StepRequest req;
+    req.set_step_id(++step_id);
+    v1::SequenceStart* s = req.add_start();
+    s->set_seq_id(seq);
+    s->mutable_prompt_tokens()->Add(prompt.begin(), prompt.end());
+    s->mutable_release()->set_policy(v1::POLICY_FULL);
+    s->mutable_sampler()->set_top_p(1.0f);  // temperature 0: greedy
+    return req;
+  };
+  auto decode = [&](uint64_t seq, std::optional<int32_t> last) {
+    v1::StepRequest req;
+    req.set_step_id(++step_id);
+    v1::SequenceDecode* d = req.add_decode();
+    d->set_seq_id(seq);
+    if (last) d->set_last_token(*last);
+    return req;
+  };
+  // Sequence 1: every step names its last token, one step at a time.
+  std::vector<int32_t> explicit_tokens;
+  v1::StepResult r = step(start(1));
+  ASSERT_EQ(r.outputs_size(), 1);
+  explicit_tokens.push_back(r.outputs(0).token());
+  while (explicit_tokens.size() < kTokens) {
+    r = step(decode(1, explicit_tokens.back()));
+    ASSERT_EQ(r.outputs_size(), 1);
+    explicit_tokens.push_back(r.outputs(0).token());
+  }
+  // Sequence 2: its own samples, two steps in flight, the later one sent first.
+  std::vector<int32_t> own_tokens;
+  r = step(start(2));
+  own_tokens.push_back(r.outputs(0).token());
+  while (own_tokens.size() < kTokens) {
+    const v1::StepRequest first = decode(2, std::nullopt), second = decode(2, std::nullopt);
+    v1::StepResult second_result;
+    std::thread later([&] { second_result = step(second); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the later step is waiting at the worker
+    const v1::StepResult first_result = step(first);
+    later.join();
+    ASSERT_EQ(first_result.step_id(), first.step_id());
+    ASSERT_EQ(second_result.step_id(), second.step_id());
+    ASSERT_EQ(first_result.outputs_size(), 1);
+    ASSERT_EQ(second_result.outputs_size(), 1);
+    own_tokens.push_back(first_result.outputs(0).token());
+    own_tokens.push_back(second_result.outputs(0).token());
+  }
+  own_tokens.resize(kTokens);
+  EXPECT_EQ(own_tokens, explicit_tokens);
+  // A bad explicit token is still refused, naming the field.
+  grpc::ClientContext ctx;
+  call_ctx(&ctx);
+  v1::StepResult bad;
+  const grpc::Status st = stub->Step(&ctx, decode(2, 1 << 20), &bad);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("decode[0].last_token"), std::string::npos) << st.error_message();
 }
 
 }  // namespace

@@ -94,16 +94,21 @@ void WorkerService::Loop() {
   }
 }
 
-grpc::Status WorkerService::Post(std::function<grpc::Status()> job) {
+grpc::Status WorkerService::Post(std::function<grpc::Status()> job) { return Enqueue(std::move(job)).get(); }
+
+std::future<grpc::Status> WorkerService::Enqueue(std::function<grpc::Status()> job) {
   auto done = std::make_shared<std::promise<grpc::Status>>();
   std::future<grpc::Status> result = done->get_future();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (stop_) return Err(grpc::StatusCode::UNAVAILABLE, "worker shutting down");
+    if (stop_) {
+      done->set_value(Err(grpc::StatusCode::UNAVAILABLE, "worker shutting down"));
+      return result;
+    }
     jobs_.push_back([done, job = std::move(job)] { done->set_value(job()); });
   }
   cv_.notify_one();
-  return result.get();
+  return result;
 }
 
 grpc::Status WorkerService::Authenticate(const grpc::ServerContext& context) const {
@@ -134,7 +139,30 @@ grpc::Status WorkerService::Bootstrap(grpc::ServerContext* context, const v1::Bo
 grpc::Status WorkerService::Step(grpc::ServerContext* context, const v1::StepRequest* request,
                                  v1::StepResult* response) {
   if (grpc::Status st = Authenticate(*context); !st.ok()) return st;
-  return Post([&] { return DoStep(*request, response); });
+  std::future<grpc::Status> result;
+  {
+    // A pipelining coordinator sends step n + 1 before step n's answer, and the two calls may reach this
+    // point in either order: steps go to the actor in step_id order. The next step, a repeated one or the
+    // first of another epoch (a new generation counts from 1 again) goes at once; a gap that does not close
+    // within 10 s (or the call's deadline) goes too, and DoStep refuses it.
+    std::unique_lock<std::mutex> lock(order_mu_);
+    const auto limit = std::min(context->deadline(), std::chrono::system_clock::now() + std::chrono::seconds(10));
+    order_cv_.wait_until(lock, limit, [&] {
+      if (context->IsCancelled()) return true;
+      if (request->epoch() != order_epoch_) return request->step_id() <= 1;
+      return request->step_id() <= order_posted_ + 1;
+    });
+    if (request->epoch() != order_epoch_) {
+      order_epoch_ = request->epoch();
+      order_posted_ = request->step_id();
+    } else {
+      order_posted_ = std::max(order_posted_, request->step_id());
+    }
+    // Into the mailbox before the next step's call may pass the gate.
+    result = Enqueue([&] { return DoStep(*request, response); });
+  }
+  order_cv_.notify_all();
+  return result.get();
 }
 
 grpc::Status WorkerService::Health(grpc::ServerContext* context, const v1::WorkerHealthRequest*,
@@ -638,10 +666,10 @@ grpc::Status WorkerService::DoStep(const v1::StepRequest& r, v1::StepResult* res
     if (!totals_.count(d.seq_id()) || !ids.insert(d.seq_id()).second) {
       return Invalid(absl::StrFormat("decode[%d].seq_id: unknown sequence %d, or listed twice", i, d.seq_id()));
     }
-    if (d.last_token() < 0 || d.last_token() >= c.vocab_size) {
+    if (d.has_last_token() && (d.last_token() < 0 || d.last_token() >= c.vocab_size)) {
       return Invalid(absl::StrFormat("decode[%d].last_token: %d is outside [0, %d)", i, d.last_token(), c.vocab_size));
     }
-    step.decode.push_back({d.seq_id(), d.last_token()});
+    step.decode.push_back({d.seq_id(), d.has_last_token() ? d.last_token() : kOwnSample});
   }
   for (int i = 0; i < r.end_size(); ++i) {
     for (const SequenceDecode& d : step.decode) {

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -81,6 +82,8 @@ class WorkerService final : public adore::v1::Worker::Service {
   grpc::Status Authenticate(const grpc::ServerContext& context) const;
   // Runs `job` on the actor thread and returns its status once it ran (UNAVAILABLE when stopping).
   grpc::Status Post(std::function<grpc::Status()> job);
+  // Puts `job` in the actor's mailbox (in call order) and returns the future of its status.
+  std::future<grpc::Status> Enqueue(std::function<grpc::Status()> job);
   void Loop();
 
   // Actor-only (called on the actor thread).
@@ -116,6 +119,11 @@ class WorkerService final : public adore::v1::Worker::Service {
   // The mailbox.
   std::mutex mu_;
   std::condition_variable cv_;
+  // Step calls enter the mailbox in step_id order (Step): the epoch and the highest step_id posted in it.
+  std::mutex order_mu_;
+  std::condition_variable order_cv_;
+  uint64_t order_epoch_ = 0;
+  uint64_t order_posted_ = 0;
   std::deque<std::function<void()>> jobs_;
   bool stop_ = false;
 
