@@ -31,6 +31,7 @@ struct Scheduler::Request {
   std::unique_ptr<StreamDecoder> decoder;
   int64_t rows = 0;              // KV rows reserved while admitted
   bool started = false;          // prompt sent to the runner
+  int in_flight = 0;             // pipelined runner: submitted steps with this sequence, results not yet handled
   int32_t last = -1;             // token to feed next step
   int64_t generated = 0;
   std::string held;              // decoded text not yet streamed (may begin a stop string)
@@ -236,12 +237,20 @@ void Scheduler::Loop() {
     pending_inter_token_s_.clear();
     pending_request_s_.clear();
   };
+  // A pipelined runner gets step n + 1 before step n's result is handled (at most two in the air): the
+  // sequences of step n decode their own samples in step n + 1 (kOwnSample), and one that ends with step
+  // n's result (an end token, a stop string, a cancellation) has decoded one token more in step n + 1,
+  // which is dropped (it is no longer active); it is ended at step n + 2. One whose in-flight token reaches
+  // max_tokens is not continued.
+  const bool pipelined = runner_.pipelined();
+  std::deque<int64_t> in_flight;  // batch sizes of the submitted steps not yet waited for
   while (true) {
     WorkerStep step;
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [&] {
-        return stop_ || !queue_.empty() || !active_.empty() || !cancelled_.empty() || !to_end_.empty();
+        return stop_ || !in_flight.empty() || !queue_.empty() || !active_.empty() || !cancelled_.empty() ||
+               !to_end_.empty();
       });
       if (stop_) break;
       // Cancellations: queued requests end now; running ones end and free their KV at this step. The ids are
@@ -290,14 +299,31 @@ void Scheduler::Loop() {
       if (!r->started) {
         step.start.push_back({id, r->opts.prompt, r->opts.sampling, r->opts.release});
         r->started = true;
-      } else {
+        if (pipelined) ++r->in_flight;
+      } else if (!pipelined) {
         step.decode.push_back({id, r->last});
+      } else if (r->generated + r->in_flight < r->opts.max_tokens) {
+        step.decode.push_back({id, r->in_flight > 0 ? kOwnSample : r->last});
+        ++r->in_flight;
       }
     }
-    if (step.start.empty() && step.decode.empty() && step.end.empty()) continue;
-
-    const int64_t batch_size = static_cast<int64_t>(step.start.size() + step.decode.size());
-    absl::StatusOr<WorkerStepResult> result = runner_.Step(step);
+    const bool empty = step.start.empty() && step.decode.empty() && step.end.empty();
+    int64_t batch_size = static_cast<int64_t>(step.start.size() + step.decode.size());
+    absl::StatusOr<WorkerStepResult> result = absl::UnknownError("no step");
+    if (!pipelined) {
+      if (empty) continue;
+      result = runner_.Step(step);
+    } else {
+      if (!empty) {
+        runner_.Submit(step);
+        in_flight.push_back(batch_size);
+      }
+      // Handle the older step once the next one is in the air (or nothing more can be sent).
+      if (in_flight.empty() || (in_flight.size() < 2 && !empty)) continue;
+      batch_size = in_flight.front();
+      in_flight.pop_front();
+      result = runner_.Wait();
+    }
     std::vector<double> rank_step_ms;
     if (result.ok()) {
       rank_step_ms = runner_.last_rank_step_ms();
@@ -314,8 +340,9 @@ void Scheduler::Loop() {
     } else {
       for (const SequenceStepResult& s : result->sequences) {
         auto it = active_.find(s.id);
-        if (it == active_.end()) continue;
+        if (it == active_.end()) continue;  // ended meanwhile (pipelined: its extra token is dropped)
         Request& r = *it->second;
+        if (r.in_flight > 0) --r.in_flight;
         if (s.status.ok()) {  // the step's share of the sequence's totals
           released += std::max<int64_t>(0, s.release_stats.released - r.release_stats.released);
           rebuilt += std::max<int64_t>(0, s.release_stats.rebuilt - r.release_stats.rebuilt);
@@ -362,6 +389,7 @@ void Scheduler::Loop() {
     for (size_t i = 0; i < rank_step_ms.size(); ++i) stats_.rank_step_s[i].Observe(rank_step_ms[i] / 1e3);
   }
   // Shutdown: every request still queued or running ends with UNAVAILABLE.
+  for (; !in_flight.empty(); in_flight.pop_front()) runner_.Wait().IgnoreError();
   std::deque<std::unique_ptr<Request>> queued;
   {
     std::lock_guard<std::mutex> lock(mu_);

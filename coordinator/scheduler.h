@@ -60,6 +60,12 @@ class StepRunner {
  public:
   virtual ~StepRunner() = default;
   virtual absl::StatusOr<WorkerStepResult> Step(const WorkerStep& step) = 0;
+  // Pipelined runners (whose steps cross a network) take step n + 1 before step n's answer: Submit sends a
+  // step and returns, Wait returns the oldest submitted step's result; the scheduler keeps at most two in
+  // the air. A decode token kOwnSample continues from the runner's own latest sample.
+  virtual bool pipelined() const { return false; }
+  virtual void Submit(const WorkerStep& /*step*/) {}
+  virtual absl::StatusOr<WorkerStepResult> Wait() { return absl::UnimplementedError("the runner is not pipelined"); }
   // Each rank's own time for the latest successful Step, in ms, rank order (metrics; called on the thread
   // that calls Step). Empty: the runner has one rank, whose time is WorkerStepResult::step_ms.
   virtual std::vector<double> last_rank_step_ms() const { return {}; }

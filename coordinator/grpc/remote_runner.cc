@@ -311,6 +311,10 @@ absl::Status RemoteStepRunner::CheckWorkers() {
     std::lock_guard<std::mutex> state_lock(state_mu_);
     return last_check_;
   }
+  if (!flights_.empty()) {  // pipelined steps in the air: what the latest step or check found
+    std::lock_guard<std::mutex> state_lock(state_mu_);
+    return last_check_;
+  }
   ApplyReplacements();
   absl::Status st;
   if (!broken_) {
@@ -330,33 +334,63 @@ std::vector<double> RemoteStepRunner::last_rank_step_ms() const {
   return rank_step_ms_;
 }
 
+// The requests the scheduler ran in a failed step end with it; the worker frees them at the next step.
+void RemoteStepRunner::Abandon(const WorkerStep& step) {
+  for (uint64_t id : live_) orphans_.push_back(id);
+  for (const SequenceStart& s : step.start) orphans_.push_back(s.id);
+  for (uint64_t id : step.end) orphans_.push_back(id);
+  live_.clear();
+}
+
 absl::StatusOr<WorkerStepResult> RemoteStepRunner::Step(const WorkerStep& step) {
-  const auto t0 = std::chrono::steady_clock::now();
-  auto abandon = [&] {  // the scheduler ends every running request after a failed step
-    for (uint64_t id : live_) orphans_.push_back(id);
-    for (const SequenceStart& s : step.start) orphans_.push_back(s.id);
-    for (uint64_t id : step.end) orphans_.push_back(id);
-    live_.clear();
-  };
+  return Land(Launch(step, /*async=*/false));
+}
+
+void RemoteStepRunner::Submit(const WorkerStep& step) {
+  std::unique_ptr<Flight> f = Launch(step, /*async=*/true);
   std::lock_guard<std::mutex> lock(mu_);
-  ApplyReplacements();
-  if (broken_) {
+  flights_.push_back(std::move(f));
+}
+
+absl::StatusOr<WorkerStepResult> RemoteStepRunner::Wait() {
+  std::unique_ptr<Flight> f;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (flights_.empty()) return absl::FailedPreconditionError("Wait without a submitted step");
+    f = std::move(flights_.front());
+    flights_.pop_front();
+  }
+  return Land(std::move(f));
+}
+
+std::unique_ptr<RemoteStepRunner::Flight> RemoteStepRunner::Launch(const WorkerStep& step, bool async) {
+  auto f = std::make_unique<Flight>();
+  f->t0 = std::chrono::steady_clock::now();
+  f->step = step;
+  std::unique_lock<std::mutex> lock(mu_);
+  if (flights_.empty()) pipeline_failed_ = false;
+  if (flights_.empty()) ApplyReplacements();  // (re-dialing while a step is in the air would pull its stubs away)
+  if (broken_ || pipeline_failed_) {
+    if (!flights_.empty() || pipeline_failed_) {  // an earlier step in the air failed: this one cannot run
+      f->status = absl::UnavailableError("an earlier step of the pipeline failed");
+      return f;
+    }
     if (absl::Status st = Resync(); !st.ok()) {
-      abandon();
       SetLastCheck(st);
-      return st;
+      f->status = st;
+      return f;
     }
   }
   // A group formed again (by CheckWorkers, between steps) has lost the sequences of the one before.
   for (const SequenceDecode& d : step.decode) {
-    if (!live_.count(d.id)) {
-      abandon();
-      return absl::UnavailableError(absl::StrFormat(
+    if (!live_.count(d.id) && !starting_.count(d.id)) {
+      f->status = absl::UnavailableError(absl::StrFormat(
           "sequence %d was lost: the worker group was formed again (a worker restarted) while it ran", d.id));
+      return f;
     }
   }
-  v1::StepRequest req;
-  req.set_step_id(next_step_id_);
+  v1::StepRequest& req = f->req;
+  req.set_step_id(next_step_id_++);
   req.set_epoch(epoch_);
   for (uint64_t id : orphans_) req.add_end(id);
   for (uint64_t id : step.end) req.add_end(id);
@@ -372,44 +406,80 @@ absl::StatusOr<WorkerStepResult> RemoteStepRunner::Step(const WorkerStep& step) 
     sc->set_top_k(s.sampling.top_k);
     sc->set_top_p(s.sampling.top_p);
     sc->set_seed(s.sampling.seed);
+    starting_.insert(s.id);
   }
   for (const SequenceDecode& d : step.decode) {
     v1::SequenceDecode* out = req.add_decode();
     out->set_seq_id(d.id);
-    out->set_last_token(d.token);
+    if (d.token != kOwnSample) out->set_last_token(d.token);  // unset: the worker's own latest sample
   }
+  f->sent = true;
+  f->responses.resize(ranks_.size());
+  if (!async) {  // the whole step under mu_, as CheckWorkers expects of a step that runs
+    f->status = Send(*f);
+    lock.release();  // Land takes over the lock
+    f->locked = true;
+    return f;
+  }
+  Flight* raw = f.get();
+  f->thread = std::thread([this, raw] { raw->status = Send(*raw); });
+  return f;
+}
+
+// The step's RPC to every rank (no lock: only a step in the air uses the stubs, see Launch).
+absl::Status RemoteStepRunner::Send(Flight& f) const {
+  const v1::StepRequest& req = f.req;
   const int n = static_cast<int>(ranks_.size());
-  std::vector<v1::StepResult> responses(n);
-  const size_t expected = step.start.size() + step.decode.size();
-  absl::Status st = ForAllRanks(options_.step_timeout_ms, [&](int rank, grpc::ClientContext* ctx) -> absl::Status {
-    const grpc::Status s = ranks_[rank].stub->Step(ctx, req, &responses[rank]);
+  const size_t expected = f.step.start.size() + f.step.decode.size();
+  return ForAllRanks(options_.step_timeout_ms, [&](int rank, grpc::ClientContext* ctx) -> absl::Status {
+    const grpc::Status s = ranks_[rank].stub->Step(ctx, req, &f.responses[rank]);
     if (!s.ok()) {
       absl::Status e = RpcError(s, rank, absl::StrFormat("step %d", req.step_id()));
       // A rank that failed leaves the group out of step: every failure of a group is UNAVAILABLE.
       if (n > 1 && e.code() != absl::StatusCode::kUnavailable) e = absl::UnavailableError(e.message());
       return e;
     }
-    if (responses[rank].outputs_size() != static_cast<int>(expected)) {
+    if (f.responses[rank].outputs_size() != static_cast<int>(expected)) {
       return absl::InternalError(absl::StrFormat("worker %s (rank %d): step %d returned %d outputs for %d sequences",
                                                  ranks_[rank].address, rank, req.step_id(),
-                                                 responses[rank].outputs_size(), expected));
+                                                 f.responses[rank].outputs_size(), expected));
     }
     return absl::OkStatus();
   });
+}
+
+absl::StatusOr<WorkerStepResult> RemoteStepRunner::Land(std::unique_ptr<Flight> f) {
+  if (f->thread.joinable()) f->thread.join();
+  std::unique_lock<std::mutex> lock =
+      f->locked ? std::unique_lock<std::mutex>(mu_, std::adopt_lock) : std::unique_lock<std::mutex>(mu_);
+  for (const SequenceStart& s : f->step.start) starting_.erase(s.id);
+  const WorkerStep& step = f->step;
+  const v1::StepRequest& req = f->req;
+  const int n = static_cast<int>(ranks_.size());
+  absl::Status st = f->status;
+  if (st.ok() && pipeline_failed_) st = absl::UnavailableError("an earlier step of the pipeline failed");
   if (!st.ok()) {
-    // It may or may not have run (on some ranks): ask first.
-    if (n > 1 || st.code() == absl::StatusCode::kUnavailable || st.code() == absl::StatusCode::kInternal) {
+    // It may or may not have run (on some ranks): ask first. A later step already in the air fails too.
+    if (f->sent && (n > 1 || !flights_.empty() || st.code() == absl::StatusCode::kUnavailable ||
+                    st.code() == absl::StatusCode::kInternal)) {
       broken_ = true;
       SetLastCheck(st);  // not ready until a check or step resynchronizes
     }
-    abandon();
+    if (!flights_.empty()) {
+      pipeline_failed_ = true;
+    } else if (f->sent && !broken_) {
+      next_step_id_ = req.step_id();  // a failed step changes nothing on the worker and does not use its id
+    }
+    Abandon(step);
     return st;
   }
-  ++next_step_id_;
   last_step_ok_ = std::chrono::steady_clock::now();
   orphans_.clear();
   for (uint64_t id : step.end) live_.erase(id);
-  const v1::StepResult& resp = responses[0];
+  const v1::StepResult& resp = f->responses[0];
+  const std::vector<v1::StepResult>& responses = f->responses;
+  const auto t0 = f->t0;
+  auto abandon = [&] { Abandon(step); };
   // Every rank must have taken the same release decisions and sampled the same token (a worker decodes its
   // own sample when a pipelined step leaves last_token unset).
   for (int rank = 1; rank < n; ++rank) {
@@ -420,6 +490,7 @@ absl::StatusOr<WorkerStepResult> RemoteStepRunner::Step(const WorkerStep& step) 
       if (a.seq_id() != b.seq_id() || a.slot_map_hash() != b.slot_map_hash() || a.error_code() != b.error_code() ||
           ta != tb) {
         broken_ = true;
+        if (!flights_.empty()) pipeline_failed_ = true;
         abandon();
         SetLastCheck(absl::UnavailableError("the ranks diverged at the latest step"));
         return absl::InternalError(absl::StrFormat(

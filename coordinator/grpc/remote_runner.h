@@ -19,11 +19,13 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_set>
 #include <vector>
 
@@ -49,6 +51,9 @@ struct RemoteRunnerOptions {
   int64_t bootstrap_timeout_ms = 60000;
   // CheckWorkers does not probe the workers while a step succeeded within this time (they answered then).
   int64_t check_skip_after_step_ms = 1000;
+  // Send step n + 1 before step n's answer (the scheduler's Submit / Wait): the workers' step time no longer
+  // includes the coordinator's round trip and bookkeeping.
+  bool pipeline = false;
   // One line per recovery action (without a trailing newline). Empty: stderr, prefixed "adore-server: ".
   std::function<void(const std::string&)> log;
 };
@@ -60,6 +65,12 @@ class RemoteStepRunner final : public StepRunner {
   static absl::StatusOr<std::unique_ptr<RemoteStepRunner>> Connect(const RemoteRunnerOptions& options);
 
   absl::StatusOr<WorkerStepResult> Step(const WorkerStep& step) override;
+  // Pipelined steps (RemoteRunnerOptions::pipeline): Submit sends the step's RPCs from a thread of their own
+  // and returns at once; Wait returns the oldest submitted step's result. A step that fails while a later
+  // one is in the air fails that one too, and the group is resynchronized before the next.
+  bool pipelined() const override { return options_.pipeline; }
+  void Submit(const WorkerStep& step) override;
+  absl::StatusOr<WorkerStepResult> Wait() override;
   // Each rank's StepTiming.total_ms of the latest successful step (the /metrics per-rank step time).
   std::vector<double> last_rank_step_ms() const override;
 
@@ -99,6 +110,21 @@ class RemoteStepRunner final : public StepRunner {
   void ApplyReplacements();
   void SetLastCheck(const absl::Status& status);
   absl::Status RpcError(const grpc::Status& status, int rank, const std::string& what) const;
+  // One step on its way: built and sent by Launch (under mu_), its answers checked by Land.
+  struct Flight {
+    std::chrono::steady_clock::time_point t0;
+    WorkerStep step;
+    adore::v1::StepRequest req;
+    bool sent = false;    // its RPCs went out; false: it failed before (status says why)
+    bool locked = false;  // sent synchronously: Launch returns with mu_ still held, Land takes it over
+    absl::Status status;
+    std::vector<adore::v1::StepResult> responses;  // per rank
+    std::thread thread;                            // the asynchronous send
+  };
+  std::unique_ptr<Flight> Launch(const WorkerStep& step, bool async);
+  absl::Status Send(Flight& flight) const;
+  absl::StatusOr<WorkerStepResult> Land(std::unique_ptr<Flight> flight);
+  void Abandon(const WorkerStep& step);  // with mu_ held
   // Runs fn(rank, context) for every rank, in parallel when there are several, each with its own context
   // prepared with `timeout_ms`; the first failure cancels the other ranks' calls, and its error is returned.
   absl::Status ForAllRanks(int64_t timeout_ms,
@@ -114,6 +140,9 @@ class RemoteStepRunner final : public StepRunner {
   bool broken_ = false;                    // a step failed or a check found the group broken: resync first
   std::unordered_set<uint64_t> live_;      // sequences live on the worker, as far as this runner knows
   std::vector<uint64_t> orphans_;          // to end on the worker at the next step
+  std::deque<std::unique_ptr<Flight>> flights_;  // pipelined steps submitted and not yet waited for
+  std::unordered_set<uint64_t> starting_;        // started in a step not yet landed (they may decode already)
+  bool pipeline_failed_ = false;                 // a step failed while a later one was in the air
   std::vector<double> rank_step_ms_;       // per rank, the latest successful step as each worker timed it
   std::chrono::steady_clock::time_point last_step_ok_{};
 

@@ -254,6 +254,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(const Serv
     }
     RemoteRunnerOptions ro;
     ro.step_timeout_ms = o.step_timeout_ms;
+    ro.pipeline = o.pipeline_steps;
     ro.workers = worker_addresses;
     ro.secret = worker_secret;
     ro.rendezvous_host = o.embedded_workers > 1 ? "127.0.0.1" : o.rendezvous_host;  // embedded ranks: loopback

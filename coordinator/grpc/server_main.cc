@@ -47,6 +47,9 @@ ABSL_FLAG(int32_t, expect_workers_timeout_s, 600, "with --expect_workers: longes
           "exit with an error naming the missing ranks after it");
 ABSL_FLAG(std::string, worker_secret_file, "", "file holding the workers' shared secret (with --workers or "
           "--expect_workers: sent to the workers, and required of registrations)");
+ABSL_FLAG(bool, pipeline_steps, false,
+          "worker processes (--workers, --expect_workers, --embedded_workers N > 1): send step n + 1 before step "
+          "n's answer, so that the workers' GPUs do not wait for the coordinator's round trip");
 ABSL_FLAG(int32_t, step_timeout_s, 300,
           "external workers: a step not answered by every rank within this many seconds fails its requests with "
           "UNAVAILABLE and the workers are loaded again (a hung worker stalls serving this long at most)");
@@ -90,6 +93,7 @@ int main(int argc, char** argv) {
   o.expect_workers = absl::GetFlag(FLAGS_expect_workers);
   o.expect_workers_timeout_ms = int64_t{absl::GetFlag(FLAGS_expect_workers_timeout_s)} * 1000;
   o.step_timeout_ms = int64_t{absl::GetFlag(FLAGS_step_timeout_s)} * 1000;
+  o.pipeline_steps = absl::GetFlag(FLAGS_pipeline_steps);
   o.on_waiting_for_workers = [](const std::string& address) {
     std::printf("adore-server: waiting for workers to register on %s\n", address.c_str());
     std::fflush(stdout);

@@ -299,7 +299,8 @@ class FaultTest : public ::testing::Test {
 
   // The worker-kill scenario: `tp` workers, listed or registered; rank `kill_rank` is killed with SIGKILL
   // while streams run, then restarted on its port (listed) or at a new port re-registering (registered).
-  void KillWorkerDuringStreams(int tp, Discovery discovery, int kill_rank);
+  // `pipelined`: the coordinator sends step n + 1 before step n's answer (--pipeline_steps).
+  void KillWorkerDuringStreams(int tp, Discovery discovery, int kill_rank, bool pipelined = false);
 
   std::string dir_, secret_file_;
   std::vector<std::unique_ptr<Child>> servers_, workers_;
@@ -307,7 +308,9 @@ class FaultTest : public ::testing::Test {
   int http_port_ = -1;
 };
 
-void FaultTest::KillWorkerDuringStreams(int tp, Discovery discovery, int kill_rank) {
+void FaultTest::KillWorkerDuringStreams(int tp, Discovery discovery, int kill_rank, bool pipelined) {
+  const std::vector<std::string> server_flags =
+      pipelined ? std::vector<std::string>{"--pipeline_steps"} : std::vector<std::string>{};
   const auto t_test = std::chrono::steady_clock::now();
   std::vector<std::string> addresses(tp);
   std::vector<Child*> by_rank(tp);
@@ -319,9 +322,9 @@ void FaultTest::KillWorkerDuringStreams(int tp, Discovery discovery, int kill_ra
       ASSERT_FALSE(addresses[r].empty());
       by_rank[r] = workers_.back().get();
     }
-    server = StartServer("server", 0, addresses, 0);
+    server = StartServer("server", 0, addresses, 0, server_flags);
   } else {
-    server = StartServer("server", 0, {}, tp);
+    server = StartServer("server", 0, {}, tp, server_flags);
     ASSERT_NE(server, nullptr);
     absl::StatusOr<std::string> c = server->WaitForWordAfter("waiting for workers to register on ", absl::Seconds(30));
     ASSERT_TRUE(c.ok()) << c.status();
@@ -464,6 +467,12 @@ TEST_F(FaultTest, Tp2KilledRank0EndsStreamsAndTheGroupIsFormedAgainOnItsPort) {
 
 TEST_F(FaultTest, Tp2KilledRank1ReRegistersAndTheGroupIsFormedAgain) {
   KillWorkerDuringStreams(2, Discovery::kRegistered, 1);
+}
+
+// The same with pipelined steps: the step in the air behind the failed one fails too, and the group is
+// formed again before the next.
+TEST_F(FaultTest, Tp2KilledRank1WithPipelinedStepsEndsStreamsAndTheGroupIsFormedAgain) {
+  KillWorkerDuringStreams(2, Discovery::kListed, 1, /*pipelined=*/true);
 }
 
 // The coordinator dies (SIGKILL) while streams run; a new one on the same port waits for its workers, which

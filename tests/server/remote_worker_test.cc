@@ -26,7 +26,7 @@ constexpr char kSecret[] = "test-secret-7f3a";
 
 class RemoteWorkerTest : public ::testing::Test {
  protected:
-  void StartAll() {
+  void StartAll(bool pipeline = false) {
     WorkerServerOptions wo;
     wo.port = 0;
     wo.secret = kSecret;
@@ -41,6 +41,7 @@ class RemoteWorkerTest : public ::testing::Test {
     o.controller = std::string(ADORE_SOURCE_DIR) + "/tools/adore/controller.bin";  // loaded by the worker too
     o.workers = {worker_->address()};
     o.worker_secret = kSecret;
+    o.pipeline_steps = pipeline;
     auto s = EmbeddedServer::Start(o);
     ASSERT_TRUE(s.ok()) << s.status();
     server_ = *std::move(s);
@@ -192,6 +193,72 @@ TEST_F(RemoteWorkerTest, StoppedWorkerEndsTheStreamWithUnavailable) {
   while (reader2->Read(&r)) {
   }
   EXPECT_EQ(reader2->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+// The coordinator pipelining its steps (step n + 1 sent before step n's answer): concurrent greedy streams
+// of different lengths, one cut by a stop string and one by the model's end token, equal the engine's own
+// greedy decoding, and the worker ends every sequence.
+TEST_F(RemoteWorkerTest, PipelinedStepsGiveTheEnginesTokens) {
+  if (!testing::ModelAvailable()) GTEST_SKIP() << "model not fetched: run tools/fetch-model.sh";
+  ASSERT_NO_FATAL_FAILURE(StartAll(/*pipeline=*/true));
+  auto weights = LoadModelWeights(testing::ModelPath());
+  ASSERT_TRUE(weights.ok());
+  auto tok = Tokenizer::Create(weights->tokenizer);
+  ASSERT_TRUE(tok.ok());
+  auto engine = CpuEngine::Create(*std::move(weights), {.kv_rows = 2048});
+  ASSERT_TRUE(engine.ok());
+  struct Case {
+    std::string prompt;
+    int max_tokens;
+  };
+  const std::vector<Case> cases = {{"The quick brown fox", 1},        {"Once upon a time", 2},
+                                   {"1, 2, 3, 4, 5,", 17},            {"The capital of France is", 9},
+                                   {"Dear Sir or Madam,", 24},        {"In the beginning", 5},
+                                   {"What is the meaning of life?", 30}, {"Roses are red,", 12}};
+  std::vector<testing::StreamResult> got(cases.size());
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    clients.emplace_back([&, i] {
+      v1::GenerateRequest req;
+      req.set_text(cases[i].prompt);
+      req.mutable_sampling()->set_max_tokens(cases[i].max_tokens);
+      req.mutable_sampling()->set_temperature(0.0f);
+      got[i] = testing::ReadGenerate(*stub_, req, 120000);
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  for (size_t i = 0; i < cases.size(); ++i) {
+    ASSERT_TRUE(got[i].status.ok()) << i << ": " << got[i].status.error_message();
+    EXPECT_EQ(got[i].tokens, testing::ReferenceGreedy(**engine, **tok, cases[i].prompt, cases[i].max_tokens))
+        << "case " << i << " (" << cases[i].prompt << ")";
+    EXPECT_EQ(got[i].done.usage().completion_tokens(), static_cast<int64_t>(got[i].tokens.size()));
+  }
+  // A stop string ends the output before it, while the step after it is already in the air.
+  const std::vector<int32_t> counting = testing::ReferenceGreedy(**engine, **tok, "1, 2, 3, 4, 5,", 17);
+  const std::string counted = *(*tok)->Decode(counting, true);
+  ASSERT_NE(counted.find(" 8"), std::string::npos) << counted;
+  v1::GenerateRequest req;
+  req.set_text("1, 2, 3, 4, 5,");
+  req.mutable_sampling()->set_max_tokens(17);
+  req.mutable_sampling()->set_temperature(0.0f);
+  req.mutable_sampling()->add_stop(" 8");
+  const testing::StreamResult stopped = testing::ReadGenerate(*stub_, req, 60000);
+  ASSERT_TRUE(stopped.status.ok()) << stopped.status.error_message();
+  EXPECT_EQ(stopped.text, counted.substr(0, counted.find(" 8")));
+  EXPECT_EQ(stopped.done.finish_reason(), v1::FINISH_REASON_STOP);
+  EXPECT_EQ(stopped.done.matched_stop(), " 8");
+  // The extra token of every stream that ended was dropped and its sequence ended on the worker.
+  auto wstub = v1::Worker::NewStub(grpc::CreateChannel(worker_->address(), grpc::InsecureChannelCredentials()));
+  v1::WorkerHealthResponse h;
+  for (int i = 0; i < 200; ++i) {
+    grpc::ClientContext hctx;
+    hctx.AddMetadata(kWorkerSecretKey, kSecret);
+    ASSERT_TRUE(wstub->Health(&hctx, v1::WorkerHealthRequest(), &h).ok());
+    if (h.live_sequences() == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(h.live_sequences(), 0);
+  EXPECT_EQ(h.kv_slots_used(), 0);
 }
 
 // The worker side of a pipelined step protocol: a decode entry without last_token continues from the token

@@ -3,7 +3,7 @@
 // Greedy generation, requests under heavy_hitter and adore (rebuild 4) with a budget below their prompt, equals the single-process
 // engine's own; two ranks (which do not divide 9 heads) are refused with INVALID_ARGUMENT naming num_heads.
 // The same group as embedded workers (ServerOptions::embedded_workers = 3: the server starts the ranks
-// itself) generates the same tokens.
+// itself, with pipelined steps) generates the same tokens.
 #include <grpcpp/grpcpp.h>
 
 #include <memory>
@@ -144,6 +144,9 @@ TEST(TpWorkersTest, ThreeEmbeddedRanksGenerateWhatOneEngineDoes) {
   ServerOptions o = Options({});
   o.worker_secret.clear();
   o.embedded_workers = 3;
+  // Pipelined steps here (the test above drives its ranks one step at a time): every rank decodes its own
+  // samples, and the coordinator checks their tokens and slot maps against rank 0's.
+  o.pipeline_steps = true;
   auto server = EmbeddedServer::Start(o);
   ASSERT_TRUE(server.ok()) << server.status();
   auto stub = v1::Adore::NewStub(grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
