@@ -9,6 +9,7 @@
 2. Tensor parallelism through the server (issues 5 and 8): adore-server with N external adore-worker
    processes (one GPU each, CUDA_VISIBLE_DEVICES) joined in an NCCL group the coordinator bootstraps,
    against N = 1, on a synthetic 7B shape.
+External-worker rows run without and with adore-server --pipeline_steps (--pipeline off,on).
 
     python3 bench/serving.py --bin BIN_DIR --out OUT_DIR --commit REV
 
@@ -89,7 +90,7 @@ def loadgen(args, port, tag, batch, prompt, gen, policy=()):
         return json.load(f)["rows"][0]
 
 
-def server_run(args, procs, tag, model, batch, prompt, gen, workers, tp_devices, policy=()):
+def server_run(args, procs, tag, model, batch, prompt, gen, workers, tp_devices, policy=(), pipeline=False):
     """adore-server with `workers` external workers (0 = embedded), then a loadgen round."""
     port = free_port()
     worker_addrs = []
@@ -108,6 +109,8 @@ def server_run(args, procs, tag, model, batch, prompt, gen, workers, tp_devices,
            "--controller=" + (args.controller if policy else "")]
     if worker_addrs:
         cmd += ["--workers", ",".join(worker_addrs)]
+        if pipeline:
+            cmd.append("--pipeline_steps")
     p = procs.start(cmd, log)
     if not wait_for(p, log, "serving", 300):
         print(f"server did not start:\n{tail(log)}", flush=True)
@@ -134,6 +137,8 @@ def main():
     ap.add_argument("--adore-m", type=int, default=0,
                     help="also serve adore (controller on the GPU) at this kv_budget through the embedded server")
     ap.add_argument("--controller", default="tools/adore/controller.bin")
+    ap.add_argument("--pipeline", default="off,on",
+                    help="external-worker rows without (off) and with (on) adore-server --pipeline_steps")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     os.environ["NCCL_NVLS_ENABLE"] = "0"
@@ -158,12 +163,15 @@ def main():
             engine = {"path": "in-process engine (adore-bench-cuda)", "model": ref["model"],
                       "decode_tok_s": ref["decode_tok_s"], "step_ms": ref["step_ms"]}
         spec = f"synthetic:{args.overhead_model}"
-        for tag, workers in (("embedded", 0), ("external1", 1)):
-            r = server_run(args, procs, tag, spec, args.batch, args.prompt, args.gen, workers, [0])
+        pipelines = [p == "on" for p in args.pipeline.split(",")]
+        runs = [("embedded", 0, False)] + [("external1" + ("_pipelined" if p else ""), 1, p) for p in pipelines]
+        for tag, workers, pipe in runs:
+            r = server_run(args, procs, tag, spec, args.batch, args.prompt, args.gen, workers, [0], pipeline=pipe)
             if r is None:
                 continue
             tok_s = args.batch / (r["itl_ms_p50"] / 1e3) if r.get("itl_ms_p50") else None
-            rows.append({"path": f"adore-server, {'embedded worker' if workers == 0 else '1 adore-worker process'}",
+            where = "embedded worker" if workers == 0 else "1 adore-worker process" + (", pipelined steps" if pipe else "")
+            rows.append({"path": f"adore-server, {where}",
                          "model": ref["model"] if ref else spec, "tp": 1, "batch": args.batch, "prompt": args.prompt,
                          "gen": args.gen, "engine_tok_s": ref["decode_tok_s"] if ref else None,
                          "server_tok_s": tok_s, "ratio": tok_s / ref["decode_tok_s"] if (tok_s and ref) else None,
@@ -184,21 +192,24 @@ def main():
                              "output_tok_s": r.get("output_tok_s"), "errors": r.get("errors"),
                              "note": "the engine reference is full attention; the prompt goes in token by token"})
         if args.tp > 0:
-            base = None
-            for n in sorted({1, args.tp}):
-                r = server_run(args, procs, f"tp{n}", f"synthetic:{args.tp_model}", args.batch, args.prompt, args.gen,
-                               n, list(range(n)))
-                if r is None:
-                    continue
-                tok_s = args.batch / (r["itl_ms_p50"] / 1e3) if r.get("itl_ms_p50") else None
-                base = base or tok_s
-                rows.append({"path": f"adore-server, {n} adore-worker process(es), NCCL", "model": args.tp_model,
-                             "tp": n, "batch": args.batch, "prompt": args.prompt, "gen": args.gen,
-                             "engine_tok_s": None, "server_tok_s": tok_s, "ratio": None,
-                             "ratio_to_tp1": tok_s / base if (tok_s and base) else None,
-                             "server_itl_ms_p50": r.get("itl_ms_p50"), "ttft_ms_p50": r.get("ttft_ms_p50"),
-                             "output_tok_s": r.get("output_tok_s"), "errors": r.get("errors"),
-                             "note": "compare with tp 1 through the server (ratio_to_tp1)"})
+            base = {}
+            for pipe in pipelines:
+                for n in sorted({1, args.tp}):
+                    tag = f"tp{n}" + ("_pipelined" if pipe else "")
+                    r = server_run(args, procs, tag, f"synthetic:{args.tp_model}", args.batch, args.prompt, args.gen,
+                                   n, list(range(n)), pipeline=pipe)
+                    if r is None:
+                        continue
+                    tok_s = args.batch / (r["itl_ms_p50"] / 1e3) if r.get("itl_ms_p50") else None
+                    base[pipe] = base.get(pipe) or tok_s
+                    rows.append({"path": f"adore-server, {n} adore-worker process(es), NCCL"
+                                         + (", pipelined steps" if pipe else ""),
+                                 "model": args.tp_model, "tp": n, "batch": args.batch, "prompt": args.prompt,
+                                 "gen": args.gen, "engine_tok_s": None, "server_tok_s": tok_s, "ratio": None,
+                                 "ratio_to_tp1": tok_s / base[pipe] if (tok_s and base.get(pipe)) else None,
+                                 "server_itl_ms_p50": r.get("itl_ms_p50"), "ttft_ms_p50": r.get("ttft_ms_p50"),
+                                 "output_tok_s": r.get("output_tok_s"), "errors": r.get("errors"),
+                                 "note": "compare with tp 1 through the server, same pipelining (ratio_to_tp1)"})
     finally:
         procs.stop()
     doc = {"command": "python3 bench/serving.py " + " ".join(sys.argv[1:]), "machine": machine or "unknown",
