@@ -51,6 +51,19 @@ class RemoteWorkerTest : public ::testing::Test {
     server_.reset();
     worker_.reset();
   }
+  // The worker's health once it holds no sequence (or after about 4 s).
+  v1::WorkerHealthResponse WorkerHealthWhenIdle() {
+    auto wstub = v1::Worker::NewStub(grpc::CreateChannel(worker_->address(), grpc::InsecureChannelCredentials()));
+    v1::WorkerHealthResponse h;
+    for (int i = 0; i < 200; ++i) {
+      grpc::ClientContext hctx;
+      hctx.AddMetadata(kWorkerSecretKey, kSecret);
+      EXPECT_TRUE(wstub->Health(&hctx, v1::WorkerHealthRequest(), &h).ok());
+      if (h.live_sequences() == 0) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return h;
+  }
   std::unique_ptr<WorkerServer> worker_;
   std::unique_ptr<EmbeddedServer> server_;
   std::unique_ptr<v1::Adore::Stub> stub_;
@@ -98,15 +111,7 @@ TEST_F(RemoteWorkerTest, GreedyGenerationThroughTheWorkerMatchesTheEngine) {
   }
 
   // The worker saw the steps and ended the sequences.
-  auto wstub = v1::Worker::NewStub(grpc::CreateChannel(worker_->address(), grpc::InsecureChannelCredentials()));
-  v1::WorkerHealthResponse h;
-  for (int i = 0; i < 100; ++i) {
-    grpc::ClientContext hctx;
-    hctx.AddMetadata(kWorkerSecretKey, kSecret);
-    ASSERT_TRUE(wstub->Health(&hctx, v1::WorkerHealthRequest(), &h).ok());
-    if (h.live_sequences() == 0) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  const v1::WorkerHealthResponse h = WorkerHealthWhenIdle();
   EXPECT_EQ(h.state(), v1::WORKER_STATE_READY);
   EXPECT_GE(h.last_step_id(), 20u);
   EXPECT_EQ(h.live_sequences(), 0);
@@ -201,12 +206,10 @@ TEST_F(RemoteWorkerTest, StoppedWorkerEndsTheStreamWithUnavailable) {
 TEST_F(RemoteWorkerTest, PipelinedStepsGiveTheEnginesTokens) {
   if (!testing::ModelAvailable()) GTEST_SKIP() << "model not fetched: run tools/fetch-model.sh";
   ASSERT_NO_FATAL_FAILURE(StartAll(/*pipeline=*/true));
-  auto weights = LoadModelWeights(testing::ModelPath());
-  ASSERT_TRUE(weights.ok());
-  auto tok = Tokenizer::Create(weights->tokenizer);
-  ASSERT_TRUE(tok.ok());
-  auto engine = CpuEngine::Create(*std::move(weights), {.kv_rows = 2048});
-  ASSERT_TRUE(engine.ok());
+  const testing::ReferenceModel ref = testing::LoadReferenceModel();
+  ASSERT_NE(ref.engine, nullptr);
+  CpuEngine& engine = *ref.engine;
+  const Tokenizer& tok = *ref.tokenizer;
   struct Case {
     std::string prompt;
     int max_tokens;
@@ -229,13 +232,13 @@ TEST_F(RemoteWorkerTest, PipelinedStepsGiveTheEnginesTokens) {
   for (std::thread& t : clients) t.join();
   for (size_t i = 0; i < cases.size(); ++i) {
     ASSERT_TRUE(got[i].status.ok()) << i << ": " << got[i].status.error_message();
-    EXPECT_EQ(got[i].tokens, testing::ReferenceGreedy(**engine, **tok, cases[i].prompt, cases[i].max_tokens))
+    EXPECT_EQ(got[i].tokens, testing::ReferenceGreedy(engine, tok, cases[i].prompt, cases[i].max_tokens))
         << "case " << i << " (" << cases[i].prompt << ")";
     EXPECT_EQ(got[i].done.usage().completion_tokens(), static_cast<int64_t>(got[i].tokens.size()));
   }
   // A stop string ends the output before it, while the step after it is already in the air.
-  const std::vector<int32_t> counting = testing::ReferenceGreedy(**engine, **tok, "1, 2, 3, 4, 5,", 17);
-  const std::string counted = *(*tok)->Decode(counting, true);
+  const std::vector<int32_t> counting = testing::ReferenceGreedy(engine, tok, "1, 2, 3, 4, 5,", 17);
+  const std::string counted = *tok.Decode(counting, true);
   ASSERT_NE(counted.find(" 8"), std::string::npos) << counted;
   v1::GenerateRequest req;
   req.set_text("1, 2, 3, 4, 5,");
@@ -248,15 +251,7 @@ TEST_F(RemoteWorkerTest, PipelinedStepsGiveTheEnginesTokens) {
   EXPECT_EQ(stopped.done.finish_reason(), v1::FINISH_REASON_STOP);
   EXPECT_EQ(stopped.done.matched_stop(), " 8");
   // The extra token of every stream that ended was dropped and its sequence ended on the worker.
-  auto wstub = v1::Worker::NewStub(grpc::CreateChannel(worker_->address(), grpc::InsecureChannelCredentials()));
-  v1::WorkerHealthResponse h;
-  for (int i = 0; i < 200; ++i) {
-    grpc::ClientContext hctx;
-    hctx.AddMetadata(kWorkerSecretKey, kSecret);
-    ASSERT_TRUE(wstub->Health(&hctx, v1::WorkerHealthRequest(), &h).ok());
-    if (h.live_sequences() == 0) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  const v1::WorkerHealthResponse h = WorkerHealthWhenIdle();
   EXPECT_EQ(h.live_sequences(), 0);
   EXPECT_EQ(h.kv_slots_used(), 0);
 }

@@ -13,8 +13,11 @@
 #include <vector>
 
 #include "adore/v1/adore.grpc.pb.h"
+#include "common/model_weights.h"
 #include "common/tokenizer.h"
 #include "gtest/gtest.h"
+#include "tests/test_util.h"
+#include "worker/cpu_engine.h"
 #include "worker/engine.h"
 #include "worker/generator.h"
 
@@ -58,6 +61,28 @@ inline std::vector<int32_t> ReferenceGreedy(Engine& engine, const Tokenizer& tok
   auto out = GenerateBatch(engine, std::span<const GenerationRequest>(&g, 1));
   EXPECT_TRUE(out.ok()) << out.status();
   return out.ok() ? (*out)[0].tokens : std::vector<int32_t>{};
+}
+
+// The fetched model in a single-process CPU engine, with its tokenizer: the reference the servers' streams
+// are compared with. Null members (and a test failure) when the model does not load.
+struct ReferenceModel {
+  std::unique_ptr<CpuEngine> engine;
+  std::unique_ptr<Tokenizer> tokenizer;
+};
+inline ReferenceModel LoadReferenceModel(int64_t kv_rows = 2048) {
+  ReferenceModel out;
+  auto weights = LoadModelWeights(ModelPath());
+  EXPECT_TRUE(weights.ok()) << weights.status();
+  if (!weights.ok()) return out;
+  auto tok = Tokenizer::Create(weights->tokenizer);
+  EXPECT_TRUE(tok.ok()) << tok.status();
+  auto engine = CpuEngine::Create(*std::move(weights), {.kv_rows = kv_rows});
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  if (tok.ok() && engine.ok()) {
+    out.tokenizer = *std::move(tok);
+    out.engine = *std::move(engine);
+  }
+  return out;
 }
 
 // grpc.health.v1 Check through a generic call (the health proto's stub is not among grpc++'s public

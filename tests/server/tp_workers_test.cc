@@ -85,21 +85,19 @@ TEST(TpWorkersTest, ThreeRanksGenerateWhatOneEngineDoes) {
   auto controller = AdoreController::Load(std::string(ADORE_SOURCE_DIR) + "/tools/adore/controller.bin");
   ASSERT_TRUE(controller.ok()) << controller.status();
 
-  auto weights = LoadModelWeights(testing::ModelPath());
-  ASSERT_TRUE(weights.ok());
-  auto tok = Tokenizer::Create(weights->tokenizer);
-  ASSERT_TRUE(tok.ok());
-  auto engine = CpuEngine::Create(*std::move(weights), {.kv_rows = 2048});
-  ASSERT_TRUE(engine.ok());
+  const testing::ReferenceModel ref = testing::LoadReferenceModel();
+  ASSERT_NE(ref.engine, nullptr);
+  CpuEngine& engine = *ref.engine;
+  const Tokenizer& tok = *ref.tokenizer;
   std::vector<std::vector<int32_t>> expected;  // one at a time, as the server runs them below
   for (const Case& c : cases) {
     ReleaseConfig release;
     if (c.policy != PolicyKind::kFull) {
-      ASSERT_GT((*tok)->Encode(c.text, false, true)->size(), 32u);
+      ASSERT_GT(tok.Encode(c.text, false, true)->size(), 32u);
       release = {.kind = c.policy, .kv_budget = 32, .rebuild = c.policy == PolicyKind::kAdore ? 4 : 0,
                  .controller = controller->get()};
     }
-    expected.push_back(testing::ReferenceGreedy(**engine, **tok, c.text, c.max_tokens, release));
+    expected.push_back(testing::ReferenceGreedy(engine, tok, c.text, c.max_tokens, release));
   }
 
   for (size_t i = 0; i < cases.size(); ++i) {
@@ -152,12 +150,10 @@ TEST(TpWorkersTest, ThreeEmbeddedRanksGenerateWhatOneEngineDoes) {
   auto stub = v1::Adore::NewStub(grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
   auto controller = AdoreController::Load(o.controller);
   ASSERT_TRUE(controller.ok()) << controller.status();
-  auto weights = LoadModelWeights(testing::ModelPath());
-  ASSERT_TRUE(weights.ok());
-  auto tok = Tokenizer::Create(weights->tokenizer);
-  ASSERT_TRUE(tok.ok());
-  auto engine = CpuEngine::Create(*std::move(weights), {.kv_rows = 2048});
-  ASSERT_TRUE(engine.ok());
+  const testing::ReferenceModel ref = testing::LoadReferenceModel();
+  ASSERT_NE(ref.engine, nullptr);
+  CpuEngine& engine = *ref.engine;
+  const Tokenizer& tok = *ref.tokenizer;
   std::string long_text;
   for (int i = 0; i < 3; ++i) long_text += "It was a bright cold day in April, and the clocks were striking thirteen. ";
   for (const Case& c : std::vector<Case>{{"The quick brown fox", 12}, {long_text, 10, PolicyKind::kAdore}}) {
@@ -172,7 +168,7 @@ TEST(TpWorkersTest, ThreeEmbeddedRanksGenerateWhatOneEngineDoes) {
       req.mutable_release()->set_kv_budget(32);
       req.mutable_release()->set_rebuild(4);
     }
-    const std::vector<int32_t> expected = testing::ReferenceGreedy(**engine, **tok, c.text, c.max_tokens, release);
+    const std::vector<int32_t> expected = testing::ReferenceGreedy(engine, tok, c.text, c.max_tokens, release);
     const testing::StreamResult got = testing::ReadGenerate(*stub, req, /*deadline_ms=*/60000);
     ASSERT_TRUE(got.status.ok()) << got.status.error_message();
     EXPECT_EQ(got.tokens, expected) << c.text.substr(0, 20);
