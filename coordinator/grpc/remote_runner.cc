@@ -368,13 +368,14 @@ std::unique_ptr<RemoteStepRunner::Flight> RemoteStepRunner::Launch(const WorkerS
   f->t0 = std::chrono::steady_clock::now();
   f->step = step;
   std::unique_lock<std::mutex> lock(mu_);
-  if (flights_.empty()) pipeline_failed_ = false;
-  if (flights_.empty()) ApplyReplacements();  // (re-dialing while a step is in the air would pull its stubs away)
-  if (broken_ || pipeline_failed_) {
-    if (!flights_.empty() || pipeline_failed_) {  // an earlier step in the air failed: this one cannot run
-      f->status = absl::UnavailableError("an earlier step of the pipeline failed");
-      return f;
-    }
+  if (flights_.empty()) {
+    pipeline_failed_ = false;
+    ApplyReplacements();  // not while a step is in the air: re-dialing would pull its stubs away
+  } else if (broken_ || pipeline_failed_) {  // an earlier step in the air failed: this one cannot run
+    f->status = absl::UnavailableError("an earlier step of the pipeline failed");
+    return f;
+  }
+  if (broken_) {
     if (absl::Status st = Resync(); !st.ok()) {
       SetLastCheck(st);
       f->status = st;
