@@ -156,7 +156,13 @@ void Scheduler::Finish(Request& r, absl::Status status, const std::string& reaso
   e.total_ms = MsSince(r.t0);
   e.queue_ms = r.queue_ms;
   pending_request_s_.push_back(e.total_ms / 1e3);
-  r.callback(e);
+  finals_.emplace_back(r.callback, std::move(e));
+}
+
+void Scheduler::DeliverFinals() {
+  std::vector<std::pair<StreamCallback, StreamEvent>> finals;
+  finals.swap(finals_);
+  for (auto& [callback, event] : finals) callback(event);
 }
 
 bool Scheduler::Accept(Request& r, int32_t token) {
@@ -266,6 +272,7 @@ void Scheduler::Loop() {
           ++stats_.cancelled;
           lock.unlock();
           Finish(*r, absl::CancelledError("request cancelled"), "cancelled");
+          DeliverFinals();
           lock.lock();
           continue;
         }
@@ -277,6 +284,7 @@ void Scheduler::Loop() {
           if (r->started) to_end_.push_back(id);
           lock.unlock();
           Finish(*r, absl::CancelledError("request cancelled"), "cancelled");
+          DeliverFinals();
           lock.lock();
         }
       }
@@ -362,31 +370,34 @@ void Scheduler::Loop() {
         }
       }
     }
-    std::lock_guard<std::mutex> lock(mu_);
-    for (uint64_t id : finished) {
-      auto it = active_.find(id);
-      if (it == active_.end()) continue;
-      stats_.kv_rows_reserved -= it->second->rows;
-      ++(it->second->failed ? stats_.failed : stats_.completed);
-      active_.erase(it);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (uint64_t id : finished) {
+        auto it = active_.find(id);
+        if (it == active_.end()) continue;
+        stats_.kv_rows_reserved -= it->second->rows;
+        ++(it->second->failed ? stats_.failed : stats_.completed);
+        active_.erase(it);
+      }
+      ++stats_.steps;
+      stats_.prompt_tokens += new_prompt_tokens;
+      stats_.completion_tokens += new_tokens;
+      if (result.ok()) {
+        stats_.kv_slots_used = result->kv_slots_used;
+        stats_.last_step_ms = result->step_ms;
+        stats_.slot_map_checks += result->slot_map_checks;
+      }
+      stats_.active = static_cast<int64_t>(active_.size());
+      stats_.batch_size = batch_size;
+      stats_.tokens_released += released;
+      stats_.tokens_rebuilt += rebuilt;
+      merge_latencies();
+      if (stats_.rank_step_s.size() < rank_step_ms.size()) {
+        stats_.rank_step_s.resize(rank_step_ms.size(), Histogram(kStepBuckets));
+      }
+      for (size_t i = 0; i < rank_step_ms.size(); ++i) stats_.rank_step_s[i].Observe(rank_step_ms[i] / 1e3);
     }
-    ++stats_.steps;
-    stats_.prompt_tokens += new_prompt_tokens;
-    stats_.completion_tokens += new_tokens;
-    if (result.ok()) {
-      stats_.kv_slots_used = result->kv_slots_used;
-      stats_.last_step_ms = result->step_ms;
-      stats_.slot_map_checks += result->slot_map_checks;
-    }
-    stats_.active = static_cast<int64_t>(active_.size());
-    stats_.batch_size = batch_size;
-    stats_.tokens_released += released;
-    stats_.tokens_rebuilt += rebuilt;
-    merge_latencies();
-    if (stats_.rank_step_s.size() < rank_step_ms.size()) {
-      stats_.rank_step_s.resize(rank_step_ms.size(), Histogram(kStepBuckets));
-    }
-    for (size_t i = 0; i < rank_step_ms.size(); ++i) stats_.rank_step_s[i].Observe(rank_step_ms[i] / 1e3);
+    DeliverFinals();  // after the counts: a client that sees its stream end finds it in the stats
   }
   // Shutdown: every request still queued or running ends with UNAVAILABLE.
   for (; !in_flight.empty(); in_flight.pop_front()) runner_.Wait().IgnoreError();
@@ -403,6 +414,7 @@ void Scheduler::Loop() {
     if (r->started) last.end.push_back(id);
   }
   active_.clear();
+  DeliverFinals();
   if (!last.end.empty()) runner_.Step(last).IgnoreError();
 }
 

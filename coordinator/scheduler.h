@@ -136,9 +136,11 @@ class Scheduler {
   int64_t RowsNeeded(const GenerateOptions& r) const;
   // Handles one sampled token; returns true when the request goes on.
   bool Accept(Request& r, int32_t token);
-  // Ends a request. On success the held-back text is output, flushed through the decoder unless a stop
-  // string (`matched_stop`) cut it.
+  // Ends a request; its final event is queued for DeliverFinals. On success the held-back text is output,
+  // flushed through the decoder unless a stop string (`matched_stop`) cut it.
   void Finish(Request& r, absl::Status status, const std::string& reason, const std::string& matched_stop = "");
+  // Calls the final callbacks Finish queued. The loop does so after it counts the step's ended requests.
+  void DeliverFinals();
 
   StepRunner& runner_;
   const Tokenizer& tokenizer_;
@@ -156,6 +158,7 @@ class Scheduler {
   std::vector<uint64_t> to_end_;  // finished last step: release their KV on the runner
   // Latencies observed since the last step's end, merged into stats_ under mu_ there.
   std::vector<double> pending_ttft_s_, pending_inter_token_s_, pending_request_s_;
+  std::vector<std::pair<StreamCallback, StreamEvent>> finals_;  // queued by Finish, see DeliverFinals
   std::thread thread_;
 };
 

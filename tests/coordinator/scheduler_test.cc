@@ -102,23 +102,24 @@ TEST_F(SchedulerTest, ConcurrentStreamsMatchOneAtATimeRuns) {
   }
   LocalStepRunner runner(*engine_);
   std::vector<Collected> got(kRequests);
+  std::vector<std::atomic<int64_t>> completed_at_final(kRequests);
   {
     Scheduler scheduler(runner, *tokenizer_, Options(/*max_batch=*/8));  // 8 at a time: requests join as others end
     std::vector<std::thread> clients;
     for (int c = 0; c < 4; ++c) {
       clients.emplace_back([&, c] {
         for (int i = c; i < kRequests; i += 4) {
-          auto id = scheduler.Submit(reqs[i], [&, i](const StreamEvent& e) { got[i].Add(e); });
+          auto id = scheduler.Submit(reqs[i], [&, i](const StreamEvent& e) {
+            // A stream's end is in the stats by the time its client sees it.
+            if (e.final) completed_at_final[i] = scheduler.stats().completed;
+            got[i].Add(e);
+          });
           EXPECT_TRUE(id.ok()) << id.status();
         }
       });
     }
     for (auto& t : clients) t.join();
     for (int i = 0; i < kRequests; ++i) ASSERT_TRUE(got[i].Wait(300)) << "request " << i << " never finished";
-    // The last final event is sent just before the scheduler books the request as done.
-    for (int i = 0; i < 500 && scheduler.stats().completed < kRequests; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
     const SchedulerStats st = scheduler.stats();
     EXPECT_EQ(st.completed, kRequests);
     EXPECT_EQ(st.kv_rows_reserved, 0);
@@ -127,6 +128,7 @@ TEST_F(SchedulerTest, ConcurrentStreamsMatchOneAtATimeRuns) {
   EXPECT_EQ(runner.executor().num_sequences(), 0);
   for (int i = 0; i < kRequests; ++i) {
     EXPECT_EQ(got[i].finals, 1) << "request " << i;
+    EXPECT_GE(completed_at_final[i], 1) << "request " << i << " ended before the stats counted it";
     EXPECT_TRUE(got[i].final_event.status.ok()) << got[i].final_event.status;
     EXPECT_EQ(got[i].final_event.finish_reason, "length");
     EXPECT_EQ(got[i].tokens, expected[i]) << "request " << i;
