@@ -9,7 +9,7 @@
 2. Tensor parallelism through the server (issues 5 and 8): adore-server with N external adore-worker
    processes (one GPU each, CUDA_VISIBLE_DEVICES) joined in an NCCL group the coordinator bootstraps,
    against N = 1, on a synthetic 7B shape.
-External-worker rows run without and with adore-server --pipeline_steps (--pipeline off,on).
+Server rows run without and with adore-server --pipeline_steps (--pipeline off,on), --repeats rounds of them.
 
     python3 bench/serving.py --bin BIN_DIR --out OUT_DIR --commit REV
 
@@ -109,8 +109,8 @@ def server_run(args, procs, tag, model, batch, prompt, gen, workers, tp_devices,
            "--controller=" + (args.controller if policy else "")]
     if worker_addrs:
         cmd += ["--workers", ",".join(worker_addrs)]
-        if pipeline:
-            cmd.append("--pipeline_steps")
+    if pipeline:
+        cmd.append("--pipeline_steps")
     p = procs.start(cmd, log)
     if not wait_for(p, log, "serving", 300):
         print(f"server did not start:\n{tail(log)}", flush=True)
@@ -138,7 +138,9 @@ def main():
                     help="also serve adore (controller on the GPU) at this kv_budget through the embedded server")
     ap.add_argument("--controller", default="tools/adore/controller.bin")
     ap.add_argument("--pipeline", default="off,on",
-                    help="external-worker rows without (off) and with (on) adore-server --pipeline_steps")
+                    help="single-GPU server rows without (off) and with (on) adore-server --pipeline_steps")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="rounds of the single-GPU server rows (embedded and one external worker), interleaved")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     os.environ["NCCL_NVLS_ENABLE"] = "0"
@@ -164,20 +166,25 @@ def main():
                       "decode_tok_s": ref["decode_tok_s"], "step_ms": ref["step_ms"]}
         spec = f"synthetic:{args.overhead_model}"
         pipelines = [p == "on" for p in args.pipeline.split(",")]
-        runs = [("embedded", 0, False)] + [("external1" + ("_pipelined" if p else ""), 1, p) for p in pipelines]
-        for tag, workers, pipe in runs:
-            r = server_run(args, procs, tag, spec, args.batch, args.prompt, args.gen, workers, [0], pipeline=pipe)
-            if r is None:
-                continue
-            tok_s = args.batch / (r["itl_ms_p50"] / 1e3) if r.get("itl_ms_p50") else None
-            where = "embedded worker" if workers == 0 else "1 adore-worker process" + (", pipelined steps" if pipe else "")
-            rows.append({"path": f"adore-server, {where}",
-                         "model": ref["model"] if ref else spec, "tp": 1, "batch": args.batch, "prompt": args.prompt,
-                         "gen": args.gen, "engine_tok_s": ref["decode_tok_s"] if ref else None,
-                         "server_tok_s": tok_s, "ratio": tok_s / ref["decode_tok_s"] if (tok_s and ref) else None,
-                         "engine_step_ms": ref["step_ms"] if ref else None, "server_itl_ms_p50": r.get("itl_ms_p50"),
-                         "ttft_ms_p50": r.get("ttft_ms_p50"), "output_tok_s": r.get("output_tok_s"),
-                         "errors": r.get("errors")})
+        runs = [(kind + ("_pipelined" if p else ""), workers, p)
+                for kind, workers in (("embedded", 0), ("external1", 1)) for p in pipelines]
+        for repeat in range(args.repeats):
+            for tag, workers, pipe in runs:
+                tag_r = tag + (f"_r{repeat}" if args.repeats > 1 else "")
+                r = server_run(args, procs, tag_r, spec, args.batch, args.prompt, args.gen, workers, [0], pipeline=pipe)
+                if r is None:
+                    continue
+                tok_s = args.batch / (r["itl_ms_p50"] / 1e3) if r.get("itl_ms_p50") else None
+                where = ("embedded worker" if workers == 0 else "1 adore-worker process") + (
+                    ", pipelined steps" if pipe else "")
+                rows.append({"path": f"adore-server, {where}", "repeat": repeat,
+                             "model": ref["model"] if ref else spec, "tp": 1, "batch": args.batch,
+                             "prompt": args.prompt, "gen": args.gen,
+                             "engine_tok_s": ref["decode_tok_s"] if ref else None, "server_tok_s": tok_s,
+                             "ratio": tok_s / ref["decode_tok_s"] if (tok_s and ref) else None,
+                             "engine_step_ms": ref["step_ms"] if ref else None,
+                             "server_itl_ms_p50": r.get("itl_ms_p50"), "ttft_ms_p50": r.get("ttft_ms_p50"),
+                             "output_tok_s": r.get("output_tok_s"), "errors": r.get("errors")})
         if args.adore_m > 0:
             r = server_run(args, procs, "embedded_adore", spec, args.batch, args.prompt, args.gen, 0, [0],
                            ["--policy", "adore", "--kv_budget", str(args.adore_m)])

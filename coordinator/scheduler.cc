@@ -24,6 +24,62 @@ const std::vector<double> kStepBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.
 const std::vector<double> kRequestBuckets = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600};
 }  // namespace
 
+LocalStepRunner::LocalStepRunner(Engine& engine, const StepExecutorOptions& options, bool pipelined)
+    : executor_(engine, options), pipelined_(pipelined) {
+  if (pipelined_) thread_ = std::thread([this] { Run(); });
+}
+
+LocalStepRunner::~LocalStepRunner() {
+  if (!pipelined_) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+absl::StatusOr<WorkerStepResult> LocalStepRunner::Step(const WorkerStep& step) {
+  if (!pipelined_) return executor_.Step(step);
+  Submit(step);
+  return Wait();
+}
+
+void LocalStepRunner::Submit(const WorkerStep& step) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    steps_.push_back(step);
+  }
+  cv_.notify_all();
+}
+
+absl::StatusOr<WorkerStepResult> LocalStepRunner::Wait() {
+  if (!pipelined_) return absl::FailedPreconditionError("the runner is not pipelined");
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return !results_.empty() || (steps_.empty() && !busy_); });
+  if (results_.empty()) return absl::FailedPreconditionError("Wait without a submitted step");
+  absl::StatusOr<WorkerStepResult> r = std::move(results_.front());
+  results_.pop_front();
+  return r;
+}
+
+void LocalStepRunner::Run() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    cv_.wait(lock, [&] { return stop_ || !steps_.empty(); });
+    if (steps_.empty()) return;  // stopping, and every submitted step has run
+    WorkerStep step = std::move(steps_.front());
+    steps_.pop_front();
+    busy_ = true;
+    lock.unlock();
+    absl::StatusOr<WorkerStepResult> r = executor_.Step(step);
+    lock.lock();
+    busy_ = false;
+    results_.push_back(std::move(r));
+    cv_.notify_all();
+  }
+}
+
 struct Scheduler::Request {
   uint64_t id = 0;
   GenerateOptions opts;

@@ -71,14 +71,30 @@ class StepRunner {
   virtual std::vector<double> last_rank_step_ms() const { return {}; }
 };
 
+// Runs steps on a local engine. Pipelined (`pipelined`), steps run on a thread of their own, so the
+// scheduler streams step n's tokens while the engine computes step n + 1.
 class LocalStepRunner final : public StepRunner {
  public:
-  explicit LocalStepRunner(Engine& engine, const StepExecutorOptions& options = {}) : executor_(engine, options) {}
-  absl::StatusOr<WorkerStepResult> Step(const WorkerStep& step) override { return executor_.Step(step); }
+  explicit LocalStepRunner(Engine& engine, const StepExecutorOptions& options = {}, bool pipelined = false);
+  ~LocalStepRunner() override;
+  absl::StatusOr<WorkerStepResult> Step(const WorkerStep& step) override;
+  bool pipelined() const override { return pipelined_; }
+  void Submit(const WorkerStep& step) override;
+  absl::StatusOr<WorkerStepResult> Wait() override;
   const StepExecutor& executor() const { return executor_; }
 
  private:
+  void Run();
+
   StepExecutor executor_;
+  const bool pipelined_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<WorkerStep> steps_;                              // submitted, not yet run
+  std::deque<absl::StatusOr<WorkerStepResult>> results_;      // run, not yet waited for
+  bool busy_ = false;  // a step is running
+  bool stop_ = false;
+  std::thread thread_;  // pipelined only
 };
 
 struct SchedulerOptions {

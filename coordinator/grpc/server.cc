@@ -317,7 +317,9 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(const Serv
   } else {
     return absl::InvalidArgumentError(absl::StrFormat("backend: '%s' is not cpu or cuda", o.backend));
   }
-  if (s->runner_ == nullptr) s->runner_ = std::make_unique<LocalStepRunner>(*s->engine_);
+  if (s->runner_ == nullptr) {
+    s->runner_ = std::make_unique<LocalStepRunner>(*s->engine_, StepExecutorOptions{}, o.pipeline_steps);
+  }
   s->scheduler_ = std::make_unique<Scheduler>(
       *s->runner_, *s->tokenizer_,
       SchedulerOptions{.max_batch = o.max_batch, .kv_rows = info.kv_rows, .max_context = info.config.max_context});

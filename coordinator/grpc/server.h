@@ -66,8 +66,8 @@ struct ServerOptions {
   // External workers: a step that no rank has answered after this long fails (UNAVAILABLE for the step's
   // requests; the readiness monitor then loads the workers again): how long a hung worker can stall serving.
   int64_t step_timeout_ms = 300000;
-  // External workers (and embedded ranks): pipelined steps, step n + 1 sent before step n's answer
-  // (RemoteRunnerOptions::pipeline).
+  // Pipelined steps: step n + 1 goes to the engine or the workers before step n's answer is streamed
+  // (RemoteRunnerOptions::pipeline; one embedded engine: LocalStepRunner's own step thread).
   bool pipeline_steps = false;
   // With expect_workers: called on Start's thread once the server listens for registrations, with its
   // address (adore-server prints it; a test started with port 0 learns the port from it).

@@ -48,8 +48,8 @@ ABSL_FLAG(int32_t, expect_workers_timeout_s, 600, "with --expect_workers: longes
 ABSL_FLAG(std::string, worker_secret_file, "", "file holding the workers' shared secret (with --workers or "
           "--expect_workers: sent to the workers, and required of registrations)");
 ABSL_FLAG(bool, pipeline_steps, false,
-          "worker processes (--workers, --expect_workers, --embedded_workers N > 1): send step n + 1 before step "
-          "n's answer, so that the workers' GPUs do not wait for the coordinator's round trip");
+          "send step n + 1 to the engine or the workers before step n's answer is streamed, so that the GPUs do "
+          "not wait for the coordinator (its round trip to worker processes, its detokenizing and streaming)");
 ABSL_FLAG(int32_t, step_timeout_s, 300,
           "external workers: a step not answered by every rank within this many seconds fails its requests with "
           "UNAVAILABLE and the workers are loaded again (a hung worker stalls serving this long at most)");

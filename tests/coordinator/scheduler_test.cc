@@ -79,7 +79,13 @@ class SchedulerTest : public ::testing::Test {
 CpuEngine* SchedulerTest::engine_ = nullptr;
 Tokenizer* SchedulerTest::tokenizer_ = nullptr;
 
-TEST_F(SchedulerTest, ConcurrentStreamsMatchOneAtATimeRuns) {
+// The same tests over a runner that runs one step at a time and over a pipelined one (step n + 1 runs
+// while the scheduler streams step n's tokens).
+class SchedulerRunnerTest : public SchedulerTest, public ::testing::WithParamInterface<bool> {};
+INSTANTIATE_TEST_SUITE_P(Runners, SchedulerRunnerTest, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "Pipelined" : "OneStepAtATime"; });
+
+TEST_P(SchedulerRunnerTest, ConcurrentStreamsMatchOneAtATimeRuns) {
   const char* kTexts[] = {"The capital of France is", "Once upon a time, in a small village,",
                           "def fibonacci(n):", "Emma Woodhouse, handsome, clever, and rich,",
                           "The three primary colors are", "In 1492, Columbus", "Water boils at",
@@ -100,7 +106,7 @@ TEST_F(SchedulerTest, ConcurrentStreamsMatchOneAtATimeRuns) {
     ASSERT_TRUE(out.ok()) << out.status();
     expected[i] = (*out)[0].tokens;
   }
-  LocalStepRunner runner(*engine_);
+  LocalStepRunner runner(*engine_, {}, /*pipelined=*/GetParam());
   std::vector<Collected> got(kRequests);
   std::vector<std::atomic<int64_t>> completed_at_final(kRequests);
   {
@@ -137,8 +143,8 @@ TEST_F(SchedulerTest, ConcurrentStreamsMatchOneAtATimeRuns) {
   }
 }
 
-TEST_F(SchedulerTest, CancelMidStreamEndsTheRequestAndFreesItsKv) {
-  LocalStepRunner runner(*engine_);
+TEST_P(SchedulerRunnerTest, CancelMidStreamEndsTheRequestAndFreesItsKv) {
+  LocalStepRunner runner(*engine_, {}, /*pipelined=*/GetParam());
   Scheduler scheduler(runner, *tokenizer_, Options(8));
   Collected got;
   std::atomic<int> deltas{0};
