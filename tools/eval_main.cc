@@ -3,6 +3,7 @@
 // policies' grid: streaming perplexity and greedy continuations, on the CPU or the CUDA engine).
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -57,6 +58,9 @@ ABSL_FLAG(bool, ppl_task, true, "quality: run the perplexity task (false: contin
 ABSL_FLAG(int64_t, gen_prompts, 0, "quality: greedy-continuation prompts (0 = skip the generation task)");
 ABSL_FLAG(int64_t, gen_prompt_tokens, 1536, "quality: tokens per continuation prompt");
 ABSL_FLAG(int64_t, gen_tokens, 256, "quality: greedy tokens per continuation");
+ABSL_FLAG(int64_t, policy_prefill_chunk, adore::kDefaultPolicyPrefillChunk,
+          "quality: continuation prompts under a releasing policy go in chunks of this many tokens, bounded by the "
+          "engine (the cuda engine takes one token per call) and the policy; 1 = token by token");
 ABSL_FLAG(std::string, gen_out, "", "quality: write the continuations (ids and text per config) to this JSON file");
 
 namespace {
@@ -377,7 +381,8 @@ absl::Status RunQuality(const Context& ctx) {
     for (adore::GenerationRequest& g : reqs) g.release = rc;
     adore::GenerationStats gs;
     ADORE_ASSIGN_OR_RETURN(const std::vector<adore::GenerationResult> out,
-                           adore::GenerateBatch(*engine, reqs, nullptr, &gs));
+                           adore::GenerateBatch(*engine, reqs, nullptr, &gs, /*prefill_chunk=*/512,
+                                                absl::GetFlag(FLAGS_policy_prefill_chunk)));
     nlohmann::json texts = nlohmann::json::array(), token_ids = nlohmann::json::array();
     int64_t released = 0, rebuilt = 0;
     for (const adore::GenerationResult& g : out) {
@@ -392,6 +397,10 @@ absl::Status RunQuality(const Context& ctx) {
     rows.push_back({{"task", "generation"}, {"backend", engine->backend()}, {"policy", adore::PolicyKindName(q.kind)},
                     {"m", q.m}, {"R", q.rebuild}, {"recent", q.recent}, {"prompts", gen_prompts}, {"prompt_tokens", gen_prompt_tokens},
                     {"gen_tokens", gen_tokens}, {"released", released}, {"rebuilt", rebuilt},
+                    {"policy_prefill_chunk", q.kind == adore::PolicyKind::kFull
+                                                 ? 0
+                                                 : std::min(absl::GetFlag(FLAGS_policy_prefill_chunk),
+                                                            engine->max_policy_tokens_per_item())},
                     {"seconds", gs.prefill_seconds + gs.decode_seconds}});
     std::printf("%-24s generation: %lld prompts, released %lld rebuilt %lld, %.1f s\n", q.Key().c_str(),
                 static_cast<long long>(gen_prompts), static_cast<long long>(released),

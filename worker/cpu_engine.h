@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <span>
 #include <vector>
@@ -62,6 +63,8 @@ class CpuEngine final : public Engine {
 
   // Frees a sequence's rows.
   void Release(SequenceKv& seq) override { pool_.Release(seq); }
+  // Every query's attention per slot is at hand (AttentionRef), so prompts under a policy go in chunks.
+  int64_t max_policy_tokens_per_item() const override { return std::numeric_limits<int64_t>::max(); }
 
   const ModelConfig& config() const override { return weights_.config; }
   const char* backend() const override { return "cpu"; }

@@ -2,6 +2,8 @@
 // CudaEngine): batched forward calls over sequences with slot tables, and releasing a sequence's rows.
 #pragma once
 
+#include <algorithm>
+#include <cstdint>
 #include <memory>
 #include <span>
 #include <vector>
@@ -35,10 +37,22 @@ class Engine {
     (void)items, (void)params, (void)tokens;
     return absl::UnimplementedError("this engine samples on the host: call Forward and use a Sampler");
   }
+  // New tokens an item under a releasing policy may bring per forward call (the CUDA engine's decode
+  // kernels report one query's attention per item, so its prompts under a policy go token by token).
+  virtual int64_t max_policy_tokens_per_item() const { return 1; }
   // Frees a sequence's rows.
   virtual void Release(SequenceKv& seq) = 0;
   virtual const ModelConfig& config() const = 0;
   virtual const char* backend() const = 0;  // "cpu", "cuda"
 };
+
+// Prompt tokens per forward call for a sequence under `policy` at `budget`: `chunk`, bounded by the engine
+// and the policy, at least 1. Before each chunk the policy releases room for all of it, so the chunk's
+// tokens see what the policy kept plus the chunk's earlier tokens (1: token by token, as in decoding).
+inline constexpr int64_t kDefaultPolicyPrefillChunk = 32;
+inline int64_t PolicyPromptChunk(const Engine& engine, const ReleasePolicy& policy, int64_t budget, int64_t chunk) {
+  return std::max<int64_t>(
+      1, std::min({chunk, engine.max_policy_tokens_per_item(), policy.max_new_per_step(budget)}));
+}
 
 }  // namespace adore

@@ -20,7 +20,8 @@ double SecondsSince(std::chrono::steady_clock::time_point t0) {
 absl::StatusOr<std::vector<GenerationResult>> GenerateBatch(Engine& engine,
                                                             std::span<const GenerationRequest> requests,
                                                             const TokenCallback& on_token,
-                                                            GenerationStats* stats, int32_t prefill_chunk) {
+                                                            GenerationStats* stats, int32_t prefill_chunk,
+                                                            int64_t policy_prefill_chunk) {
   const int64_t vocab = engine.config().vocab_size;
   for (size_t i = 0; i < requests.size(); ++i) {
     if (requests[i].prompt.empty()) return absl::InvalidArgumentError(absl::StrFormat("request %d: empty prompt", i));
@@ -80,14 +81,12 @@ absl::StatusOr<std::vector<GenerationResult>> GenerateBatch(Engine& engine,
 
   std::vector<size_t> live;
   auto t0 = std::chrono::steady_clock::now();
-  std::vector<size_t> stepped;  // requests whose prompt goes one token per step
-  size_t longest = 0;
+  std::vector<size_t> stepped;  // requests whose prompt goes in policy chunks
   for (size_t i = 0; i < requests.size(); ++i) {
     const std::vector<int32_t>& p = requests[i].prompt;
     st.prompt_tokens += p.size();
     if (policies[i]) {
       stepped.push_back(i);
-      longest = std::max(longest, p.size());
       continue;
     }
     for (size_t off = 0; off < p.size(); off += prefill_chunk) {
@@ -102,18 +101,25 @@ absl::StatusOr<std::vector<GenerationResult>> GenerateBatch(Engine& engine,
   }
   std::vector<ForwardItem> items;
   std::vector<size_t> owners;
-  for (size_t j = 0; j < longest; ++j) {
+  std::vector<size_t> done(requests.size(), 0);
+  while (true) {
     items.clear();
     owners.clear();
     for (size_t i : stepped) {
-      if (j >= requests[i].prompt.size()) continue;
-      items.push_back(make_item(i, std::span<const int32_t>(requests[i].prompt).subspan(j, 1)));
+      const std::vector<int32_t>& p = requests[i].prompt;
+      if (done[i] >= p.size()) continue;
+      const size_t len = std::min<size_t>(
+          PolicyPromptChunk(engine, *policies[i], requests[i].release.kv_budget, policy_prefill_chunk),
+          p.size() - done[i]);
+      items.push_back(make_item(i, std::span<const int32_t>(p).subspan(done[i], len)));
       owners.push_back(i);
+      done[i] += len;
     }
+    if (items.empty()) break;
     ADORE_RETURN_IF_ERROR(engine.Forward(std::span<ForwardItem>(items), &logits));
     for (size_t x = 0; x < owners.size(); ++x) {
       const size_t i = owners[x];
-      if (j + 1 != requests[i].prompt.size()) continue;
+      if (done[i] != requests[i].prompt.size()) continue;
       if (accept(i, samplers[i].Sample(std::span<const float>(&logits[x * vocab], vocab)))) {
         live.push_back(i);
       } else {

@@ -21,8 +21,8 @@ struct GenerationRequest {
   int32_t max_tokens = 128;      // > 0
   std::vector<int32_t> stop_ids;  // e.g. EOS and <|im_end|>; the stop token is not part of the output
   // KV release policy, budget and rebuild of this request (default: full attention). With a releasing
-  // policy the prompt is fed one token per step (all such requests together), so that the policy sees
-  // every token's attention, as in decoding.
+  // policy the prompt goes in chunks of PolicyPromptChunk tokens (all such requests together in each
+  // call), the policy observing every query's attention.
   ReleaseConfig release;
 };
 
@@ -48,6 +48,7 @@ absl::StatusOr<std::vector<GenerationResult>> GenerateBatch(Engine& engine,
                                                             std::span<const GenerationRequest> requests,
                                                             const TokenCallback& on_token = nullptr,
                                                             GenerationStats* stats = nullptr,
-                                                            int32_t prefill_chunk = 512);
+                                                            int32_t prefill_chunk = 512,
+                                                            int64_t policy_prefill_chunk = kDefaultPolicyPrefillChunk);
 
 }  // namespace adore

@@ -110,6 +110,7 @@ class WindowPolicy final : public ReleasePolicy {
  public:
   explicit WindowPolicy(int64_t num_sink) : num_sink_(num_sink) {}
   PolicyKind kind() const override { return PolicyKind::kWindow; }
+  int64_t max_new_per_step(int64_t budget) const override { return budget - num_sink_; }
   absl::StatusOr<std::vector<int32_t>> SelectRelease(const SequenceKv& seq, int64_t count) override {
     std::vector<int32_t> slots = SlotsByPosition(seq);
     std::vector<int32_t> out;
@@ -132,6 +133,7 @@ class HeavyHitterPolicy final : public ReleasePolicy {
  public:
   explicit HeavyHitterPolicy(int64_t num_recent) : num_recent_(num_recent) {}
   PolicyKind kind() const override { return PolicyKind::kHeavyHitter; }
+  int64_t max_new_per_step(int64_t budget) const override { return budget - num_recent_; }
   void Observe(const SequenceKv& seq, std::span<const float> slot_mass) override {
     if (score_.size() < slot_mass.size()) score_.resize(slot_mass.size(), 0.0);
     for (size_t s = 0; s < slot_mass.size(); ++s) score_[s] += slot_mass[s];
@@ -172,6 +174,7 @@ class AdorePolicy final : public ReleasePolicy {
   // Protected positions are never released (the sinks always protected, a recent position cached since it
   // was added), so a plan rebuilds at most the R best released candidates.
   int64_t max_rebuild_per_step() const override { return max_rebuild_; }
+  int64_t max_new_per_step(int64_t budget) const override { return budget - num_sink_ - num_recent_; }
 
   absl::Status ObserveStep(const SequenceKv& seq, const StepObservation& step) override {
     for (size_t i = 0; i < step.positions.size(); ++i) {

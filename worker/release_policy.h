@@ -89,6 +89,10 @@ class ReleasePolicy {
   // after OnSlotReused where the slot was reused).
   virtual void OnSlotFilled(int32_t slot, int32_t pos) {}
 
+  // The most new tokens one step may bring at `budget`: the policy's protected tokens must fit beside them
+  // (an engine call with more fails FAILED_PRECONDITION). Prompts under a policy go in chunks up to this.
+  virtual int64_t max_new_per_step(int64_t budget) const { return budget; }
+
   // The most tokens PlanStep may ask to rebuild in one step (engines reserve room for them); a plan that
   // asks for more is refused (INTERNAL).
   virtual int64_t max_rebuild_per_step() const { return 0; }

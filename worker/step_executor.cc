@@ -147,17 +147,24 @@ absl::StatusOr<WorkerStepResult> StepExecutor::Step(const WorkerStep& step) {
     }
   }
 
-  // 2. Prompts under a releasing policy: one token per call, all such sequences together.
-  size_t longest = 0;
-  for (const SequenceStart* s : stepped) longest = std::max(longest, s->prompt.size());
-  for (size_t j = 0; j < longest; ++j) {
+  // 2. Prompts under a releasing policy: chunks as large as the options, the engine and the policy allow
+  // (the policy observes every query of a chunk), all such sequences together in each call.
+  std::vector<size_t> done(stepped.size(), 0);
+  while (true) {
     std::vector<ForwardItem> items;
     std::vector<uint64_t> owners;
-    for (const SequenceStart* s : stepped) {
-      if (j >= s->prompt.size() || failed.count(s->id)) continue;
-      Live& l = *seqs_.at(s->id);
-      items.push_back({&l.kv, std::span<const int32_t>(s->prompt).subspan(j, 1), false, l.policy.get(), l.budget});
-      owners.push_back(s->id);
+    std::vector<bool> last_chunk;
+    for (size_t i = 0; i < stepped.size(); ++i) {
+      const SequenceStart& s = *stepped[i];
+      if (done[i] >= s.prompt.size() || failed.count(s.id)) continue;
+      Live& l = *seqs_.at(s.id);
+      const size_t len = std::min<size_t>(
+          PolicyPromptChunk(engine_, *l.policy, l.budget, options_.policy_prefill_chunk), s.prompt.size() - done[i]);
+      items.push_back({&l.kv, std::span<const int32_t>(s.prompt).subspan(done[i], len), false, l.policy.get(),
+                       l.budget});
+      owners.push_back(s.id);
+      done[i] += len;
+      last_chunk.push_back(done[i] == s.prompt.size());
     }
     if (items.empty()) break;
     const absl::Status st = forward(items, owners);
@@ -167,10 +174,7 @@ absl::StatusOr<WorkerStepResult> StepExecutor::Step(const WorkerStep& step) {
       continue;
     }
     for (size_t x = 0; x < owners.size(); ++x) {
-      const SequenceStart* s = *std::find_if(stepped.begin(), stepped.end(), [&](auto* p) { return p->id == owners[x]; });
-      if (j + 1 == s->prompt.size()) {
-        sampled[owners[x]] = pick(owners[x], x);
-      }
+      if (last_chunk[x]) sampled[owners[x]] = pick(owners[x], x);
     }
   }
 

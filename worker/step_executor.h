@@ -61,6 +61,9 @@ struct WorkerStepResult {
 
 struct StepExecutorOptions {
   int64_t prefill_chunk = 512;  // tokens per prompt chunk for sequences without a releasing policy
+  // Tokens per prompt chunk under a releasing policy, also bounded by the engine and the policy
+  // (PolicyPromptChunk); 1 = token by token, as in decoding.
+  int64_t policy_prefill_chunk = kDefaultPolicyPrefillChunk;
 };
 
 class StepExecutor {
@@ -69,8 +72,8 @@ class StepExecutor {
   ~StepExecutor();
 
   // Runs one step. Sequences without a releasing policy are prefilled in chunks together with the step's
-  // decode tokens; sequences with one feed their prompt one token per forward call (the policy must see
-  // every query), batched together. A decode token kOwnSample is the sequence's latest sample here.
+  // decode tokens; sequences with one feed their prompt in chunks of policy_prefill_chunk tokens (one token
+  // per call on engines that take no more), batched together. A decode token kOwnSample is the sequence's latest sample here.
   // INVALID_ARGUMENT for a plan naming an unknown or an already started id, an empty prompt or bad
   // parameters (nothing runs then); per-sequence failures (e.g. the KV pool is
   // full for one sequence's prompt) are reported in its result and the sequence is released.

@@ -8,6 +8,8 @@
 
 #include "common/model_weights.h"
 #include "worker/adore_controller.h"
+#include "worker/generator.h"
+#include "worker/step_executor.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/policy_test_util.h"
@@ -251,6 +253,126 @@ TEST_F(CpuEngineTest, AdoreKeepsTheSequenceWithinItsBudget) {
   EXPECT_EQ(out.size(), 31u);
   EXPECT_EQ(max_slots, 48);
   EXPECT_EQ(engine_->pool().num_free(), free_before);
+}
+
+// Fed token by token, releases before the first token of each block of `block` positions what the whole
+// block needs (the oldest tokens after the first `num_sink`): the schedule of a window policy that takes
+// its prompt in chunks of `block`.
+class BlockWindowPolicy final : public ReleasePolicy {
+ public:
+  BlockWindowPolicy(int64_t num_sink, int64_t block, int64_t length)
+      : num_sink_(num_sink), block_(block), length_(length) {}
+  PolicyKind kind() const override { return PolicyKind::kWindow; }
+  absl::StatusOr<StepPlan> PlanStep(const SequenceKv& seq, int64_t, int64_t budget) override {
+    StepPlan plan;
+    if (next_ % block_ != 0) return plan;
+    const int64_t over = OccupiedSlots(seq) + std::min(block_, length_ - next_) - budget;
+    std::vector<int32_t> slots;
+    for (int32_t s = 0; s < seq.num_slots(); ++s) {
+      if (seq.rows[s] >= 0 && seq.pos[s] >= num_sink_) slots.push_back(s);
+    }
+    std::sort(slots.begin(), slots.end(), [&](int32_t a, int32_t b) { return seq.pos[a] < seq.pos[b]; });
+    for (int64_t i = 0; i < over; ++i) plan.release.push_back(slots.at(i));
+    return plan;
+  }
+  absl::StatusOr<std::vector<int32_t>> SelectRelease(const SequenceKv&, int64_t) override {
+    return absl::InternalError("unused");
+  }
+  void OnSlotFilled(int32_t, int32_t pos) override { next_ = std::max<int64_t>(next_, pos + 1); }
+
+ private:
+  int64_t num_sink_, block_, length_, next_ = 0;
+};
+
+// A prompt under a releasing policy in chunks (what StepExecutor and GenerateBatch do): before each chunk
+// the window policy releases room for all of it, and each of the chunk's tokens sees the kept cache plus
+// the chunk's earlier tokens. Token by token with the same release schedule (a different attention path:
+// one query per call) gives the same logits at every position.
+TEST_F(CpuEngineTest, PolicyPromptChunksEqualTokenByTokenWithTheSameReleases) {
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 100; ++i) ids.push_back(1000 + (i * 37) % 5000);
+  constexpr int64_t kBudget = 40, kSink = 4, kChunk = 12;
+  auto window = *MakeReleasePolicy({.kind = PolicyKind::kWindow, .kv_budget = kBudget, .num_sink = kSink});
+  ASSERT_EQ(PolicyPromptChunk(*engine_, *window, kBudget, kChunk), kChunk);
+  EXPECT_EQ(window->max_new_per_step(kBudget), kBudget - kSink);
+  SequenceKv chunked_seq, single_seq;
+  std::vector<float> chunked, part;
+  for (size_t off = 0; off < ids.size(); off += kChunk) {
+    const size_t len = std::min<size_t>(kChunk, ids.size() - off);
+    ForwardItem item{&chunked_seq, std::span<const int32_t>(ids).subspan(off, len), true, window.get(), kBudget};
+    ASSERT_TRUE(engine_->Forward(std::span<ForwardItem>(&item, 1), &part).ok()) << "chunk at " << off;
+    ASSERT_LE(OccupiedSlots(chunked_seq), kBudget);
+    chunked.insert(chunked.end(), part.begin(), part.end());
+  }
+  BlockWindowPolicy blocks(kSink, kChunk, static_cast<int64_t>(ids.size()));
+  std::vector<float> single;
+  for (size_t t = 0; t < ids.size(); ++t) {
+    ForwardItem item{&single_seq, std::span<const int32_t>(ids).subspan(t, 1), false, &blocks, kBudget};
+    ASSERT_TRUE(engine_->Forward(std::span<ForwardItem>(&item, 1), &part).ok()) << "token " << t;
+    single.insert(single.end(), part.begin(), part.end());
+  }
+  ASSERT_EQ(chunked.size(), single.size());
+  float max_abs = 0, diff = 0;
+  for (size_t i = 0; i < chunked.size(); ++i) {
+    max_abs = std::max(max_abs, std::fabs(single[i]));
+    diff = std::max(diff, std::fabs(chunked[i] - single[i]));
+  }
+  EXPECT_LE(diff, 1e-4f * max_abs);
+  EXPECT_EQ(window->stats().released, static_cast<int64_t>(ids.size()) - kBudget);
+  EXPECT_EQ(blocks.stats().released, window->stats().released);
+  auto positions = [](const SequenceKv& seq) {
+    std::vector<int32_t> p;
+    for (int64_t s = 0; s < seq.num_slots(); ++s) {
+      if (seq.rows[s] >= 0) p.push_back(seq.pos[s]);
+    }
+    std::sort(p.begin(), p.end());
+    return p;
+  };
+  EXPECT_EQ(positions(chunked_seq), positions(single_seq));
+  engine_->Release(chunked_seq);
+  engine_->Release(single_seq);
+}
+
+// The step executor feeds prompts under a policy in chunks of its option (bounded by the policy), and gives
+// the tokens GenerateBatch gives with the same chunks; the budget holds and every token beyond it was
+// released once.
+TEST_F(CpuEngineTest, ExecutorFeedsPolicyPromptsInChunks) {
+  auto controller = AdoreController::Load(std::string(ADORE_SOURCE_DIR) + "/tools/adore/controller.bin");
+  ASSERT_TRUE(controller.ok()) << controller.status();
+  auto weights = LoadModelWeights(testing::ModelPath());
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  auto encoded = testing::EmmaExcerptTokens(*weights);
+  ASSERT_TRUE(encoded.ok()) << encoded.status();
+  ASSERT_GE(encoded->size(), 200u);
+  const std::vector<int32_t> prompt(encoded->begin(), encoded->begin() + 200);
+  const ReleaseConfig release{.kind = PolicyKind::kAdore, .kv_budget = 64, .controller = controller->get()};
+  for (int64_t chunk : {int64_t{16}, int64_t{1000}}) {
+    // 1000 is cut to what the policy allows: 64 - 4 sinks - 16 recent = 44.
+    const int64_t expect_chunk = std::min<int64_t>(chunk, 44);
+    StepExecutor executor(*engine_, {.policy_prefill_chunk = chunk});
+    WorkerStep step;
+    step.start.push_back({.id = 7, .prompt = prompt, .release = release});
+    auto first = executor.Step(step);
+    ASSERT_TRUE(first.ok()) << first.status();
+    EXPECT_EQ(first->forward_calls, (200 + expect_chunk - 1) / expect_chunk) << "chunk " << chunk;
+    ASSERT_EQ(first->sequences.size(), 1u);
+    const SequenceStepResult& r = first->sequences[0];
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    EXPECT_EQ(r.kv_slots, 64);
+    EXPECT_EQ(r.release_stats.released, 200 - 64);
+    std::vector<int32_t> tokens = {r.token};
+    for (int i = 0; i < 5; ++i) {
+      WorkerStep next;
+      next.decode.push_back({7, tokens.back()});
+      auto res = executor.Step(next);
+      ASSERT_TRUE(res.ok()) << res.status();
+      tokens.push_back(res->sequences[0].token);
+    }
+    GenerationRequest g{.prompt = prompt, .max_tokens = 6, .release = release};
+    auto ref = GenerateBatch(*engine_, std::span<const GenerationRequest>(&g, 1), nullptr, nullptr, 512, chunk);
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    EXPECT_EQ(tokens, (*ref)[0].tokens) << "chunk " << chunk;
+  }
 }
 
 using testing::ScriptedRebuildPolicy;
