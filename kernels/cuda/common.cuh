@@ -7,6 +7,8 @@
 #include <atomic>
 #include <cstdint>
 
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "kernels/cuda/ops.h"
 
 namespace adore::kernels {
@@ -69,5 +71,23 @@ inline int CurrentDeviceSmCount() {
 }
 
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Raises Kernel's dynamic shared-memory limit to `bytes`, once per device (the attribute call costs a
+// driver round trip: not on every launch).
+template <auto Kernel>
+absl::Status RaiseSharedMemory(size_t bytes, const char* name) {
+  static std::atomic<bool> done[64];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return absl::InternalError("cudaGetDevice failed");
+  if (dev >= 0 && dev < 64 && done[dev].load(std::memory_order_acquire)) return absl::OkStatus();
+  const cudaError_t e =
+      cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (e != cudaSuccess) {
+    return absl::InternalError(absl::StrCat("cannot give the ", name, " kernel ", bytes,
+                                            " bytes of shared memory: ", cudaGetErrorString(e)));
+  }
+  if (dev >= 0 && dev < 64) done[dev].store(true, std::memory_order_release);
+  return absl::OkStatus();
+}
 
 }  // namespace adore::kernels

@@ -352,23 +352,6 @@ __global__ void __launch_bounds__(kThreads) DecodeLanesKernel(const Params p) {
   MergeLaneGroups<D, GQ, kLanes>(p, w, lg, sub, m, l, acc);
 }
 
-// Raises Kernel's dynamic shared-memory limit to `bytes`, once per device.
-template <auto Kernel>
-absl::Status RaiseSharedMemory(size_t bytes, const char* name) {
-  static std::atomic<bool> done[64];
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return absl::InternalError("DecodeAttention: cudaGetDevice failed");
-  if (dev >= 0 && dev < 64 && done[dev].load(std::memory_order_acquire)) return absl::OkStatus();
-  const cudaError_t e =
-      cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-  if (e != cudaSuccess) {
-    return absl::InternalError(absl::StrCat("DecodeAttention: cannot give the ", name, " kernel ", bytes,
-                                            " bytes of shared memory: ", cudaGetErrorString(e)));
-  }
-  if (dev >= 0 && dev < 64) done[dev].store(true, std::memory_order_release);
-  return absl::OkStatus();
-}
-
 // ---- The pipelined kernel ----------------------------------------------------------------------------
 // Grid and Params as DecodeLanesKernel. A block walks its slot range in tiles of kTile slots: the K and V
 // rows of a tile are gathered through the slot table into shared memory by cp.async (16 bytes per

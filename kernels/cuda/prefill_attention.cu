@@ -489,14 +489,12 @@ absl::Status PrefillAttention(const PrefillAttentionArgs& a, cudaStream_t stream
                     static_cast<unsigned>(a.num_seqs));
     if (a.kernel == PrefillAttentionKernel::kMma) {
       constexpr size_t kSmem = sizeof(fa2::Smem<HEAD_DIM>);
-      ADORE_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(fa2::PrefillMmaKernel<HEAD_DIM>,
-                                                      cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+      ADORE_RETURN_IF_ERROR(RaiseSharedMemory<fa2::PrefillMmaKernel<HEAD_DIM>>(kSmem, "mma prefill"));
       fa2::PrefillMmaKernel<HEAD_DIM><<<grid, kThreads, kSmem, stream>>>(p);
       return LaunchStatus("PrefillMmaKernel");
     }
     constexpr size_t kSmem = Layout<HEAD_DIM>::bytes;
-    ADORE_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(PrefillWmmaKernel<HEAD_DIM>,
-                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+    ADORE_RETURN_IF_ERROR(RaiseSharedMemory<PrefillWmmaKernel<HEAD_DIM>>(kSmem, "wmma prefill"));
     PrefillWmmaKernel<HEAD_DIM><<<grid, kThreads, kSmem, stream>>>(p);
     return LaunchStatus("PrefillWmmaKernel");
   });
