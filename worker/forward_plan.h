@@ -37,6 +37,9 @@ struct ForwardItem {
   // released slots in place. Null policy = unbounded (full attention).
   ReleasePolicy* policy = nullptr;
   int64_t kv_budget = 0;
+  // New tokens the item's next call will bring (1: a decode step). Engines that plan the next step at the
+  // end of this one (the CUDA engine's device adore) plan for this many; prompt chunks set it.
+  int64_t next_new = 1;
 };
 
 // What both engines check first in a forward call: every item has a sequence and tokens, the ids are in

@@ -144,8 +144,10 @@ struct StepCommon {
   const int32_t* slot_offsets;
   const int32_t* slot_rows;
   const int32_t* slot_pos;
+  const int32_t* table_ends;  // null: slot_offsets[b + 1]
   const float* slot_mass;
   int64_t mass_stride;
+  const int32_t* query_mass;  // null: query j's masses at j * mass_stride + slot
   const int32_t* slot_of_row;
 };
 
@@ -160,7 +162,8 @@ struct StepParams {
 };
 
 __global__ void __launch_bounds__(kScatterThreads)
-    ScatterSlotsKernel(const int32_t* __restrict__ slot_offsets, const int32_t* __restrict__ slot_rows,
+    ScatterSlotsKernel(const int32_t* __restrict__ slot_offsets, const int32_t* __restrict__ table_ends,
+                       const int32_t* __restrict__ slot_rows,
                        const int32_t* __restrict__ slot_pos, const int32_t* __restrict__ state_base,
                        const int32_t* __restrict__ q_first, const int32_t* __restrict__ q_offsets,
                        int32_t* __restrict__ slot_of_row, int64_t num_rows) {
@@ -169,7 +172,7 @@ __global__ void __launch_bounds__(kScatterThreads)
   if (nq <= 0) return;
   const int64_t n_pos = static_cast<int64_t>(q_first[b]) + nq;
   const int64_t s = slot_offsets[b] + static_cast<int64_t>(blockIdx.x) * kScatterThreads + threadIdx.x;
-  if (s >= slot_offsets[b + 1]) return;
+  if (s >= (table_ends != nullptr ? table_ends[b] : slot_offsets[b + 1])) return;
   const int32_t pos = slot_pos[s];
   if (slot_rows[s] < 0 || pos < 0 || pos >= n_pos) return;
   const int64_t row = static_cast<int64_t>(state_base[b]) + pos;
@@ -218,7 +221,8 @@ __global__ void __launch_bounds__(kStepThreads) StepKernel(const __grid_constant
     acc = c.acc[row];
     // Trust the scattered entry only if it names an occupied slot of this table holding position i.
     const int32_t s = c.slot_of_row[row];
-    if (s >= c.slot_offsets[b] && s < c.slot_offsets[b + 1] && c.slot_rows[s] >= 0 && c.slot_pos[s] == i) {
+    const int32_t end = c.table_ends != nullptr ? c.table_ends[b] : c.slot_offsets[b + 1];
+    if (s >= c.slot_offsets[b] && s < end && c.slot_rows[s] >= 0 && c.slot_pos[s] == i) {
       cached = true;
       slot = s;
     }
@@ -236,7 +240,9 @@ __global__ void __launch_bounds__(kStepThreads) StepKernel(const __grid_constant
     for (int j = max(jt, i - qf); j < jt + tile; ++j) {
       const float* q = qs + (j - jt) * KD;
       const int age = qf + j - i;
-      const float m = cached ? c.slot_mass[static_cast<int64_t>(j) * c.mass_stride + slot] : 0.0f;
+      const int64_t at = c.query_mass != nullptr ? c.query_mass[q0 + j] + (slot - c.slot_offsets[b])
+                                                 : static_cast<int64_t>(j) * c.mass_stride + slot;
+      const float m = cached ? c.slot_mass[at] : 0.0f;
       const float a = __fmul_rn(m, c.mass_scale);
       acc = __fadd_rn(acc, a);
       float aff = 0.0f;
@@ -350,6 +356,7 @@ struct PlanParams {
   const int32_t* num_new;
   int64_t max_positions, max_rebuild, num_sink, num_recent;
   const int32_t* slot_offsets;
+  const int32_t* table_ends;  // null: slot_offsets[b + 1]
   const int32_t* slot_rows;
   const int32_t* slot_pos;
   int32_t* release;
@@ -497,7 +504,8 @@ __global__ void __launch_bounds__(kPlanThreads) PlanKernel(const PlanParams p) {
   for (int w = threadIdx.x; w < words; w += kPlanThreads) cached_bits[w] = 0;
   __syncthreads();
   bool bad = false;
-  for (int64_t s = p.slot_offsets[b] + threadIdx.x; s < p.slot_offsets[b + 1]; s += kPlanThreads) {
+  const int64_t table_end = p.table_ends != nullptr ? p.table_ends[b] : p.slot_offsets[b + 1];
+  for (int64_t s = p.slot_offsets[b] + threadIdx.x; s < table_end; s += kPlanThreads) {
     if (p.slot_rows[s] < 0) continue;
     const int32_t pos = p.slot_pos[s];
     if (pos < 0 || pos >= n) {
@@ -778,8 +786,9 @@ absl::Status AdoreStep(const AdoreStepArgs& a, cudaStream_t stream) {
   const DeviceAdoreWeights& w = *a.weights;
   if (a.max_slots > 0) {
     const dim3 grid(static_cast<unsigned>(CeilDiv(a.max_slots, kScatterThreads)), static_cast<unsigned>(a.num_seqs));
-    ScatterSlotsKernel<<<grid, kScatterThreads, 0, stream>>>(a.slot_offsets, a.slot_rows, a.slot_pos, a.state_base,
-                                                             a.q_first, a.q_offsets, a.slot_of_row, st.num_rows);
+    ScatterSlotsKernel<<<grid, kScatterThreads, 0, stream>>>(a.slot_offsets, a.table_ends, a.slot_rows, a.slot_pos,
+                                                             a.state_base, a.q_first, a.q_offsets, a.slot_of_row,
+                                                             st.num_rows);
     ADORE_RETURN_IF_ERROR(LaunchStatus("AdoreStep ScatterSlotsKernel"));
   }
   StepCommon c;
@@ -799,10 +808,12 @@ absl::Status AdoreStep(const AdoreStepArgs& a, cudaStream_t stream) {
   c.q_first = a.q_first;
   c.q_offsets = a.q_offsets;
   c.slot_offsets = a.slot_offsets;
+  c.table_ends = a.table_ends;
   c.slot_rows = a.slot_rows;
   c.slot_pos = a.slot_pos;
   c.slot_mass = a.slot_mass;
   c.mass_stride = a.mass_stride;
+  c.query_mass = a.query_mass;
   c.slot_of_row = a.slot_of_row;
   switch (w.key_dim()) {
     case 16:
@@ -848,6 +859,7 @@ absl::Status AdorePlanRelease(const AdorePlanArgs& a, cudaStream_t stream) {
   p.num_sink = a.num_sink;
   p.num_recent = a.num_recent;
   p.slot_offsets = a.slot_offsets;
+  p.table_ends = a.table_ends;
   p.slot_rows = a.slot_rows;
   p.slot_pos = a.slot_pos;
   p.release = a.release;

@@ -220,6 +220,13 @@ struct AdoreStepArgs {
   int64_t mass_stride = 0;
   float mass_scale = 1.0f;                // 1 / (num_layers * num_heads)
   int32_t* slot_of_row = nullptr;         // scratch [state.num_rows]; any contents
+  // Optional, for tables that are not one CSR run (a prefill chunk fed as decode queries, each with its own
+  // copy of the sequence's table, the masses laid out like the tables): sequence b's table is
+  // [slot_offsets[b], table_ends[b]), and query j's mass of the table's k-th slot is at
+  // slot_mass[query_mass[q_offsets[b] + j] + k]. Null: slot_offsets[b + 1] ends the table, and the masses
+  // follow mass_stride.
+  const int32_t* table_ends = nullptr;    // [num_seqs]
+  const int32_t* query_mass = nullptr;    // [q_offsets[num_seqs]]
 };
 absl::Status AdoreStep(const AdoreStepArgs& args, cudaStream_t stream);
 
@@ -265,6 +272,7 @@ struct AdorePlanArgs {
   int64_t max_positions = 0;              // host bound on num_scored[b]
   int64_t max_rebuild = 0, num_sink = 4, num_recent = 16;
   const int32_t* slot_offsets = nullptr;  // [num_seqs + 1] the current slot tables (cached flags)
+  const int32_t* table_ends = nullptr;    // optional [num_seqs]: table b ends here, not at slot_offsets[b + 1]
   const int32_t* slot_rows = nullptr;
   const int32_t* slot_pos = nullptr;
   int32_t* release = nullptr;             // [num_seqs, release_capacity] positions

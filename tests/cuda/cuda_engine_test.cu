@@ -269,19 +269,24 @@ TEST_F(CudaEngineTest, SeededSamplingRepeats) {
   EXPECT_NE(a, c);
 }
 
-// Feeds `ids` one token per call to two sequences with `policies` (and, on the GPU, a third sequence
-// without a policy in the same batch, so both decode launches run). Returns each call's logits.
+// Feeds `ids` `chunk` tokens per call (one by default) to two sequences with `policies` (and, on the GPU, a
+// third sequence without a policy in the same batch, so both decode launches run). Returns each call's
+// logits.
 template <typename Engine>
 std::vector<std::vector<float>> PolicySteps(Engine& engine, const std::vector<int32_t>& a, const std::vector<int32_t>& b,
                                             ReleasePolicy* pa, ReleasePolicy* pb, int64_t budget, bool plain_item,
-                                            std::vector<std::vector<std::vector<int32_t>>>* slot_positions = nullptr) {
+                                            std::vector<std::vector<std::vector<int32_t>>>* slot_positions = nullptr,
+                                            size_t chunk = 1) {
   SequenceKv sa, sb, sc;
   std::vector<std::vector<float>> out;
   std::vector<float> logits;
-  for (size_t t = 0; t < std::min(a.size(), b.size()); ++t) {
-    std::vector<ForwardItem> items = {{&sa, std::span<const int32_t>(a).subspan(t, 1), false, pa, budget},
-                                      {&sb, std::span<const int32_t>(b).subspan(t, 1), false, pb, budget}};
-    if (plain_item) items.push_back({&sc, std::span<const int32_t>(a).subspan(t, 1)});
+  const size_t n = std::min(a.size(), b.size());
+  for (size_t t = 0; t < n; t += chunk) {
+    const size_t len = std::min(chunk, n - t);
+    const int64_t next = static_cast<int64_t>(std::max<size_t>(1, std::min(chunk, n - t - len)));
+    std::vector<ForwardItem> items = {{&sa, std::span<const int32_t>(a).subspan(t, len), false, pa, budget, next},
+                                      {&sb, std::span<const int32_t>(b).subspan(t, len), false, pb, budget, next}};
+    if (plain_item) items.push_back({&sc, std::span<const int32_t>(a).subspan(t, len)});
     const absl::Status st = engine.Forward(std::span<ForwardItem>(items), &logits);
     EXPECT_TRUE(st.ok()) << "step " << t << ": " << st;
     if (!st.ok()) break;
@@ -522,6 +527,102 @@ TEST_F(CudaEngineTest, DeviceAdoreMatchesHostAdore) {
     EXPECT_EQ((*da)->stats().released, 160 - 48 + (*da)->stats().rebuilt);
     if (rebuild > 0) EXPECT_GT((*da)->stats().rebuilt + (*db)->stats().rebuilt, 0);
     EXPECT_EQ((*dev)->pool().num_free(), free_before);
+  }
+}
+
+// Prompts under a policy in chunks (CudaEngineOptions::policy_chunk): each new token runs as a decode query
+// over its own copy of the table, so the policies see every query's attention as on the CPU engine, which
+// takes the same chunks. Observations, the window's slots and logits, and the device controller's plans
+// (against the host controller on the same chunks) agree as they do token by token.
+TEST_F(CudaEngineTest, PolicyPromptChunksMatchCpuEngine) {
+  auto controller = AdoreController::Load(testing::SourcePath("tools/adore/controller.bin"));
+  ASSERT_TRUE(controller.ok()) << controller.status();
+  auto weights = LoadModelWeights(testing::ModelPath());
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  constexpr size_t kChunk = 12;
+  CudaEngineOptions o{.max_tokens = 1024, .max_batch = 32, .max_logit_rows = 512, .kv_rows = 8192};
+  o.adore_controller = controller->get();
+  o.adore_lanes = 8;
+  o.policy_chunk = kChunk;
+  auto chunky = CudaEngine::Create(*weights, o);
+  ASSERT_TRUE(chunky.ok()) << chunky.status();
+  CudaEngine& gpu = **chunky;
+  EXPECT_EQ(gpu.max_policy_tokens_per_item(), static_cast<int64_t>(kChunk));
+
+  {  // what the policies observe: the mass of every query of a chunk and its features
+    const std::vector<int32_t> a(texts_[0].begin(), texts_[0].begin() + 48);
+    const std::vector<int32_t> b(texts_[1].begin(), texts_[1].begin() + 48);
+    testing::RecordingPolicy ga({3, 10, 20}), gb({3, 10, 20}), ca({3, 10, 20}), cb({3, 10, 20});
+    PolicySteps(gpu, a, b, &ga, &gb, 4096, /*plain_item=*/true, nullptr, kChunk);
+    PolicySteps(*cpu_, a, b, &ca, &cb, 4096, /*plain_item=*/false, nullptr, kChunk);
+    for (auto [g, c] : {std::pair{&ga, &ca}, std::pair{&gb, &cb}}) {
+      ASSERT_EQ(g->mass.size(), 48u);
+      ASSERT_EQ(g->mass.size(), c->mass.size());
+      double worst_mass = 0, worst_feat = 0;
+      for (size_t t = 0; t < g->mass.size(); ++t) {
+        ASSERT_EQ(g->mass[t].size(), c->mass[t].size()) << "token " << t;
+        double l1 = 0, total = 0;
+        for (size_t p = 0; p < c->mass[t].size(); ++p) {
+          l1 += std::fabs(g->mass[t][p] - c->mass[t][p]);
+          total += c->mass[t][p];
+        }
+        EXPECT_NEAR(total, 1.0, 1e-3) << "token " << t;
+        worst_mass = std::max(worst_mass, l1 / total);
+        ASSERT_EQ(g->features[t].size(), c->features[t].size());
+        worst_feat = std::max(worst_feat, MatrixRelDiff(g->features[t], c->features[t]));
+      }
+      std::printf("chunked policy observations: worst mass L1 %.4f, worst feature rel diff %.4f\n", worst_mass,
+                  worst_feat);
+      EXPECT_LE(worst_mass, 3e-2);
+      EXPECT_LE(worst_feat, 2e-2);
+    }
+  }
+  {  // the window: the same slots as the CPU engine after every chunk, logits within bf16 error
+    const std::vector<int32_t> a(texts_[0].begin(), texts_[0].begin() + 90);
+    const std::vector<int32_t> b(texts_[1].begin(), texts_[1].begin() + 90);
+    std::vector<std::vector<std::vector<int32_t>>> gpu_slots, cpu_slots;
+    auto ga = *MakeReleasePolicy({.kind = PolicyKind::kWindow, .kv_budget = 32});
+    auto gb = *MakeReleasePolicy({.kind = PolicyKind::kWindow, .kv_budget = 32});
+    auto ca = *MakeReleasePolicy({.kind = PolicyKind::kWindow, .kv_budget = 32});
+    auto cb = *MakeReleasePolicy({.kind = PolicyKind::kWindow, .kv_budget = 32});
+    const auto g = PolicySteps(gpu, a, b, ga.get(), gb.get(), 32, true, &gpu_slots, kChunk);
+    const auto c = PolicySteps(*cpu_, a, b, ca.get(), cb.get(), 32, false, &cpu_slots, kChunk);
+    ASSERT_EQ(gpu_slots, cpu_slots);
+    const int64_t vocab = gpu.config().vocab_size;
+    std::vector<float> all_g, all_c;
+    for (size_t t = 0; t < g.size(); ++t) {
+      all_g.insert(all_g.end(), g[t].begin(), g[t].begin() + 2 * vocab);
+      all_c.insert(all_c.end(), c[t].begin(), c[t].end());
+    }
+    EXPECT_LE(MatrixRelDiff(all_g, all_c), kMatrixTol);
+    EXPECT_EQ(ga->stats().released, 90 - 32);
+  }
+  {  // adore: the device controller (query by query over the chunk) plans what the host controller plans
+    const std::vector<int32_t> a(texts_[0].begin(), texts_[0].begin() + 160);
+    const std::vector<int32_t> b(texts_[1].begin(), texts_[1].begin() + 160);
+    const ReleaseConfig rc{.kind = PolicyKind::kAdore, .kv_budget = 48, .controller = controller->get()};
+    auto ha = *MakeReleasePolicy(rc), hb = *MakeReleasePolicy(rc);
+    auto da = gpu.MakePolicy(rc), db = gpu.MakePolicy(rc);
+    ASSERT_TRUE(da.ok() && db.ok());
+    ASSERT_NE(dynamic_cast<DeviceAdorePolicy*>(da->get()), nullptr) << "the engine made a host policy";
+    const int64_t free_before = gpu.pool().num_free();
+    std::vector<std::vector<std::vector<int32_t>>> host_slots, dev_slots;
+    const auto hl = PolicySteps(gpu, a, b, ha.get(), hb.get(), 48, false, &host_slots, kChunk);
+    const auto dl = PolicySteps(gpu, a, b, da->get(), db->get(), 48, false, &dev_slots, kChunk);
+    ASSERT_EQ(host_slots.size(), (160 + kChunk - 1) / kChunk);
+    ASSERT_EQ(host_slots.size(), dev_slots.size());
+    int64_t same = 0;
+    for (size_t t = 0; t < host_slots.size(); ++t) same += host_slots[t] == dev_slots[t];
+    std::printf("chunked device vs host adore: %lld / %zu calls with the same slots; released %lld / %lld\n",
+                static_cast<long long>(same), host_slots.size(), static_cast<long long>((*da)->stats().released),
+                static_cast<long long>(ha->stats().released));
+    EXPECT_GE(same, static_cast<int64_t>(0.9 * host_slots.size()));
+    for (const auto& step : dev_slots) {
+      for (const auto& sl : step) EXPECT_LE(sl.size(), 48u);
+    }
+    EXPECT_EQ((*da)->stats().released, 160 - 48);
+    EXPECT_EQ(ha->stats().released, 160 - 48);
+    EXPECT_EQ(gpu.pool().num_free(), free_before);
   }
 }
 

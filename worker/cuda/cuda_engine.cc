@@ -28,7 +28,10 @@ constexpr int kDecodeSplitsPerItem = 16;
 // capacity per sequence (rebuild list <= max_rebuild + protected; release <= that + the new token).
 constexpr int64_t kAdoreMaxProtected = 64;
 constexpr int64_t kAdorePlanCapacity = kMaxRebuild + kAdoreMaxProtected + 1;
-constexpr int64_t kAdoreIndexArrays = 8;  // int32 arrays of max_batch + 1 entries in adore_idx_  // decode partials budget per item (a lone sequence may use 64)
+// adore_idx_: kAdoreIndexArrays int32 arrays of max_batch + 1 entries (per sequence), then two of
+// max_mass_tokens_ (per new token: key rows, mass offsets).
+constexpr int64_t kAdoreIndexArrays = 8;
+constexpr int64_t kMaxPolicyChunk = 64;  // CudaEngineOptions::policy_chunk (the plan outputs hold its releases)
 
 size_t Align256(size_t b) { return (b + 255) / 256 * 256; }
 int64_t AlignInts(int64_t n) { return (n + 15) / 16 * 16; }  // 64-byte aligned int32 regions
@@ -135,12 +138,17 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Finish(std::unique_ptr<C
   o = options;
   if (o.max_tokens <= 0 || o.max_tokens > kMaxGridRows || o.max_batch <= 0 || o.max_batch > kMaxGridRows ||
       o.max_logit_rows <= 0 || o.max_slots < 0 || o.max_mass_slots < 0 || o.kv_rows < 0 || o.kv_bytes < 0 ||
-      !(o.kv_memory_fraction > 0.0 && o.kv_memory_fraction <= 1.0)) {
+      !(o.kv_memory_fraction > 0.0 && o.kv_memory_fraction <= 1.0) || o.policy_chunk < 1 ||
+      o.policy_chunk > kMaxPolicyChunk) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "CUDA engine options: max_tokens %d and max_batch %d must be in [1, %d], max_logit_rows %d >= 1, "
-        "kv_memory_fraction %g in (0, 1]",
-        o.max_tokens, o.max_batch, kMaxGridRows, o.max_logit_rows, o.kv_memory_fraction));
+        "kv_memory_fraction %g in (0, 1], policy_chunk %d in [1, %d]",
+        o.max_tokens, o.max_batch, kMaxGridRows, o.max_logit_rows, o.kv_memory_fraction, o.policy_chunk,
+        kMaxPolicyChunk));
   }
+  engine->max_mass_tokens_ =
+      o.policy_chunk > 1 ? std::max(o.max_batch, std::min(o.max_batch * o.policy_chunk, o.max_tokens)) : o.max_batch;
+  engine->max_decode_groups_ = o.max_batch + (o.policy_chunk > 1 ? engine->max_mass_tokens_ : 0);
   ADORE_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&engine->stream_, cudaStreamNonBlocking));
   if (o.time_calls) {
     ADORE_CUDA_RETURN_IF_ERROR(cudaEventCreate(&engine->adore_start_));
@@ -168,8 +176,10 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Finish(std::unique_ptr<C
   ADORE_ASSIGN_OR_RETURN(engine->pool_, CudaKvPool::Create(c.num_layers, rows, kv_dim));
   if (o.max_slots == 0) o.max_slots = 2 * rows + o.max_tokens;
 
-  // Index staging: tokens, positions, rows (max_tokens each), logit rows, three offset arrays, slot tables.
-  const int64_t ints = 3 * AlignInts(o.max_tokens) + AlignInts(o.max_logit_rows) + 3 * AlignInts(o.max_batch + 1) +
+  // Index staging: tokens, positions, rows (max_tokens each), logit rows, three offset arrays (decode
+  // groups, prefill queries, prefill tables), slot tables.
+  const int64_t ints = 3 * AlignInts(o.max_tokens) + AlignInts(o.max_logit_rows) +
+                       AlignInts(engine->max_decode_groups_ + 1) + 2 * AlignInts(o.max_batch + 1) +
                        2 * AlignInts(o.max_slots);
   engine->indices_capacity_ = static_cast<size_t>(ints);
   // cuda_runtime_api.h (plain C++) only has the void** forms.
@@ -186,8 +196,8 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Finish(std::unique_ptr<C
       cudaMallocHost(as_void(&engine->host_sample_params_), o.max_batch * sizeof(k::GpuSamplingParams)));
   ADORE_CUDA_RETURN_IF_ERROR(cudaMallocHost(as_void(&engine->host_sampled_), o.max_batch * sizeof(int32_t)));
   ADORE_CUDA_RETURN_IF_ERROR(cudaMallocHost(as_void(&engine->host_mass_), std::max<int64_t>(1, o.max_mass_slots) * sizeof(float)));
-  ADORE_CUDA_RETURN_IF_ERROR(cudaMallocHost(as_void(&engine->host_features_),
-                                            kMaxFeatureLayers * o.max_batch * c.hidden_size * sizeof(k::bf16)));
+  ADORE_CUDA_RETURN_IF_ERROR(cudaMallocHost(as_void(&engine->host_features_), kMaxFeatureLayers * engine->max_mass_tokens_ *
+                                                                              c.hidden_size * sizeof(k::bf16)));
   ADORE_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
   return engine;
 }
@@ -215,7 +225,7 @@ absl::Status CudaEngine::AllocateWorkspaces() {
       Align256(sizeof(k::GpuSamplingParams) * B),      // sample params
       Align256(sizeof(int32_t) * B),                   // sampled tokens
       Align256(sizeof(float) * std::max<int64_t>(1, o.max_mass_slots)),  // attention mass
-      Align256(sizeof(k::bf16) * kMaxFeatureLayers * B * d),             // policy features
+      Align256(sizeof(k::bf16) * kMaxFeatureLayers * max_mass_tokens_ * d),  // policy features
   };
   size_t total = 0;
   for (size_t s : sizes) total += s;
@@ -268,12 +278,13 @@ absl::Status CudaEngine::SetUpDeviceAdore() {
   ADORE_ASSIGN_OR_RETURN(adore_, DeviceAdoreRuntime::Create(ctl, options_.adore_lanes, c.max_context));
   const int64_t B = options_.max_batch;
   auto as_void = [](auto** p) { return reinterpret_cast<void**>(p); };
-  const int64_t idx = kAdoreIndexArrays * (B + 1), out = B * (2 * kAdorePlanCapacity + 3);
+  const int64_t idx = kAdoreIndexArrays * (B + 1) + 2 * max_mass_tokens_, out = B * (2 * kAdorePlanCapacity + 3);
   ADORE_CUDA_RETURN_IF_ERROR(cudaMalloc(as_void(&adore_idx_), idx * sizeof(int32_t)));
   ADORE_CUDA_RETURN_IF_ERROR(cudaMallocHost(as_void(&host_adore_idx_), idx * sizeof(int32_t)));
   ADORE_CUDA_RETURN_IF_ERROR(cudaMalloc(as_void(&adore_out_), out * sizeof(int32_t)));
   ADORE_CUDA_RETURN_IF_ERROR(cudaMallocHost(as_void(&host_adore_out_), out * sizeof(int32_t)));
-  ADORE_CUDA_RETURN_IF_ERROR(cudaMalloc(as_void(&adore_queries_), B * ctl.config().key_dim * sizeof(float)));
+  ADORE_CUDA_RETURN_IF_ERROR(
+      cudaMalloc(as_void(&adore_queries_), max_mass_tokens_ * ctl.config().key_dim * sizeof(float)));
   return absl::OkStatus();
 }
 
@@ -296,7 +307,7 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
   // Validate everything, with each policy's worst case (kMaxRebuild rebuilt tokens, a slot table of
   // max(slots + 1, budget) read by the decode and the rebuild group), before touching any state.
   ADORE_ASSIGN_OR_RETURN(const ForwardShape shape, CheckForwardItems(items, c));
-  int64_t max_tokens = shape.num_tokens, max_slots = shape.num_slots, max_mass_slots = 0;
+  int64_t max_tokens = shape.num_tokens, max_slots = shape.num_slots, max_mass_slots = 0, mass_tokens = 0;
   // Features are copied token-major [mass token][layer][hidden]; the device controller reads a token's
   // layers in its own order, so with any device adore item that order comes first.
   std::vector<int32_t> feature_layers;
@@ -313,16 +324,19 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
       return absl::InvalidArgumentError(absl::StrFormat("forward item %d: all_logits cannot be sampled", i));
     }
     if (it.policy == nullptr) continue;
-    if (it.tokens.size() != 1) {
+    const int64_t len = static_cast<int64_t>(it.tokens.size());
+    if (len > o.policy_chunk) {
       return absl::InvalidArgumentError(absl::StrFormat(
-          "forward item %d: with a release policy the CUDA engine takes one new token per step, got %d (feed "
-          "the prompt token by token: the policy needs each token's attention)",
-          i, it.tokens.size()));
+          "forward item %d: with a release policy this CUDA engine takes at most %d new token(s) per call "
+          "(CudaEngineOptions::policy_chunk), got %d",
+          i, o.policy_chunk, len));
     }
-    const int64_t table = std::max<int64_t>(it.seq->num_slots() + 1, it.kv_budget);
+    // Each new token is a decode query over its own copy of the table; rebuilt tokens read one more.
+    const int64_t table = std::max<int64_t>(it.seq->num_slots() + len, it.kv_budget);
     max_tokens += it.policy->max_rebuild_per_step();
-    max_slots += 2 * table;
-    max_mass_slots += table;
+    max_slots += (len + 1) * table;
+    max_mass_slots += len * table;
+    mass_tokens += len;
     for (int32_t l : it.policy->feature_layers()) {
       if (l < 0 || l >= c.num_layers) {
         return absl::InvalidArgumentError(absl::StrFormat("forward item %d: policy wants features of layer %d", i, l));
@@ -334,13 +348,14 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
   }
   if (static_cast<int64_t>(items.size()) > o.max_batch || max_tokens > o.max_tokens ||
       shape.num_logit_rows > o.max_logit_rows || max_slots > o.max_slots || max_mass_slots > o.max_mass_slots ||
-      static_cast<int64_t>(feature_layers.size()) > kMaxFeatureLayers) {
+      mass_tokens > max_mass_tokens_ || static_cast<int64_t>(feature_layers.size()) > kMaxFeatureLayers) {
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "forward call of %d items, up to %d tokens, %d logit rows, %d slots, %d observed slots and %d feature "
-        "layers exceeds the engine's max_batch %d, max_tokens %d, max_logit_rows %d, max_slots %d, "
-        "max_mass_slots %d or %d feature layers",
-        items.size(), max_tokens, shape.num_logit_rows, max_slots, max_mass_slots, feature_layers.size(),
-        o.max_batch, o.max_tokens, o.max_logit_rows, o.max_slots, o.max_mass_slots, kMaxFeatureLayers));
+        "forward call of %d items, up to %d tokens, %d logit rows, %d slots, %d observed slots, %d observed "
+        "tokens and %d feature layers exceeds the engine's max_batch %d, max_tokens %d, max_logit_rows %d, "
+        "max_slots %d, max_mass_slots %d, %d observed tokens or %d feature layers",
+        items.size(), max_tokens, shape.num_logit_rows, max_slots, max_mass_slots, mass_tokens,
+        feature_layers.size(), o.max_batch, o.max_tokens, o.max_logit_rows, o.max_slots, o.max_mass_slots,
+        max_mass_tokens_, kMaxFeatureLayers));
   }
   // The pinned staging is rewritten below; a call that failed midway may still be copying from it.
   ADORE_RETURN_IF_ERROR(WaitStream());
@@ -373,9 +388,16 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
     return std::make_tuple(x->max_rebuild(), x->num_sink(), x->num_recent()) <
            std::make_tuple(y->max_rebuild(), y->num_sink(), y->num_recent());
   });
-  for (size_t i : device_items) groups.push_back({i, pf.items[i].num_rebuild, 1});
+  // One decode group per new token of a policy item (a prompt chunk: several, consecutive), each over the
+  // whole table; the decode kernel hides the slots later than its query.
+  auto add_new_tokens = [&](size_t i) {
+    for (int64_t x = pf.items[i].num_rebuild; x < static_cast<int64_t>(pf.items[i].tokens.size()); ++x) {
+      groups.push_back({i, x, 1});
+    }
+  };
+  for (size_t i : device_items) add_new_tokens(i);
   for (size_t i = 0; i < items.size(); ++i) {
-    if (items[i].policy != nullptr && !is_device(items[i])) groups.push_back({i, pf.items[i].num_rebuild, 1});
+    if (items[i].policy != nullptr && !is_device(items[i])) add_new_tokens(i);
   }
   Plan plan;
   plan.num_mass_decode = static_cast<int64_t>(groups.size());
@@ -401,7 +423,7 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
   const int64_t n = plan.n;
   const int64_t off_tokens = 0, off_pos = AlignInts(o.max_tokens), off_rows = 2 * AlignInts(o.max_tokens);
   const int64_t off_logit = 3 * AlignInts(o.max_tokens), off_dec = off_logit + AlignInts(o.max_logit_rows);
-  const int64_t off_preq = off_dec + AlignInts(o.max_batch + 1);
+  const int64_t off_preq = off_dec + AlignInts(max_decode_groups_ + 1);
   const int64_t off_pres = off_preq + AlignInts(o.max_batch + 1);
   const int64_t off_srows = off_pres + AlignInts(o.max_batch + 1);
   const int64_t off_spos = off_srows + AlignInts(o.max_slots);
@@ -432,7 +454,7 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
       h[off_rows + t] = p.rows[x];
       token_index[first_token[g.item] + x] = static_cast<int32_t>(t);
     }
-    if (static_cast<int64_t>(j) < plan.num_mass_decode) {
+    if (static_cast<int64_t>(j) < plan.num_mass_decode && g.first == p.num_rebuild) {  // the item's first
       mass_offset[g.item] = cursor;
       mass_token[g.item] = static_cast<int64_t>(j);
     }
@@ -574,7 +596,7 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
   if (!device_items.empty()) {
     adore_timed_ = options_.time_calls;
     if (adore_timed_) ADORE_CUDA_RETURN_IF_ERROR(cudaEventRecord(adore_start_, stream_));
-    ADORE_RETURN_IF_ERROR(RunDeviceAdore(items, pf, plan, device_items));
+    ADORE_RETURN_IF_ERROR(RunDeviceAdore(items, pf, plan, device_items, mass_offset));
     if (adore_timed_) ADORE_CUDA_RETURN_IF_ERROR(cudaEventRecord(adore_stop_, stream_));
   }
   if (plan.num_mass_decode > static_cast<int64_t>(device_items.size())) {
@@ -620,41 +642,57 @@ absl::Status CudaEngine::RunDecodeGraph(const Plan& plan) {
 }
 
 absl::Status CudaEngine::RunDeviceAdore(std::span<ForwardItem> items, const PlannedForward& pf, const Plan& plan,
-                                        std::span<const size_t> device_items) {
+                                        std::span<const size_t> device_items, std::span<const int64_t> mass_offset) {
   const ModelConfig& c = config();
   const int64_t nd = static_cast<int64_t>(device_items.size()), B1 = options_.max_batch + 1;
   const int64_t C = kAdorePlanCapacity, P = adore_->max_positions(), d = c.hidden_size;
-  // Index arrays (pinned host, then one upload): per device item b, in group order.
+  // Index arrays (pinned host, then one upload): per device item b, in group order, then per new token x
+  // (the items' new tokens in group order: the mass tokens' order, so the features' rows).
   int32_t* h = host_adore_idx_;
-  int32_t *key_rows = h, *state_base = h + B1, *q_first = h + 2 * B1, *q_offsets = h + 3 * B1;
-  int32_t *num_scored = h + 4 * B1, *budget = h + 5 * B1, *num_new = h + 6 * B1;
-  int64_t max_positions = 0;
+  int32_t *table_begin = h, *state_base = h + B1, *q_first = h + 2 * B1, *q_offsets = h + 3 * B1;
+  int32_t *num_scored = h + 4 * B1, *budget = h + 5 * B1, *num_new = h + 6 * B1, *table_ends = h + 7 * B1;
+  int32_t *key_rows = h + kAdoreIndexArrays * B1, *query_mass = key_rows + max_mass_tokens_;
+  int64_t max_positions = 0, x = 0;
+  bool chunked = false;  // an item brings several new tokens: per-query tables and masses
   for (int64_t b = 0; b < nd; ++b) {
     const size_t i = device_items[b];
     const auto* policy = static_cast<const DeviceAdorePolicy*>(items[i].policy);
-    const int32_t pos = pf.items[i].positions.back();  // the new token (rebuilt ones come first)
+    const PlannedItem& p = pf.items[i];
+    const int64_t first = p.num_rebuild, len = p.num_new(), ns = items[i].seq->num_slots();
+    chunked |= len > 1;
     state_base[b] = policy->lane() * static_cast<int32_t>(P);
-    key_rows[b] = state_base[b] + pos;
-    q_first[b] = pos;
-    q_offsets[b] = static_cast<int32_t>(b);
-    num_scored[b] = pos + 1;
+    q_first[b] = p.positions[first];  // the first new token (rebuilt ones come first)
+    q_offsets[b] = static_cast<int32_t>(x);
+    for (int64_t j = 0; j < len; ++j, ++x) {
+      key_rows[x] = state_base[b] + p.positions[first + j];
+      query_mass[x] = static_cast<int32_t>(mass_offset[i] + j * ns);  // group j's copy of the table
+    }
+    table_begin[b] = static_cast<int32_t>(mass_offset[i]);
+    table_ends[b] = static_cast<int32_t>(mass_offset[i] + ns);
+    num_scored[b] = p.positions.back() + 1;
     budget[b] = static_cast<int32_t>(items[i].kv_budget);
-    num_new[b] = 1;  // the plan is for the next call: one new token at the same budget
-    max_positions = std::max<int64_t>(max_positions, pos + 1);
+    num_new[b] = static_cast<int32_t>(std::max<int64_t>(1, items[i].next_new));  // the next call's step
+    max_positions = std::max<int64_t>(max_positions, num_scored[b]);
   }
-  q_offsets[nd] = static_cast<int32_t>(nd);
-  ADORE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(adore_idx_, host_adore_idx_, 7 * B1 * sizeof(int32_t),
+  q_offsets[nd] = static_cast<int32_t>(x);
+  ADORE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(adore_idx_, host_adore_idx_,
+                                             (kAdoreIndexArrays * B1 + 2 * max_mass_tokens_) * sizeof(int32_t),
                                              cudaMemcpyHostToDevice, stream_));
   const int32_t* dev = adore_idx_;
+  const int32_t* dev_key_rows = dev + kAdoreIndexArrays * B1;
+  // One new token per item: the decode groups' CSR tables are the items' tables and the masses follow them.
+  // A chunk: each item's first copy of its table, and each query's own copy of the masses.
+  const int32_t* step_tables = chunked ? dev : plan.dec_slot_off;
+  const int32_t* step_table_ends = chunked ? dev + 7 * B1 : nullptr;
   const kernels::AdoreStateArrays state = adore_->state();
   ADORE_RETURN_IF_ERROR(k::AdoreProject({.weights = &adore_->weights(),
                                          .features_bf16 = features_,
                                          .feature_stride = static_cast<int64_t>(plan.feature_layers.size()) * d,
-                                         .n = nd,
-                                         .key_rows = dev,
+                                         .n = x,
+                                         .key_rows = dev_key_rows,
                                          .state = state,
                                          .queries = adore_queries_,
-                                         .num_query_rows = options_.max_batch},
+                                         .num_query_rows = max_mass_tokens_},
                                         stream_));
   ADORE_RETURN_IF_ERROR(k::AdoreStep({.weights = &adore_->weights(),
                                       .state = state,
@@ -664,14 +702,16 @@ absl::Status CudaEngine::RunDeviceAdore(std::span<ForwardItem> items, const Plan
                                       .q_first = dev + 2 * B1,
                                       .q_offsets = dev + 3 * B1,
                                       .max_positions = max_positions,
-                                      .slot_offsets = plan.dec_slot_off,
+                                      .slot_offsets = step_tables,
                                       .slot_rows = plan.slot_rows,
                                       .slot_pos = plan.slot_pos,
                                       .max_slots = plan.max_mass_decode_slots,
                                       .slot_mass = mass_,
                                       .mass_stride = plan.mass_slots,
                                       .mass_scale = 1.0f / static_cast<float>(c.num_layers * c.num_heads),
-                                      .slot_of_row = adore_->slot_of_row()},
+                                      .slot_of_row = adore_->slot_of_row(),
+                                      .table_ends = step_table_ends,
+                                      .query_mass = chunked ? dev_key_rows + max_mass_tokens_ : nullptr},
                                      stream_));
   // The next step's plans, one launch per run of items with the same (rebuild, sinks, recent window).
   const int64_t B = options_.max_batch;
@@ -699,7 +739,8 @@ absl::Status CudaEngine::RunDeviceAdore(std::span<ForwardItem> items, const Plan
                                                .max_rebuild = first->max_rebuild(),
                                                .num_sink = first->num_sink(),
                                                .num_recent = first->num_recent(),
-                                               .slot_offsets = plan.dec_slot_off + b0,
+                                               .slot_offsets = step_tables + b0,
+                                               .table_ends = chunked ? step_table_ends + b0 : nullptr,
                                                .slot_rows = plan.slot_rows,
                                                .slot_pos = plan.slot_pos,
                                                .release = release + b0 * C,
@@ -721,7 +762,8 @@ absl::Status CudaEngine::RunDeviceAdore(std::span<ForwardItem> items, const Plan
   }
   for (int64_t b = 0; b < nd; ++b) {
     const size_t i = device_items[b];
-    pending_adore_.push_back({static_cast<DeviceAdorePolicy*>(items[i].policy), num_scored[b], budget[b], b});
+    pending_adore_.push_back(
+        {static_cast<DeviceAdorePolicy*>(items[i].policy), num_scored[b], num_new[b], budget[b], b});
   }
   return absl::OkStatus();
 }
@@ -743,7 +785,7 @@ void CudaEngine::FinishDeviceAdore() {
     const int32_t nrel = ho[2 * B * C + p.index], nreb = ho[2 * B * C + B + p.index];
     int32_t status = ho[2 * B * C + 2 * B + p.index];
     if (nrel > C || nreb > C) status = -1;  // more than the outputs hold: refused by PlanStep (INTERNAL)
-    p.policy->SetNextPlan(p.num_steps, 1, p.budget, status,
+    p.policy->SetNextPlan(p.num_steps, p.num_new, p.budget, status,
                           std::span<const int32_t>(ho + p.index * C, std::min<int64_t>(nrel, C)),
                           std::span<const int32_t>(ho + B * C + p.index * C, std::min<int64_t>(nreb, C)));
   }
@@ -762,29 +804,37 @@ absl::Status CudaEngine::ObservePolicies(std::span<ForwardItem> items, const Pla
                                                cudaMemcpyDeviceToHost, stream_));
   }
   ADORE_RETURN_IF_ERROR(WaitStream());
-  // Features per policy item in its own layer order, as float (features_ is [mass token, layer, hidden]).
-  std::vector<std::vector<float>> features(items.size());
+  // Features per mass token (a policy item's new token, by group) in its policy's own layer order, as float
+  // (features_ is [mass token, layer, hidden]); masses: the token's own copy of its item's table.
+  std::vector<std::vector<float>> features(static_cast<size_t>(nm));
   const uint16_t* raw = reinterpret_cast<const uint16_t*>(host_features_);
   for (size_t i = 0; i < items.size(); ++i) {
     if (items[i].policy == nullptr) continue;
-    const int64_t g = mass_token[i];
-    for (int32_t l : items[i].policy->feature_layers()) {
-      const int64_t li = std::find(plan.feature_layers.begin(), plan.feature_layers.end(), l) - plan.feature_layers.begin();
-      const uint16_t* src = raw + (g * nf + li) * d;
-      for (int64_t x = 0; x < d; ++x) {
-        const uint32_t bits = static_cast<uint32_t>(src[x]) << 16;
-        float f;
-        std::memcpy(&f, &bits, sizeof(f));
-        features[i].push_back(f);
+    for (int64_t j = 0; j < pf.items[i].num_new(); ++j) {
+      const int64_t g = mass_token[i] + j;
+      for (int32_t l : items[i].policy->feature_layers()) {
+        const int64_t li =
+            std::find(plan.feature_layers.begin(), plan.feature_layers.end(), l) - plan.feature_layers.begin();
+        const uint16_t* src = raw + (g * nf + li) * d;
+        for (int64_t e = 0; e < d; ++e) {
+          const uint32_t bits = static_cast<uint32_t>(src[e]) << 16;
+          float f;
+          std::memcpy(&f, &bits, sizeof(f));
+          features[g].push_back(f);
+        }
       }
     }
   }
   return ObserveForward(
       items, pf, 1.0f / static_cast<float>(c.num_layers * c.num_heads),
-      [&](size_t i, int64_t) {
-        return std::span<const float>(host_mass_ + mass_offset[i], static_cast<size_t>(items[i].seq->num_slots()));
+      [&](size_t i, int64_t t) {
+        const int64_t ns = items[i].seq->num_slots();
+        return std::span<const float>(host_mass_ + mass_offset[i] + (t - pf.items[i].num_rebuild) * ns,
+                                      static_cast<size_t>(ns));
       },
-      [&](size_t i, int64_t) { return std::span<const float>(features[i]); });
+      [&](size_t i, int64_t t) {
+        return std::span<const float>(features[mass_token[i] + t - pf.items[i].num_rebuild]);
+      });
 }
 
 absl::Status CudaEngine::RunLayers(const Plan& p) {

@@ -61,6 +61,10 @@ struct CudaEngineOptions {
   // time (controller state: adore_lanes x max_context x ~200 bytes, taken before the KV pool is sized).
   const AdoreController* adore_controller = nullptr;
   int64_t adore_lanes = 256;
+  // Prompt tokens an item under a release policy may bring per call (max_policy_tokens_per_item), 1 to
+  // kMaxPolicyChunk. Above 1 a chunk's tokens run as decode queries of their sequence, each over its own
+  // copy of the slot table (causal by position), so the attention mass of every query reaches the policy.
+  int64_t policy_chunk = 1;
   // Record CallTimings for every call (the controller's GPU time through CUDA events): benchmarks.
   bool time_calls = false;
 };
@@ -93,10 +97,11 @@ class CudaEngine final : public Engine {
   // As CpuEngine::Forward: runs every item's tokens in one batch, appends their K/V to each sequence and
   // writes logits [rows, vocab] (one row per item, or one per token with all_logits, in item order).
   // Items of one token go through the split-K decode kernel, longer ones through the prefill kernel.
-  // Items with a release policy take one new token per call: the step follows the policy's plan
-  // (worker/forward_plan.h); rebuilt tokens run as a prefill group at their positions; the decode kernel
-  // sums the attention each slot received over heads and layers, and the policy's feature layers' normed
-  // inputs are copied out, both handed to the policy (ObserveStep) before the call returns.
+  // Items with a release policy take up to CudaEngineOptions::policy_chunk new tokens per call: the step
+  // follows the policy's plan (worker/forward_plan.h); rebuilt tokens run as a prefill group at their
+  // positions; each new token runs as a decode query (the decode kernel masks slots later than the query)
+  // whose launch sums the attention each slot received over heads and layers, and the policy's feature
+  // layers' normed inputs are copied out, both handed to the policy (ObserveStep) before the call returns.
   // RESOURCE_EXHAUSTED when the pool is full or a CudaEngineOptions bound is passed, INVALID_ARGUMENT
   // for a bad token id or an empty item, OUT_OF_RANGE past the model's context: nothing changes then.
   // INTERNAL for a CUDA failure (the sequences may then hold rows of this call: release them).
@@ -114,6 +119,7 @@ class CudaEngine final : public Engine {
   // (DeviceAdorePolicy); every other policy is the host one (MakeReleasePolicy).
   absl::StatusOr<std::unique_ptr<ReleasePolicy>> MakePolicy(const ReleaseConfig& config) override;
 
+  int64_t max_policy_tokens_per_item() const override { return options_.policy_chunk; }
   // Frees a sequence's rows.
   void Release(SequenceKv& seq) override { pool_->Release(seq); }
 
@@ -153,7 +159,7 @@ class CudaEngine final : public Engine {
   // tokens' features, step every token of their sequences, plan the next step and start copying the plans
   // to the host; FinishDeviceAdore hands them to the policies once the stream has synchronized.
   absl::Status RunDeviceAdore(std::span<ForwardItem> items, const PlannedForward& pf, const Plan& plan,
-                              std::span<const size_t> device_items);
+                              std::span<const size_t> device_items, std::span<const int64_t> mass_offset);
   void FinishDeviceAdore();
 
   CudaEngineOptions options_;
@@ -189,6 +195,9 @@ class CudaEngine final : public Engine {
   int32_t* host_slot_updates_ = nullptr;  // pinned mirror
   int64_t max_slot_updates_ = 0;
   int64_t num_slot_table_updates_ = 0;  // calls that sent changed entries instead of every table
+  // Policy items' new tokens per call (each a decode query with mass and features): max_batch, or with
+  // policy chunks min(max_batch * policy_chunk, max_tokens). Decode groups per call: max_batch + that.
+  int64_t max_mass_tokens_ = 0, max_decode_groups_ = 0;
   kernels::GpuSamplingParams* sample_params_ = nullptr;  // [max_batch]
   int32_t* sampled_ = nullptr;                            // [max_batch]
   float* mass_ = nullptr;                                 // [max_mass_slots] attention mass per slot
@@ -203,7 +212,7 @@ class CudaEngine final : public Engine {
   float* adore_queries_ = nullptr;  // [max_batch, key_dim]
   struct PendingPlan {
     DeviceAdorePolicy* policy;
-    int64_t num_steps, budget, index;  // index: the item's row in the plan outputs
+    int64_t num_steps, num_new, budget, index;  // index: the item's row in the plan outputs
   };
   std::vector<PendingPlan> pending_adore_;
   CallTimings timings_;

@@ -64,8 +64,8 @@ class DeviceAdoreRuntime {
 
 // The adore policy of one sequence whose controller runs on the GPU of the engine that made it
 // (CudaEngine::MakePolicy). Only that engine can run it: it plans each step from the plan the device
-// computed at the end of the previous call (for one new token at the same budget), so prompts go in one
-// token per call, as with the host policy.
+// computed at the end of the previous call (for the item's ForwardItem::next_new tokens at the same budget:
+// one for a decode step, the next chunk's length for a prompt chunk).
 class DeviceAdorePolicy final : public ReleasePolicy {
  public:
   DeviceAdorePolicy(std::shared_ptr<DeviceAdoreRuntime> runtime, int32_t lane, const ReleaseConfig& config);
@@ -76,7 +76,7 @@ class DeviceAdorePolicy final : public ReleasePolicy {
   int64_t max_rebuild_per_step() const override { return max_rebuild_; }  // as the host AdorePolicy
 
   // The device's plan for this step: FAILED_PRECONDITION when the step is not the one planned for (other
-  // than one new token at the planned budget), INVALID_ARGUMENT when the budget cannot hold the protected
+  // than the planned number of new tokens at the planned budget), INVALID_ARGUMENT when the budget cannot hold the protected
   // tokens and the new one (as the host policy), INTERNAL for a plan the device could not make.
   absl::StatusOr<StepPlan> PlanStep(const SequenceKv& seq, int64_t num_new, int64_t budget) override;
   // Records the step's token ids by position (for rebuild); the controller itself observed on the device.
