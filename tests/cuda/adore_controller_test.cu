@@ -130,6 +130,9 @@ struct SimOptions {
   double tol = 1e-4;
   uint32_t seed = 1;
   bool expect_exact_own_plan = false;  // scores are exactly tied or far apart: GPU plan == CPU plan
+  // The step's tables as the CUDA engine lays out a prompt chunk: each query of a sequence gets its own
+  // copy of the table with its masses beside it (AdoreStepArgs::table_ends, query_mass).
+  bool per_query_tables = false;
 };
 
 // Positions that differ between two ordered lists (missing from one, or out of relative order).
@@ -542,9 +545,36 @@ class Simulation {
     const absl::Status st = AdoreProject(pa, nullptr);
     ASSERT_TRUE(st.ok()) << st;
 
+    // Per-query tables: sequence b's table copied once per query (once when it has none), query j's copy
+    // carrying the masses of query j; table_ends marks the end of the first copy.
+    std::vector<int32_t> begin(B + 1, 0), ends(B, 0), query_mass(std::max<int64_t>(1, num_queries), 0);
+    Csr copies;
+    std::vector<float> copy_mass;
+    if (opt_.per_query_tables) {
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t len = c.offsets[b + 1] - c.offsets[b];
+        begin[b] = static_cast<int32_t>(copies.rows.size());
+        ends[b] = static_cast<int32_t>(begin[b] + len);
+        for (int64_t j = 0; j < std::max<int64_t>(1, nn[b]); ++j) {
+          if (j < nn[b]) query_mass[q_offsets[b] + j] = static_cast<int32_t>(copies.rows.size());
+          for (int64_t k = c.offsets[b]; k < c.offsets[b + 1]; ++k) {
+            copies.rows.push_back(c.rows[k]);
+            copies.pos.push_back(c.pos[k]);
+            copy_mass.push_back(j < nn[b] ? mass[j * mass_stride + k] : -1.0f);
+          }
+        }
+      }
+      begin[B] = static_cast<int32_t>(copies.rows.size());
+      copy_mass.push_back(0.0f);  // never empty
+      copies.rows.push_back(-1);
+      copies.pos.push_back(-1);
+    }
     DeviceBuffer<int32_t> d_base(base), d_qfirst(q_first), d_qoff(q_offsets);
-    DeviceBuffer<int32_t> d_off(c.offsets), d_rows(c.rows), d_pos(c.pos);
-    DeviceBuffer<float> d_mass(mass);
+    DeviceBuffer<int32_t> d_off(opt_.per_query_tables ? begin : c.offsets);
+    DeviceBuffer<int32_t> d_rows(opt_.per_query_tables ? copies.rows : c.rows);
+    DeviceBuffer<int32_t> d_pos(opt_.per_query_tables ? copies.pos : c.pos);
+    DeviceBuffer<int32_t> d_ends(ends), d_query_mass(query_mass);
+    DeviceBuffer<float> d_mass(opt_.per_query_tables ? copy_mass : mass);
     AdoreStepArgs sa;
     sa.weights = &dw_;
     sa.state = State();
@@ -562,6 +592,11 @@ class Simulation {
     sa.mass_stride = mass_stride;
     sa.mass_scale = opt_.mass_scale;
     sa.slot_of_row = slot_of_row_.get();
+    if (opt_.per_query_tables) {
+      sa.table_ends = d_ends.get();
+      sa.query_mass = d_query_mass.get();
+      sa.mass_stride = 0;
+    }
     const absl::Status step_st = AdoreStep(sa, nullptr);
     ASSERT_TRUE(step_st.ok()) << step_st;
     ADORE_ASSERT_CUDA(cudaDeviceSynchronize());
@@ -630,6 +665,23 @@ TEST_F(AdoreControllerCudaTest, ClosedLoopMatchesCpuWithRandomController) {
   ASSERT_NO_FATAL_FAILURE(sim.Run());
   EXPECT_GT(sim.plans_with_release(), 10);
   EXPECT_GT(sim.plans_with_rebuild(), 5);
+}
+
+// The same with each query of a chunk over its own copy of the table (the CUDA engine's prompt chunks).
+TEST_F(AdoreControllerCudaTest, ClosedLoopMatchesCpuWithPerQueryTables) {
+  const Weights w = RandomControllerWeights(3, 22, 32, 16, 9);
+  auto ctl = AdoreController::Parse(w.File(), "random");
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  DeviceAdoreWeights dw;
+  const absl::Status up = dw.Upload(ToHost(w));
+  ASSERT_TRUE(up.ok()) << up;
+  SimOptions opt;
+  opt.max_rebuild = 4;
+  opt.seed = 13;
+  opt.per_query_tables = true;
+  Simulation sim(**ctl, dw, {{1, 16, 8}, {17, 24, 8}, {300, 64, 40}, {450, 48, 7}}, opt);
+  ASSERT_NO_FATAL_FAILURE(sim.Run());
+  EXPECT_GT(sim.plans_with_release(), 10);
 }
 
 TEST_F(AdoreControllerCudaTest, ClosedLoopMatchesCpuWithSmallDimsAndF32Features) {
