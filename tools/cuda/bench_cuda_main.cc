@@ -50,6 +50,9 @@ ABSL_FLAG(std::string, policy, "full",
 ABSL_FLAG(int64_t, kv_budget, 1024, "releasing policies: KV slots per sequence (m)");
 ABSL_FLAG(int64_t, rebuild, 0, "adore: released tokens rebuilt per step (R)");
 ABSL_FLAG(std::string, controller, "tools/adore/controller.bin", "adore: the controller file");
+ABSL_FLAG(int32_t, policy_chunk, 1,
+          "releasing policies: prompt tokens per forward call and sequence (CudaEngineOptions::policy_chunk, 1 to "
+          "64; 1 = token by token), at most what the policy's protected tokens leave of the budget");
 ABSL_FLAG(bool, skip_prefill, false,
           "decode rows: take each prompt's KV rows from the pool without computing them (their bytes are whatever "
           "the pool holds: a decode step reads and costs the same), so large batches at long contexts are timed "
@@ -279,6 +282,7 @@ struct Grid {
   double bandwidth = 0.0, matmul = 0.0;  // bytes/s, FLOP/s
   int tp = 1;
   bool skip_prefill = false;
+  int32_t policy_chunk = 1;
   adore::ReleaseConfig release;  // kind kFull: no policy
   int64_t pool_rows = 0;  // the smallest KV pool of the ranks, so every rank skips the same rows
   adore::comm::Communicator* comm = nullptr;  // rank 0's, for the time its collectives take (tp > 1)
@@ -389,13 +393,18 @@ nlohmann::json RunDecodeRow(adore::CudaEngine& engine, const std::string& model,
   if (policy && g.skip_prefill) {
     if (st.ok()) st = AdoptSyntheticHistory(engine, std::span<adore::SequenceKv>(seqs), prompts, policies, g, &last);
   } else if (policy) {
-    // The policy observes every query: the prompts go in token by token, all sequences in each call.
+    // The policy observes every query: the prompts go in chunks (token by token with --policy_chunk 1), all
+    // sequences in each call.
     std::vector<adore::ForwardItem> items(batch);
     const std::vector<adore::SamplingParams> params(batch, adore::SamplingParams{});
-    for (int32_t x = 0; x < prompt && st.ok(); ++x) {
+    const int32_t chunk = static_cast<int32_t>(
+        adore::PolicyPromptChunk(engine, *policies[0], g.release.kv_budget, g.policy_chunk));
+    for (int32_t x = 0; x < prompt && st.ok(); x += chunk) {
+      const int32_t len = std::min(chunk, prompt - x);
+      const int64_t next = std::max(1, std::min(chunk, prompt - x - len));
       for (int32_t b = 0; b < batch; ++b) {
-        items[b] = {&seqs[b], std::span<const int32_t>(&prompts[b][x], 1), false, policies[b].get(),
-                    g.release.kv_budget};
+        items[b] = {&seqs[b], std::span<const int32_t>(&prompts[b][x], len), false, policies[b].get(),
+                    g.release.kv_budget, next};
       }
       st = engine.ForwardSample(std::span<adore::ForwardItem>(items), params, &last);
     }
@@ -468,7 +477,8 @@ nlohmann::json RunDecodeRow(adore::CudaEngine& engine, const std::string& model,
   row["controller_share"] = timings.controller_ms / g.gen / step_ms;
   row["kv_bytes_per_step"] = kv_bytes;
   if (!g.skip_prefill) {
-    row["prefill_ms"] = 1e3 * prefill_s;  // with a policy: the prompt token by token
+    row["prefill_ms"] = 1e3 * prefill_s;  // with a policy: the prompt in chunks of policy_chunk tokens
+    if (policy) row["policy_chunk"] = g.policy_chunk;
     row["prefill_tok_s"] = static_cast<double>(batch) * prompt / prefill_s;
   }
   if (policy) {
@@ -570,6 +580,7 @@ absl::Status Run(int argc, char** argv) {
   g.seed = absl::GetFlag(FLAGS_seed);
   g.tp = absl::GetFlag(FLAGS_tp);
   g.skip_prefill = absl::GetFlag(FLAGS_skip_prefill);
+  g.policy_chunk = absl::GetFlag(FLAGS_policy_chunk);
   std::unique_ptr<adore::AdoreController> controller;
   {
     const std::string name = absl::GetFlag(FLAGS_policy);
@@ -638,6 +649,13 @@ absl::Status Run(int argc, char** argv) {
       options.adore_lanes = std::max<int64_t>(max_batch, 16);
       // Slot tables of every item, read by the decode and the rebuild group (CudaEngine's worst case).
       options.max_slots = static_cast<int64_t>(max_batch) * 3 * (g.release.kv_budget + 2) + options.max_tokens;
+      if (g.policy_chunk > 1) {  // a chunk's tokens each read their own copy of the table
+        const int64_t table = g.release.kv_budget + g.policy_chunk + 1;
+        options.policy_chunk = g.policy_chunk;
+        options.max_tokens = std::max<int64_t>(options.max_tokens, int64_t{max_batch} * (g.policy_chunk + g.release.rebuild));
+        options.max_mass_slots = int64_t{max_batch} * g.policy_chunk * table;
+        options.max_slots = int64_t{max_batch} * (g.policy_chunk + 2) * table + options.max_tokens;
+      }
     }
     options.max_batch = std::max(max_batch, 16);  // the warmup round below runs up to 16 sequences
     options.max_logit_rows = options.max_batch;
