@@ -649,7 +649,8 @@ class AdoreControllerCudaTest : public ::testing::Test {
   void SetUp() override { ADORE_SKIP_WITHOUT_GPU(); }
 };
 
-// Random controllers of the shipped shape and a smaller one; sequences of 1, 17, 300 and 4097 tokens.
+// Random controllers of the shipped shape and a smaller one; sequences of 1, 17, 300 and 4097 tokens. Also
+// with each query of a chunk over its own copy of the table (the CUDA engine's prompt chunks).
 TEST_F(AdoreControllerCudaTest, ClosedLoopMatchesCpuWithRandomController) {
   const Weights w = RandomControllerWeights(3, 22, 32, 16, 7);  // feature_dim 66: not a multiple of 4 (padding)
   auto ctl = AdoreController::Parse(w.File(), "random");
@@ -657,31 +658,18 @@ TEST_F(AdoreControllerCudaTest, ClosedLoopMatchesCpuWithRandomController) {
   DeviceAdoreWeights dw;
   const absl::Status up = dw.Upload(ToHost(w));
   ASSERT_TRUE(up.ok()) << up;
-  SimOptions opt;
-  opt.max_rebuild = 4;
-  opt.seed = 11;
-  Simulation sim(**ctl, dw,
-                 {{1, 16, 8}, {17, 24, 8}, {300, 64, 40}, {4097, 512, 256}, {450, 48, 7}}, opt);
-  ASSERT_NO_FATAL_FAILURE(sim.Run());
-  EXPECT_GT(sim.plans_with_release(), 10);
-  EXPECT_GT(sim.plans_with_rebuild(), 5);
-}
-
-// The same with each query of a chunk over its own copy of the table (the CUDA engine's prompt chunks).
-TEST_F(AdoreControllerCudaTest, ClosedLoopMatchesCpuWithPerQueryTables) {
-  const Weights w = RandomControllerWeights(3, 22, 32, 16, 9);
-  auto ctl = AdoreController::Parse(w.File(), "random");
-  ASSERT_TRUE(ctl.ok()) << ctl.status();
-  DeviceAdoreWeights dw;
-  const absl::Status up = dw.Upload(ToHost(w));
-  ASSERT_TRUE(up.ok()) << up;
-  SimOptions opt;
-  opt.max_rebuild = 4;
-  opt.seed = 13;
-  opt.per_query_tables = true;
-  Simulation sim(**ctl, dw, {{1, 16, 8}, {17, 24, 8}, {300, 64, 40}, {450, 48, 7}}, opt);
-  ASSERT_NO_FATAL_FAILURE(sim.Run());
-  EXPECT_GT(sim.plans_with_release(), 10);
+  for (bool per_query_tables : {false, true}) {
+    SCOPED_TRACE(per_query_tables ? "per-query tables" : "one table per sequence");
+    SimOptions opt;
+    opt.max_rebuild = 4;
+    opt.seed = per_query_tables ? 13 : 11;
+    opt.per_query_tables = per_query_tables;
+    Simulation sim(**ctl, dw,
+                   {{1, 16, 8}, {17, 24, 8}, {300, 64, 40}, {4097, 512, 256}, {450, 48, 7}}, opt);
+    ASSERT_NO_FATAL_FAILURE(sim.Run());
+    EXPECT_GT(sim.plans_with_release(), 10);
+    EXPECT_GT(sim.plans_with_rebuild(), 5);
+  }
 }
 
 TEST_F(AdoreControllerCudaTest, ClosedLoopMatchesCpuWithSmallDimsAndF32Features) {
