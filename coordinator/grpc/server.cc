@@ -143,6 +143,10 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(const Serv
   }
   if (o.port < 0 || o.port > 65535) return absl::InvalidArgumentError(absl::StrFormat("port: %d is not in [0, 65535]", o.port));
   if (o.max_batch < 1) return absl::InvalidArgumentError("max_batch: must be >= 1");
+  if (o.policy_prefill_chunk < 0 || o.policy_prefill_chunk > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("policy_prefill_chunk: %d is not in [0, 4096]", o.policy_prefill_chunk));
+  }
   if (o.http_port < -1 || o.http_port > 65535) {
     return absl::InvalidArgumentError(absl::StrFormat("http_port: %d is not -1 (off) or in [0, 65535]", o.http_port));
   }
@@ -255,6 +259,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(const Serv
     RemoteRunnerOptions ro;
     ro.step_timeout_ms = o.step_timeout_ms;
     ro.pipeline = o.pipeline_steps;
+    ro.load.set_policy_prefill_chunk(o.policy_prefill_chunk);
     ro.workers = worker_addresses;
     ro.secret = worker_secret;
     ro.rendezvous_host = o.embedded_workers > 1 ? "127.0.0.1" : o.rendezvous_host;  // embedded ranks: loopback
@@ -307,6 +312,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(const Serv
     }
     co.adore_controller = s->controller_.get();  // adore's controller runs on the GPU
     co.adore_lanes = 2 * co.max_batch;
+    SetCudaPolicyChunk(o.policy_prefill_chunk, &co);
     ADORE_ASSIGN_OR_RETURN(auto engine, synthetic ? CudaEngine::CreateSynthetic(weights.config, /*seed=*/1, co)
                                                   : CudaEngine::Create(weights, co));
     info.kv_rows = engine->pool().num_rows();
@@ -318,7 +324,9 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(const Serv
     return absl::InvalidArgumentError(absl::StrFormat("backend: '%s' is not cpu or cuda", o.backend));
   }
   if (s->runner_ == nullptr) {
-    s->runner_ = std::make_unique<LocalStepRunner>(*s->engine_, StepExecutorOptions{}, o.pipeline_steps);
+    StepExecutorOptions eo;
+    if (o.policy_prefill_chunk > 0) eo.policy_prefill_chunk = o.policy_prefill_chunk;
+    s->runner_ = std::make_unique<LocalStepRunner>(*s->engine_, eo, o.pipeline_steps);
   }
   s->scheduler_ = std::make_unique<Scheduler>(
       *s->runner_, *s->tokenizer_,

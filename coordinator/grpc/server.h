@@ -69,6 +69,9 @@ struct ServerOptions {
   // Pipelined steps: step n + 1 goes to the engine or the workers before step n's answer is streamed
   // (RemoteRunnerOptions::pipeline; one embedded engine: LocalStepRunner's own step thread).
   bool pipeline_steps = false;
+  // Prompt tokens per forward call under a releasing policy (LoadRequest::policy_prefill_chunk, the same for
+  // every rank; embedded: StepExecutorOptions and, on cuda, the engine's chunk path). 0 = the default.
+  int32_t policy_prefill_chunk = 0;
   // With expect_workers: called on Start's thread once the server listens for registrations, with its
   // address (adore-server prints it; a test started with port 0 learns the port from it).
   std::function<void(const std::string& address)> on_waiting_for_workers;

@@ -50,6 +50,10 @@ ABSL_FLAG(std::string, worker_secret_file, "", "file holding the workers' shared
 ABSL_FLAG(bool, pipeline_steps, false,
           "send step n + 1 to the engine or the workers before step n's answer is streamed, so that the GPUs do "
           "not wait for the coordinator (its round trip to worker processes, its detokenizing and streaming)");
+ABSL_FLAG(int32_t, policy_prefill_chunk, 0,
+          "prompt tokens per forward call for requests under a releasing policy, in [0, 4096] (0 = 32; the cuda "
+          "backend then takes one token per call, and a value > 1 turns on its chunk path, at most 64); sent to "
+          "every worker");
 ABSL_FLAG(int32_t, step_timeout_s, 300,
           "external workers: a step not answered by every rank within this many seconds fails its requests with "
           "UNAVAILABLE and the workers are loaded again (a hung worker stalls serving this long at most)");
@@ -94,6 +98,7 @@ int main(int argc, char** argv) {
   o.expect_workers_timeout_ms = int64_t{absl::GetFlag(FLAGS_expect_workers_timeout_s)} * 1000;
   o.step_timeout_ms = int64_t{absl::GetFlag(FLAGS_step_timeout_s)} * 1000;
   o.pipeline_steps = absl::GetFlag(FLAGS_pipeline_steps);
+  o.policy_prefill_chunk = absl::GetFlag(FLAGS_policy_prefill_chunk);
   o.on_waiting_for_workers = [](const std::string& address) {
     std::printf("adore-server: waiting for workers to register on %s\n", address.c_str());
     std::fflush(stdout);

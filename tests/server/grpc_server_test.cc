@@ -18,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "tests/server/server_test_util.h"
 #include "tests/test_util.h"
+#include "worker/adore_controller.h"
 #include "worker/cpu_engine.h"
 #include "worker/generator.h"
 #include "worker/memory_budget.h"
@@ -522,6 +523,48 @@ TEST(ServerMemoryBudgetTest, CpuPoolIsWhatTheBudgetLeavesAfterTheWeights) {
   o.kv_rows = 0;
   o.memory_budget_bytes = -1;
   EXPECT_EQ(EmbeddedServer::Start(o).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// --policy_prefill_chunk reaches the embedded engine's executor: with 1 the prompt under a policy goes token
+// by token and the stream equals the engine's token-by-token generation (which differs here from the
+// default chunks'); values outside [0, 4096] are refused naming the option.
+TEST(ServerPolicyChunkTest, TokenByTokenPromptsMatchTheEngineAndBadValuesAreRefused) {
+  if (!testing::ModelAvailable()) GTEST_SKIP() << "model not fetched: run tools/fetch-model.sh";
+  testing::ReferenceModel ref = testing::LoadReferenceModel();
+  ASSERT_NE(ref.engine, nullptr);
+  auto controller = AdoreController::Load(std::string(ADORE_SOURCE_DIR) + "/tools/adore/controller.bin");
+  ASSERT_TRUE(controller.ok()) << controller.status();
+  std::string text;
+  for (int i = 0; i < 6; ++i) text += "It was a bright cold day in April, and the clocks were striking thirteen. ";
+  const ReleaseConfig release{.kind = PolicyKind::kAdore, .kv_budget = 40, .controller = controller->get()};
+  const std::vector<int32_t> one = testing::ReferenceGreedy(*ref.engine, *ref.tokenizer, text, 12, release, 1);
+  const std::vector<int32_t> chunks = testing::ReferenceGreedy(*ref.engine, *ref.tokenizer, text, 12, release);
+  ASSERT_NE(one, chunks) << "the test needs a prompt whose output depends on the chunking";
+
+  ServerOptions o;
+  o.model = testing::ModelPath();
+  o.port = 0;
+  o.kv_rows = 2048;
+  o.max_batch = 4;
+  o.controller = std::string(ADORE_SOURCE_DIR) + "/tools/adore/controller.bin";
+  o.policy_prefill_chunk = 4097;
+  auto bad = EmbeddedServer::Start(o);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
+  EXPECT_TRUE(absl::StrContains(bad.status().message(), "policy_prefill_chunk")) << bad.status();
+  o.policy_prefill_chunk = 1;
+  auto s = EmbeddedServer::Start(o);
+  ASSERT_TRUE(s.ok()) << s.status();
+  auto stub = v1::Adore::NewStub(grpc::CreateChannel((*s)->address(), grpc::InsecureChannelCredentials()));
+  v1::GenerateRequest req;
+  req.set_text(text);
+  req.mutable_sampling()->set_max_tokens(12);
+  req.mutable_sampling()->set_temperature(0.0f);
+  req.mutable_release()->set_policy(v1::POLICY_ADORE);
+  req.mutable_release()->set_kv_budget(40);
+  const testing::StreamResult r = testing::ReadGenerate(*stub, req, 120000);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.tokens, one);
 }
 
 }  // namespace

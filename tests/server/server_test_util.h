@@ -52,13 +52,15 @@ inline StreamResult ReadGenerate(adore::v1::Adore::Stub& stub, const adore::v1::
 
 // Greedy tokens of `text` (BOS as the server adds it, the model's end tokens stopping) on `engine` alone.
 inline std::vector<int32_t> ReferenceGreedy(Engine& engine, const Tokenizer& tok, const std::string& text,
-                                            int max_tokens, const ReleaseConfig& release = {}) {
+                                            int max_tokens, const ReleaseConfig& release = {},
+                                            int64_t policy_prefill_chunk = kDefaultPolicyPrefillChunk) {
   GenerationRequest g;
   g.prompt = *tok.Encode(text, false, true);
   g.max_tokens = max_tokens;
   g.stop_ids = EndOfGenerationIds(tok);
   g.release = release;
-  auto out = GenerateBatch(engine, std::span<const GenerationRequest>(&g, 1));
+  auto out = GenerateBatch(engine, std::span<const GenerationRequest>(&g, 1), nullptr, nullptr, 512,
+                           policy_prefill_chunk);
   EXPECT_TRUE(out.ok()) << out.status();
   return out.ok() ? (*out)[0].tokens : std::vector<int32_t>{};
 }

@@ -31,7 +31,7 @@ constexpr int64_t kAdorePlanCapacity = kMaxRebuild + kAdoreMaxProtected + 1;
 // adore_idx_: kAdoreIndexArrays int32 arrays of max_batch + 1 entries (per sequence), then two of
 // max_mass_tokens_ (per new token: key rows, mass offsets).
 constexpr int64_t kAdoreIndexArrays = 8;
-constexpr int64_t kMaxPolicyChunk = 64;  // CudaEngineOptions::policy_chunk (the plan outputs hold its releases)
+constexpr int64_t kMaxPolicyChunk = kCudaMaxPolicyChunk;  // the plan outputs hold a chunk's releases
 
 size_t Align256(size_t b) { return (b + 255) / 256 * 256; }
 int64_t AlignInts(int64_t n) { return (n + 15) / 16 * 16; }  // 64-byte aligned int32 regions
@@ -130,6 +130,12 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::CreateSynthetic(const Mo
   std::unique_ptr<CudaEngine> engine(new CudaEngine());
   ADORE_ASSIGN_OR_RETURN(engine->weights_, CudaWeights::Synthetic(config, seed, options.tp_rank, options.tp_size));
   return Finish(std::move(engine), options);
+}
+
+void SetCudaPolicyChunk(int64_t chunk, CudaEngineOptions* o) {
+  if (chunk <= 1) return;
+  o->policy_chunk = std::min(chunk, kCudaMaxPolicyChunk);
+  o->max_mass_slots = std::max(o->max_mass_slots, o->max_batch * o->policy_chunk * (1024 + o->policy_chunk + 1));
 }
 
 absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Finish(std::unique_ptr<CudaEngine> engine,

@@ -29,6 +29,8 @@
 
 namespace adore {
 
+inline constexpr int64_t kCudaMaxPolicyChunk = 64;  // CudaEngineOptions::policy_chunk's upper bound
+
 // Every buffer a forward call needs is allocated once from these bounds; a call past one fails with
 // RESOURCE_EXHAUSTED instead of allocating (so the decode path never calls cudaMalloc).
 struct CudaEngineOptions {
@@ -78,6 +80,11 @@ struct CallTimings {
   double controller_ms = 0;  // GPU: the device adore controller's kernels (projection, GRU step, plans)
 };
 
+
+// Turns on the chunk path for a requested prompt chunk (a LoadRequest's or a server's
+// policy_prefill_chunk; <= 1: off): policy_chunk = min(chunk, kCudaMaxPolicyChunk), with the observed-slot
+// bound raised so a call of max_batch chunks at a 1,024-slot budget fits.
+void SetCudaPolicyChunk(int64_t chunk, CudaEngineOptions* options);
 
 class CudaEngine final : public Engine {
  public:

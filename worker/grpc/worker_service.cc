@@ -243,6 +243,9 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
   if (r.cpu_threads() < 0 || r.cpu_threads() > 4096) {
     return Invalid(absl::StrFormat("cpu_threads: %d is not in [0, 4096]", r.cpu_threads()));
   }
+  if (r.policy_prefill_chunk() < 0 || r.policy_prefill_chunk() > 4096) {
+    return Invalid(absl::StrFormat("policy_prefill_chunk: %d is not in [0, 4096]", r.policy_prefill_chunk()));
+  }
   // The digest the file must have: the request's, and this worker's own pin (--model_sha256), which wins.
   std::string expected_sha256;
   if (!r.expected_sha256().empty()) {
@@ -364,6 +367,7 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
     }
     co.adore_controller = controller.get();  // adore's controller runs on the GPU (the object outlives the engine)
     co.adore_lanes = 2 * co.max_batch;
+    SetCudaPolicyChunk(r.policy_prefill_chunk(), &co);
     auto e = synthetic ? CudaEngine::CreateSynthetic(config, /*seed=*/1, co) : CudaEngine::Create(*weights, co);
     if (!e.ok()) return fail_load(FromAbsl(e.status()));
     capacity = (*e)->pool().num_rows();
@@ -374,7 +378,9 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
 
   controller_ = std::move(controller);
   engine_ = std::move(engine);
-  executor_ = std::make_unique<StepExecutor>(*engine_);
+  executor_options_ = {};
+  if (r.policy_prefill_chunk() > 0) executor_options_.policy_prefill_chunk = r.policy_prefill_chunk();
+  executor_ = std::make_unique<StepExecutor>(*engine_, executor_options_);
   kv_capacity_ = capacity;
   loaded_ = true;
   load_request_bytes_ = r.SerializeAsString();
@@ -424,7 +430,7 @@ grpc::Status WorkerService::DoBootstrap(const v1::BootstrapRequest& r, v1::Boots
                absl::StrFormat("epoch: %d is older than the current epoch %d", r.epoch(), epoch_));
   }
   if (r.epoch() > epoch_) {  // a new generation: every sequence ends, steps count from 1 again
-    executor_ = std::make_unique<StepExecutor>(*engine_);
+    executor_ = std::make_unique<StepExecutor>(*engine_, executor_options_);
     totals_.clear();
     slots_.clear();
     slots_used_ = 0;

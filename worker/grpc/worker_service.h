@@ -105,6 +105,7 @@ class WorkerService final : public adore::v1::Worker::Service {
   std::unique_ptr<AdoreController> controller_;
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<StepExecutor> executor_;
+  StepExecutorOptions executor_options_;  // from the LoadRequest
   bool loaded_ = false;
   std::string load_request_bytes_;  // the Load request that loaded this worker (for idempotent retries)
   adore::v1::LoadResponse load_response_;
