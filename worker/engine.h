@@ -55,4 +55,17 @@ inline int64_t PolicyPromptChunk(const Engine& engine, const ReleasePolicy& poli
       1, std::min({chunk, engine.max_policy_tokens_per_item(), policy.max_new_per_step(budget)}));
 }
 
+// The forward item of a prompt's next chunk under `policy` (PolicyPromptChunk tokens from *done, which
+// advances past them), its next_new the length of the call after it: the chunk that follows, or 1 (the
+// first decode step). Engines that plan a step ahead rely on that count.
+inline ForwardItem NextPolicyPromptChunk(const Engine& engine, SequenceKv* seq, ReleasePolicy* policy, int64_t budget,
+                                         int64_t chunk_option, std::span<const int32_t> prompt, size_t* done) {
+  const size_t chunk = static_cast<size_t>(PolicyPromptChunk(engine, *policy, budget, chunk_option));
+  const size_t len = std::min(chunk, prompt.size() - *done);
+  ForwardItem item{seq, prompt.subspan(*done, len), false, policy, budget};
+  *done += len;
+  item.next_new = static_cast<int64_t>(std::max<size_t>(1, std::min(chunk, prompt.size() - *done)));
+  return item;
+}
+
 }  // namespace adore

@@ -108,13 +108,9 @@ absl::StatusOr<std::vector<GenerationResult>> GenerateBatch(Engine& engine,
     for (size_t i : stepped) {
       const std::vector<int32_t>& p = requests[i].prompt;
       if (done[i] >= p.size()) continue;
-      const size_t chunk = PolicyPromptChunk(engine, *policies[i], requests[i].release.kv_budget, policy_prefill_chunk);
-      const size_t len = std::min(chunk, p.size() - done[i]);
-      items.push_back(make_item(i, std::span<const int32_t>(p).subspan(done[i], len)));
+      items.push_back(NextPolicyPromptChunk(engine, &seqs[i], policies[i].get(), requests[i].release.kv_budget,
+                                            policy_prefill_chunk, p, &done[i]));
       owners.push_back(i);
-      done[i] += len;
-      // The next call: the prompt's next chunk, or the first decode step.
-      items.back().next_new = static_cast<int64_t>(std::max<size_t>(1, std::min(chunk, p.size() - done[i])));
     }
     if (items.empty()) break;
     ADORE_RETURN_IF_ERROR(engine.Forward(std::span<ForwardItem>(items), &logits));

@@ -158,14 +158,9 @@ absl::StatusOr<WorkerStepResult> StepExecutor::Step(const WorkerStep& step) {
       const SequenceStart& s = *stepped[i];
       if (done[i] >= s.prompt.size() || failed.count(s.id)) continue;
       Live& l = *seqs_.at(s.id);
-      const size_t chunk = PolicyPromptChunk(engine_, *l.policy, l.budget, options_.policy_prefill_chunk);
-      const size_t len = std::min(chunk, s.prompt.size() - done[i]);
-      items.push_back({&l.kv, std::span<const int32_t>(s.prompt).subspan(done[i], len), false, l.policy.get(),
-                       l.budget});
+      items.push_back(NextPolicyPromptChunk(engine_, &l.kv, l.policy.get(), l.budget, options_.policy_prefill_chunk,
+                                            s.prompt, &done[i]));
       owners.push_back(s.id);
-      done[i] += len;
-      // The next call: the prompt's next chunk, or the first decode step.
-      items.back().next_new = static_cast<int64_t>(std::max<size_t>(1, std::min(chunk, s.prompt.size() - done[i])));
       last_chunk.push_back(done[i] == s.prompt.size());
     }
     if (items.empty()) break;

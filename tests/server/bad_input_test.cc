@@ -31,13 +31,8 @@ class BadInputTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (!testing::ModelAvailable()) return;
-    ServerOptions o;
-    o.model = testing::ModelPath();
-    o.port = 0;
+    ServerOptions o = testing::ModelServerOptions(/*kv_rows=*/8192, /*max_batch=*/8);  // with adore's own range
     o.http_port = 0;  // for /metrics
-    o.kv_rows = 8192;
-    o.max_batch = 8;
-    o.controller = std::string(ADORE_SOURCE_DIR) + "/tools/adore/controller.bin";  // adore's own range
     auto s = EmbeddedServer::Start(o);
     ASSERT_TRUE(s.ok()) << s.status();
     server_ = s->release();

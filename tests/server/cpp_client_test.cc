@@ -118,13 +118,7 @@ class CppClientTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (!testing::ModelAvailable()) return;
-    ServerOptions o;
-    o.model = testing::ModelPath();
-    o.port = 0;
-    o.kv_rows = 4096;
-    o.max_batch = 8;
-    o.controller = std::string(ADORE_SOURCE_DIR) + "/tools/adore/controller.bin";
-    auto s = EmbeddedServer::Start(o);
+    auto s = EmbeddedServer::Start(testing::ModelServerOptions(/*kv_rows=*/4096, /*max_batch=*/8));
     ASSERT_TRUE(s.ok()) << s.status();
     server_ = s->release();
   }

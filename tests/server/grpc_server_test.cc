@@ -30,13 +30,7 @@ class GrpcServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (!testing::ModelAvailable()) return;
-    ServerOptions o;
-    o.model = testing::ModelPath();
-    o.port = 0;
-    o.kv_rows = 8192;
-    o.max_batch = 8;
-    o.controller = std::string(ADORE_SOURCE_DIR) + "/tools/adore/controller.bin";
-    auto s = EmbeddedServer::Start(o);
+    auto s = EmbeddedServer::Start(testing::ModelServerOptions(/*kv_rows=*/8192, /*max_batch=*/8));
     ASSERT_TRUE(s.ok()) << s.status();
     server_ = s->release();
   }
@@ -541,12 +535,7 @@ TEST(ServerPolicyChunkTest, TokenByTokenPromptsMatchTheEngineAndBadValuesAreRefu
   const std::vector<int32_t> chunks = testing::ReferenceGreedy(*ref.engine, *ref.tokenizer, text, 12, release);
   ASSERT_NE(one, chunks) << "the test needs a prompt whose output depends on the chunking";
 
-  ServerOptions o;
-  o.model = testing::ModelPath();
-  o.port = 0;
-  o.kv_rows = 2048;
-  o.max_batch = 4;
-  o.controller = std::string(ADORE_SOURCE_DIR) + "/tools/adore/controller.bin";
+  ServerOptions o = testing::ModelServerOptions(/*kv_rows=*/2048, /*max_batch=*/4);
   o.policy_prefill_chunk = 4097;
   auto bad = EmbeddedServer::Start(o);
   ASSERT_FALSE(bad.ok());

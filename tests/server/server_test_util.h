@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "adore/v1/adore.grpc.pb.h"
+#include "coordinator/grpc/server.h"
 #include "common/model_weights.h"
 #include "common/tokenizer.h"
 #include "gtest/gtest.h"
@@ -51,6 +52,18 @@ inline StreamResult ReadGenerate(adore::v1::Adore::Stub& stub, const adore::v1::
 }
 
 // Greedy tokens of `text` (BOS as the server adds it, the model's end tokens stopping) on `engine` alone.
+// An embedded server of the fetched model on a free port (ServerOptions::port 0), with the shipped controller
+// so that adore requests run.
+inline ServerOptions ModelServerOptions(int64_t kv_rows, int64_t max_batch) {
+  ServerOptions o;
+  o.model = ModelPath();
+  o.port = 0;
+  o.kv_rows = kv_rows;
+  o.max_batch = max_batch;
+  o.controller = std::string(ADORE_SOURCE_DIR) + "/tools/adore/controller.bin";
+  return o;
+}
+
 inline std::vector<int32_t> ReferenceGreedy(Engine& engine, const Tokenizer& tok, const std::string& text,
                                             int max_tokens, const ReleaseConfig& release = {},
                                             int64_t policy_prefill_chunk = kDefaultPolicyPrefillChunk) {

@@ -397,14 +397,11 @@ nlohmann::json RunDecodeRow(adore::CudaEngine& engine, const std::string& model,
     // sequences in each call.
     std::vector<adore::ForwardItem> items(batch);
     const std::vector<adore::SamplingParams> params(batch, adore::SamplingParams{});
-    const int32_t chunk = static_cast<int32_t>(
-        adore::PolicyPromptChunk(engine, *policies[0], g.release.kv_budget, g.policy_chunk));
-    for (int32_t x = 0; x < prompt && st.ok(); x += chunk) {
-      const int32_t len = std::min(chunk, prompt - x);
-      const int64_t next = std::max(1, std::min(chunk, prompt - x - len));
+    std::vector<size_t> done(batch, 0);
+    while (done[0] < static_cast<size_t>(prompt) && st.ok()) {
       for (int32_t b = 0; b < batch; ++b) {
-        items[b] = {&seqs[b], std::span<const int32_t>(&prompts[b][x], len), false, policies[b].get(),
-                    g.release.kv_budget, next};
+        items[b] = adore::NextPolicyPromptChunk(engine, &seqs[b], policies[b].get(), g.release.kv_budget,
+                                                g.policy_chunk, prompts[b], &done[b]);
       }
       st = engine.ForwardSample(std::span<adore::ForwardItem>(items), params, &last);
     }
