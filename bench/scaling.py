@@ -11,6 +11,15 @@ One run per machine, e.g. on a 2-GPU host:
 writes OUT_DIR/scaling.json (rows: tp, policy, model, batch, prompt, decode_tok_s, ms_per_token,
 comm_ms_per_step, ...) and the raw adore-bench-cuda files next to it. NVLink multicast stays off
 (NCCL_NVLS_ENABLE=0). Ranks are threads of one adore-bench-cuda process, one GPU each (--tp).
+
+With --server the same grid runs through the product instead: adore-server (pipelined steps, prompts under
+a releasing policy in chunks of --policy_prefill_chunk) with one adore-worker process per GPU joined in the
+NCCL group the coordinator bootstraps, and adore-loadgen streaming --server_batch concurrent requests.
+decode_tok_s = batch / median inter-token latency; comm_ms_per_step = the workers' collective time per step
+over the measured requests (GetStats, the slowest rank); slot_map_checks = the sequence-steps whose release
+decisions the coordinator compared across ranks (and found equal: a mismatch fails the step):
+
+    python3 bench/scaling.py --server --bin BIN_DIR --out OUT_DIR --commit REV --policies full,adore
 """
 import argparse
 import json
@@ -18,6 +27,9 @@ import os
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import serving  # noqa: E402  (adore-server / adore-worker / adore-loadgen process handling)
 
 
 def gpu_count():
@@ -68,6 +80,11 @@ def main():
     p.add_argument("--max_fit_batch", type=int, default=256, help="cap of the largest-batch rows")
     p.add_argument("--skip_prefill", action="store_true",
                    help="decode rows over uncomputed prompt KV (adore-bench-cuda --skip_prefill): same decode cost")
+    p.add_argument("--server", action="store_true", help="through adore-server and adore-worker processes")
+    p.add_argument("--server_batch", default="2048:32,8192:16,32768:4",
+                   help="--server: concurrent requests per prompt length, PROMPT:BATCH,...")
+    p.add_argument("--policy_prefill_chunk", type=int, default=32, help="--server: adore-server's flag")
+    p.add_argument("--step-timeout", type=float, default=300, help="--server: longest loadgen run, seconds")
     p.add_argument("--plot", default="", help="only redraw the plot of this scaling.json (next to it)")
     p.add_argument("--time-budget", type=float, default=540, help="seconds; later runs are skipped past it")
     args = p.parse_args()
@@ -82,6 +99,8 @@ def main():
     n = gpu_count()
     tps = [int(x) for x in args.tp.split(",")] if args.tp else [k for k in (1, 2, 4, 8) if k <= n]
     start = time.time()
+    if args.server:
+        return server_grid(args, tps, n, start)
     rows, raw, machine = [], [], None
     for model, policy, tp in [(mo, po, tp) for mo in args.models.split(",") for po in args.policies.split(",")
                           for tp in tps]:
@@ -126,6 +145,63 @@ def main():
     with open(os.path.join(args.out, "scaling.json"), "w") as f:
         json.dump(doc, f, indent=2)
     plot(doc, os.path.join(args.out, "scaling.png"))
+    print(f"wrote {len(rows)} rows in {time.time() - start:.0f} s", flush=True)
+
+
+def server_grid(args, tps, gpus, start):
+    """The grid through adore-server with one adore-worker process per GPU (see the module doc)."""
+    batch_of = dict((int(a), int(b)) for a, b in (x.split(":") for x in args.server_batch.split(",")))
+    prompts = [int(x) for x in args.prompts.split(",")]
+    procs = serving.Procs()
+    rows = []
+    base = {}
+    try:
+        for model, policy, prompt, tp in [(mo, po, pr, tp) for mo in args.models.split(",")
+                                          for po in args.policies.split(",") for pr in prompts for tp in tps]:
+            if time.time() - start > args.time_budget:
+                print(f"time budget spent: skipping {model} {policy} {prompt} tp={tp}", flush=True)
+                continue
+            batch = batch_of.get(prompt, 8)
+            tag = f"srv_{model}_{policy}_{prompt}_tp{tp}"
+            spec = f"synthetic:{model}:{prompt + args.gen + 64}"
+            release = ["--policy", policy] + (["--kv_budget", str(args.kv_budget), "--rebuild", "0"]
+                                              if policy != "full" else [])
+            t0 = time.time()
+            r = serving.server_run(args, procs, tag, spec, batch, prompt, args.gen, tp, list(range(tp)), release,
+                                   pipeline=True,
+                                   server_flags=["--policy_prefill_chunk", str(args.policy_prefill_chunk)],
+                                   loadgen_flags=["--warmup", str(min(batch, 4))])
+            print(f"  {tag}: {time.time() - t0:.0f} s", flush=True)
+            if r is None:
+                continue
+            itl = r.get("itl_ms_p50")
+            tok_s = batch / (itl / 1e3) if itl else None
+            key = (model, policy, prompt)
+            if tp == 1:
+                base[key] = tok_s
+            b1 = base.get(key)
+            rows.append({"tp": tp, "policy": policy, "m": args.kv_budget if policy != "full" else None,
+                         "model": r.get("model") or model, "batch": batch, "prompt": prompt, "max_fit": True,
+                         "decode_tok_s": tok_s, "ms_per_token": itl,
+                         "comm_ms_per_step": r.get("comm_ms_per_step"),
+                         "server_step_ms_mean": r.get("step_ms_mean"), "server_steps": r.get("steps"),
+                         "slot_map_checks": r.get("slot_map_checks"),
+                         "efficiency": tok_s / (tp * b1) if (tok_s and b1) else None,
+                         "ttft_ms_p50": r.get("ttft_ms_p50"), "ok": r.get("ok"), "errors": r.get("errors"),
+                         "path": f"adore-server (pipelined) + {tp} adore-worker process(es), NCCL",
+                         "note": "batch fixed per prompt (--server_batch), not the largest that fits"})
+    finally:
+        procs.stop()
+    names = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                           capture_output=True, text=True).stdout.strip().splitlines()
+    machine = f"{len(names)} x {names[0]}" if names else "unknown"
+    doc = {"command": "python3 bench/scaling.py " + " ".join(sys.argv[1:]), "machine": machine,
+           "commit": args.commit, "settings": {"gen": args.gen, "tp_sizes": tps, "gpus": gpus,
+                                               "ranks": "adore-worker processes, one GPU each, NCCL (NVLS off)",
+                                               "policy_prefill_chunk": args.policy_prefill_chunk}, "rows": rows}
+    with open(os.path.join(args.out, "scaling_server.json"), "w") as f:
+        json.dump(doc, f, indent=2)
+    plot(doc, os.path.join(args.out, "scaling_server.png"))
     print(f"wrote {len(rows)} rows in {time.time() - start:.0f} s", flush=True)
 
 

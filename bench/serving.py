@@ -90,8 +90,10 @@ def loadgen(args, port, tag, batch, prompt, gen, policy=()):
         return json.load(f)["rows"][0]
 
 
-def server_run(args, procs, tag, model, batch, prompt, gen, workers, tp_devices, policy=(), pipeline=False):
-    """adore-server with `workers` external workers (0 = embedded), then a loadgen round."""
+def server_run(args, procs, tag, model, batch, prompt, gen, workers, tp_devices, policy=(), pipeline=False,
+               server_flags=(), loadgen_flags=()):
+    """adore-server with `workers` external workers (0 = embedded), then a loadgen round. `server_flags` and
+    `loadgen_flags` go to adore-server and adore-loadgen as they are."""
     port = free_port()
     worker_addrs = []
     for rank in range(workers):
@@ -111,13 +113,14 @@ def server_run(args, procs, tag, model, batch, prompt, gen, workers, tp_devices,
         cmd += ["--workers", ",".join(worker_addrs)]
     if pipeline:
         cmd.append("--pipeline_steps")
+    cmd += list(server_flags)
     p = procs.start(cmd, log)
     if not wait_for(p, log, "serving", 300):
         print(f"server did not start:\n{tail(log)}", flush=True)
         for rank in range(workers):
             print(tail(os.path.join(args.out, f"{tag}_worker{rank}.log")), flush=True)
         return None
-    row = loadgen(args, port, tag, batch, prompt, gen, policy)
+    row = loadgen(args, port, tag, batch, prompt, gen, list(policy) + list(loadgen_flags))
     procs.stop()
     return row
 
