@@ -111,8 +111,7 @@ def server_run(args, procs, tag, model, batch, prompt, gen, workers, tp_devices,
            "--controller=" + (args.controller if policy else "")]
     if worker_addrs:
         cmd += ["--workers", ",".join(worker_addrs)]
-    if pipeline:
-        cmd.append("--pipeline_steps")
+    cmd.append("--pipeline_steps=" + ("true" if pipeline else "false"))
     cmd += list(server_flags)
     p = procs.start(cmd, log)
     if not wait_for(p, log, "serving", 300):

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -24,6 +25,18 @@ struct Histogram {
     counts[std::lower_bound(bounds.begin(), bounds.end(), v) - bounds.begin()] += 1;
     sum += v;
     ++count;
+  }
+
+  // The upper bound of the bucket that holds quantile q in (0, 1] (+Inf past the last bound; 0 when empty).
+  double Quantile(double q) const {
+    if (count == 0) return 0.0;
+    const double rank = q * static_cast<double>(count);
+    int64_t seen = 0;
+    for (size_t i = 0; i < bounds.size(); ++i) {
+      seen += counts[i];
+      if (static_cast<double>(seen) >= rank) return bounds[i];
+    }
+    return std::numeric_limits<double>::infinity();
   }
 };
 

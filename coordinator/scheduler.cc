@@ -388,10 +388,10 @@ void Scheduler::Loop() {
       in_flight.pop_front();
       result = runner_.Wait();
     }
-    std::vector<double> rank_step_ms;
+    std::vector<RankStepTiming> rank_timings;
     if (result.ok()) {
-      rank_step_ms = runner_.last_rank_step_ms();
-      if (rank_step_ms.empty()) rank_step_ms.push_back(result->step_ms);
+      rank_timings = runner_.last_rank_timings();
+      if (rank_timings.empty()) rank_timings.push_back({.step_ms = result->step_ms});
     }
     std::vector<uint64_t> finished;
     int64_t new_prompt_tokens = 0, new_tokens = 0, released = 0, rebuilt = 0;
@@ -448,10 +448,16 @@ void Scheduler::Loop() {
       stats_.tokens_released += released;
       stats_.tokens_rebuilt += rebuilt;
       merge_latencies();
-      if (stats_.rank_step_s.size() < rank_step_ms.size()) {
-        stats_.rank_step_s.resize(rank_step_ms.size(), Histogram(kStepBuckets));
+      if (stats_.rank_step_s.size() < rank_timings.size()) {
+        stats_.rank_step_s.resize(rank_timings.size(), Histogram(kStepBuckets));
+        stats_.rank_comm_s.resize(rank_timings.size(), 0.0);
+        stats_.rank_last.resize(rank_timings.size());
       }
-      for (size_t i = 0; i < rank_step_ms.size(); ++i) stats_.rank_step_s[i].Observe(rank_step_ms[i] / 1e3);
+      for (size_t i = 0; i < rank_timings.size(); ++i) {
+        stats_.rank_step_s[i].Observe(rank_timings[i].step_ms / 1e3);
+        stats_.rank_comm_s[i] += rank_timings[i].comm_ms / 1e3;
+        stats_.rank_last[i] = rank_timings[i];
+      }
     }
     DeliverFinals();  // after the counts: a client that sees its stream end finds it in the stats
   }

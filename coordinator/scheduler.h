@@ -55,6 +55,13 @@ struct StreamEvent {
 // Called on the scheduler's thread; must not block (post to a queue).
 using StreamCallback = std::function<void(const StreamEvent&)>;
 
+// One rank's share of a step, as the rank measured it.
+struct RankStepTiming {
+  double step_ms = 0.0;  // the whole step on the rank
+  double comm_ms = 0.0;  // its collectives alone (all-reduces, rank 0's release broadcast)
+  std::string address;   // where the rank is served (host:port); empty: in this process
+};
+
 // Executes step plans: locally (LocalStepRunner) or on every rank of a tensor-parallel group.
 class StepRunner {
  public:
@@ -66,9 +73,10 @@ class StepRunner {
   virtual bool pipelined() const { return false; }
   virtual void Submit(const WorkerStep& /*step*/) {}
   virtual absl::StatusOr<WorkerStepResult> Wait() { return absl::UnimplementedError("the runner is not pipelined"); }
-  // Each rank's own time for the latest successful Step, in ms, rank order (metrics; called on the thread
-  // that calls Step). Empty: the runner has one rank, whose time is WorkerStepResult::step_ms.
-  virtual std::vector<double> last_rank_step_ms() const { return {}; }
+  // Each rank's own timing of the latest successful step, rank order (metrics and GetStats; called on the
+  // thread that calls Step or Wait). Empty: the runner has one rank in this process, whose time is
+  // WorkerStepResult::step_ms.
+  virtual std::vector<RankStepTiming> last_rank_timings() const { return {}; }
 };
 
 // Runs steps on a local engine. Pipelined (`pipelined`), steps run on a thread of their own, so the
@@ -124,7 +132,11 @@ struct SchedulerStats {
   Histogram ttft_s;                // submit to first sampled token, seconds
   Histogram inter_token_s;         // between a request's consecutive tokens, seconds
   Histogram request_s;             // submit to final event, seconds, every request that was queued
-  std::vector<Histogram> rank_step_s;  // step time per rank (StepRunner::last_rank_step_ms), seconds
+  // Per rank (StepRunner::last_rank_timings), over the successful steps: step time, seconds; collective
+  // time summed, seconds; the latest step's timing (with the rank's address).
+  std::vector<Histogram> rank_step_s;
+  std::vector<double> rank_comm_s;
+  std::vector<RankStepTiming> rank_last;
 };
 
 class Scheduler {

@@ -82,6 +82,15 @@ absl::StatusOr<v1::ModelInfo> WaitForModelInfo(v1::Adore::Stub& stub, double tim
   }
 }
 
+absl::StatusOr<v1::ServerStats> FetchStats(v1::Adore::Stub& stub) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::ServerStats stats;
+  const grpc::Status s = stub.GetStats(&ctx, v1::GetStatsRequest(), &stats);
+  if (!s.ok()) return FromGrpc(s, "GetStats");
+  return stats;
+}
+
 class Runner;
 
 // gRPC runs a reactor's reactions one at a time, each after the operation that asked for it was started, but
@@ -426,6 +435,26 @@ std::string PolicyName(v1::Policy policy) {
   }
 }
 
+ServerCounters CountersBetween(const v1::ServerStats& before, const v1::ServerStats& after) {
+  ServerCounters c;
+  if (before.workers_size() == 0 || after.workers_size() == 0) return c;
+  c.steps = 0;
+  for (const v1::WorkerStats& a : after.workers()) {
+    v1::WorkerStats b;  // a rank that had no entry before: zeros
+    for (const v1::WorkerStats& x : before.workers()) {
+      if (x.rank() == a.rank()) b = x;
+    }
+    const int64_t steps = a.steps() - b.steps();
+    c.steps = std::max(c.steps, steps);
+    if (steps <= 0) continue;
+    c.step_ms_mean = std::max(c.step_ms_mean, (a.step_ms_total() - b.step_ms_total()) / static_cast<double>(steps));
+    c.comm_ms_per_step =
+        std::max(c.comm_ms_per_step, (a.comm_ms_total() - b.comm_ms_total()) / static_cast<double>(steps));
+  }
+  c.slot_map_checks = after.slot_map_checks_total() - before.slot_map_checks_total();
+  return c;
+}
+
 absl::StatusOr<LoadReport> RunLoad(const LoadOptions& options) {
   ADORE_RETURN_IF_ERROR(Validate(options));
   const int32_t channels = options.channels > 0 ? options.channels : (options.concurrency + 63) / 64;
@@ -486,6 +515,8 @@ absl::StatusOr<LoadReport> RunLoad(const LoadOptions& options) {
   }
   ADORE_ASSIGN_OR_RETURN(const ProcessStatus before, server_status());
   report.server_rss_kb_after_warmup = before.rss_kb;
+  // A server that does not answer GetStats (an older one, or one behind an auth token) only leaves these out.
+  const absl::StatusOr<v1::ServerStats> stats_before = FetchStats(*info_stub);
   for (int32_t round = 1; round <= options.rounds; ++round) {
     std::vector<RequestRecord> records;
     RoundReport rr;
@@ -506,6 +537,9 @@ absl::StatusOr<LoadReport> RunLoad(const LoadOptions& options) {
                           std::make_move_iterator(records.end()));
   }
 
+  if (const absl::StatusOr<v1::ServerStats> stats_after = FetchStats(*info_stub); stats_before.ok() && stats_after.ok()) {
+    report.server = CountersBetween(*stats_before, *stats_after);
+  }
   report.requests = options.requests * options.rounds;
   std::vector<double> ttft, itl, latency, server_ttft;
   const RequestRecord* first_ok = nullptr;
@@ -575,6 +609,10 @@ std::string FormatSummary(const LoadOptions& options, const LoadReport& r) {
   absl::StrAppendFormat(&out, "server ttft  %s\n", Ms(r.server_ttft_ms));
   absl::StrAppendFormat(&out, "tokens/req   %.1f mean (finished: %d length, %d stop)\n", r.mean_output_tokens,
                         r.finished_length, r.finished_stop);
+  if (r.server.steps > 0) {
+    absl::StrAppendFormat(&out, "server       %d steps, %.3f ms mean, collectives %.3f ms/step, %d slot-map checks\n",
+                          r.server.steps, r.server.step_ms_mean, r.server.comm_ms_per_step, r.server.slot_map_checks);
+  }
   if (options.rounds > 1 || options.server_pid > 0) {
     if (r.server_rss_kb_after_warmup >= 0) {
       absl::StrAppendFormat(&out, "server rss   %d kB before round 1\n", r.server_rss_kb_after_warmup);
@@ -632,6 +670,12 @@ nlohmann::json ReportRow(const LoadOptions& o, const LoadReport& r, const std::s
   row["kv_budget"] = r.kv_budget;
   row["rebuild"] = r.rebuild;
   row["label"] = label;
+  const bool counted = r.server.steps >= 0;
+  row["steps"] = counted ? nlohmann::json(r.server.steps) : nlohmann::json(nullptr);
+  row["step_ms_mean"] = counted && r.server.steps > 0 ? nlohmann::json(r.server.step_ms_mean) : nlohmann::json(nullptr);
+  row["comm_ms_per_step"] =
+      counted && r.server.steps > 0 ? nlohmann::json(r.server.comm_ms_per_step) : nlohmann::json(nullptr);
+  row["slot_map_checks"] = counted ? nlohmann::json(r.server.slot_map_checks) : nlohmann::json(nullptr);
   if (o.rounds > 1 || o.server_pid > 0) {
     row["rounds"] = o.rounds;
     row["requests_per_round"] = o.requests;

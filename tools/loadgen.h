@@ -81,6 +81,15 @@ struct Percentiles {
 };
 Percentiles ComputePercentiles(std::vector<double> samples);
 
+// What the server's GetStats says of the steps it ran during the measured rounds.
+struct ServerCounters {
+  int64_t steps = -1;
+  double step_ms_mean = 0.0, comm_ms_per_step = 0.0;
+  int64_t slot_map_checks = 0;
+};
+// The difference of two GetStats answers (`after` later); steps = -1 when either has no worker entries.
+ServerCounters CountersBetween(const v1::ServerStats& before, const v1::ServerStats& after);
+
 // One round of the measured requests.
 struct RoundReport {
   int32_t round = 1;
@@ -110,6 +119,10 @@ struct LoadReport {
   std::vector<RequestRecord> records;  // measured requests, by round, then index
   std::vector<RoundReport> rounds;     // per round, in order
   int64_t server_rss_kb_after_warmup = -1;  // with server_pid (and before round 1 when there is no warmup)
+  // From GetStats before and after the measured rounds (steps < 0 when either call failed): the server's
+  // successful steps in between, their mean time and their time in collectives per step (each the slowest
+  // rank's), and the sequence-steps whose release decisions were compared across ranks.
+  ServerCounters server;
 };
 
 // What /proc/<pid>/status says of a process of this machine: VmRSS (resident memory, kB) and Threads.
@@ -139,7 +152,8 @@ std::string FormatSummary(const LoadOptions& options, const LoadReport& report);
 
 // One row of a bench/results file: requests, concurrency, prompt_tokens, max_tokens, ok, errors, wall_s,
 // output_tok_s, input_tok_s, ttft_ms_p50/p90/p99, itl_ms_p50/p90/p99, mean_output_tokens, policy,
-// kv_budget, rebuild, label, plus the model, backend and tensor-parallel size the server reported.
+// kv_budget, rebuild, label, plus the model, backend and tensor-parallel size the server reported, and
+// steps, step_ms_mean, comm_ms_per_step, slot_map_checks (LoadReport::server; null without GetStats).
 // Percentiles without samples are null. With several rounds or a server_pid also `rounds` and
 // `per_round` (round, ok, errors, wall_s, ttft_ms_p50, ttft_ms_p99, server_rss_kb, server_threads) and
 // `server_rss_kb_after_warmup`.

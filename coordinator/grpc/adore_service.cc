@@ -1,6 +1,7 @@
 // AdoreService: the public gRPC API over the scheduler.
 #include "coordinator/grpc/adore_service.h"
 
+#include <algorithm>
 #include <cctype>
 #include <condition_variable>
 #include <deque>
@@ -368,14 +369,31 @@ grpc::Status AdoreService::GetStats(grpc::ServerContext* context, const v1::GetS
   s->set_tokens_released_total(released_total_);
   s->set_tokens_rebuilt_total(rebuilt_total_);
   s->set_slot_map_checks_total(st.slot_map_checks);
-  v1::WorkerStats* w = s->add_workers();
-  w->set_rank(0);
-  w->set_address("embedded");
-  w->set_healthy(true);
-  w->set_steps(st.steps);
-  w->set_last_step_ms(st.last_step_ms);
-  w->set_kv_slots_used(st.kv_slots_used);
-  w->set_kv_slots_free(info_.kv_rows - st.kv_slots_used);
+  // One entry per rank (one before the first step), every rank holding the same slot map.
+  const size_t ranks = std::max<size_t>(1, st.rank_step_s.size());
+  for (size_t rank = 0; rank < ranks; ++rank) {
+    v1::WorkerStats* w = s->add_workers();
+    w->set_rank(static_cast<int32_t>(rank));
+    w->set_healthy(true);
+    w->set_kv_slots_used(st.kv_slots_used);
+    w->set_kv_slots_free(info_.kv_rows - st.kv_slots_used);
+    if (rank >= st.rank_step_s.size()) {
+      w->set_address("embedded");
+      continue;
+    }
+    const Histogram& h = st.rank_step_s[rank];
+    const RankStepTiming& last = st.rank_last[rank];
+    w->set_address(last.address.empty() ? "embedded" : last.address);
+    w->set_steps(h.count);
+    w->set_last_step_ms(last.step_ms);
+    w->set_last_comm_ms(last.comm_ms);
+    w->set_step_ms_total(1e3 * h.sum);
+    w->set_comm_ms_total(1e3 * st.rank_comm_s[rank]);
+    if (h.count > 0) {
+      w->set_mean_step_ms(1e3 * h.sum / static_cast<double>(h.count));
+      w->set_p99_step_ms(1e3 * h.Quantile(0.99));
+    }
+  }
   return grpc::Status::OK;
 }
 

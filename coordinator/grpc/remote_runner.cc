@@ -329,9 +329,9 @@ absl::Status RemoteStepRunner::CheckWorkers() {
   return st;
 }
 
-std::vector<double> RemoteStepRunner::last_rank_step_ms() const {
+std::vector<RankStepTiming> RemoteStepRunner::last_rank_timings() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return rank_step_ms_;
+  return rank_timings_;
 }
 
 // The requests the scheduler ran in a failed step end with it; the worker frees them at the next step.
@@ -502,8 +502,12 @@ absl::StatusOr<WorkerStepResult> RemoteStepRunner::Land(std::unique_ptr<Flight> 
       }
     }
   }
-  rank_step_ms_.resize(n);
-  for (int rank = 0; rank < n; ++rank) rank_step_ms_[rank] = responses[rank].timing().total_ms();
+  rank_timings_.resize(n);
+  for (int rank = 0; rank < n; ++rank) {
+    rank_timings_[rank] = {.step_ms = responses[rank].timing().total_ms(),
+                           .comm_ms = responses[rank].timing().comm_ms(),
+                           .address = ranks_[rank].address};
+  }
   WorkerStepResult out;
   if (n > 1) out.slot_map_checks = resp.outputs_size();  // all compared above, all equal
   for (const v1::SequenceOutput& o : resp.outputs()) {

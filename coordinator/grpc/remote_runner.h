@@ -71,8 +71,8 @@ class RemoteStepRunner final : public StepRunner {
   bool pipelined() const override { return options_.pipeline; }
   void Submit(const WorkerStep& step) override;
   absl::StatusOr<WorkerStepResult> Wait() override;
-  // Each rank's StepTiming.total_ms of the latest successful step (the /metrics per-rank step time).
-  std::vector<double> last_rank_step_ms() const override;
+  // Each rank's StepTiming (total_ms, comm_ms) of the latest successful step, with its address.
+  std::vector<RankStepTiming> last_rank_timings() const override;
 
   // Whether the group can take steps, for readiness (grpc.health.v1, /health): OK, or UNAVAILABLE naming
   // what is wrong. Probes every rank (Health) unless a step succeeded lately; a group found broken (a rank
@@ -143,7 +143,7 @@ class RemoteStepRunner final : public StepRunner {
   std::deque<std::unique_ptr<Flight>> flights_;  // pipelined steps submitted and not yet waited for
   std::unordered_set<uint64_t> starting_;        // started in a step not yet landed (they may decode already)
   bool pipeline_failed_ = false;                 // a step failed while a later one was in the air
-  std::vector<double> rank_step_ms_;       // per rank, the latest successful step as each worker timed it
+  std::vector<RankStepTiming> rank_timings_;  // per rank, the latest successful step as each worker timed it
   std::chrono::steady_clock::time_point last_step_ok_{};
 
   mutable std::mutex state_mu_;  // what CheckWorkers answers while a step runs

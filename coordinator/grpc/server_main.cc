@@ -47,9 +47,10 @@ ABSL_FLAG(int32_t, expect_workers_timeout_s, 600, "with --expect_workers: longes
           "exit with an error naming the missing ranks after it");
 ABSL_FLAG(std::string, worker_secret_file, "", "file holding the workers' shared secret (with --workers or "
           "--expect_workers: sent to the workers, and required of registrations)");
-ABSL_FLAG(bool, pipeline_steps, false,
+ABSL_FLAG(bool, pipeline_steps, true,
           "send step n + 1 to the engine or the workers before step n's answer is streamed, so that the GPUs do "
-          "not wait for the coordinator (its round trip to worker processes, its detokenizing and streaming)");
+          "not wait for the coordinator (its round trip to worker processes, its detokenizing and streaming); "
+          "--pipeline_steps=false runs one step at a time");
 ABSL_FLAG(int32_t, policy_prefill_chunk, 0,
           "prompt tokens per forward call for requests under a releasing policy, in [0, 4096] (0 = 32; the cuda "
           "backend then takes one token per call, and a value > 1 turns on its chunk path, at most 64); sent to "

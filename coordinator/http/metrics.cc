@@ -128,6 +128,12 @@ std::string RenderMetrics(const SchedulerStats& s, const MetricsContext& c) {
   for (size_t rank = 0; rank < s.rank_step_s.size(); ++rank) {
     e.HistogramSamples("adore_worker_step_seconds", {{"rank", absl::StrCat(rank)}}, s.rank_step_s[rank]);
   }
+  e.Family("adore_worker_collective_seconds_total", "counter",
+           "Time per worker rank in collectives (tensor-parallel all-reduces, the release broadcast), as the "
+           "worker timed it; 0 with one rank.");
+  for (size_t rank = 0; rank < s.rank_comm_s.size(); ++rank) {
+    e.Sample("adore_worker_collective_seconds_total", {{"rank", absl::StrCat(rank)}}, s.rank_comm_s[rank]);
+  }
   if (c.http != nullptr) {
     e.Family("adore_http_requests_total", "counter", "HTTP requests served, by route and status code.");
     for (const auto& [key, n] : c.http->Snapshot()) {

@@ -310,7 +310,7 @@ class FaultTest : public ::testing::Test {
 
 void FaultTest::KillWorkerDuringStreams(int tp, Discovery discovery, int kill_rank, bool pipelined) {
   const std::vector<std::string> server_flags =
-      pipelined ? std::vector<std::string>{"--pipeline_steps"} : std::vector<std::string>{};
+      std::vector<std::string>{pipelined ? "--pipeline_steps=true" : "--pipeline_steps=false"};
   const auto t_test = std::chrono::steady_clock::now();
   std::vector<std::string> addresses(tp);
   std::vector<Child*> by_rank(tp);

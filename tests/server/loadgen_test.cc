@@ -9,13 +9,16 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <chrono>
+#include <limits>
 #include <cmath>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "coordinator/grpc/server.h"
+#include "coordinator/histogram.h"
 #include "gtest/gtest.h"
 #include "tests/test_util.h"
 
@@ -123,6 +126,16 @@ TEST_F(LoadgenTest, ConcurrentRunCountsEveryRequestAndToken) {
   EXPECT_EQ(row["label"], "unit test");
   EXPECT_TRUE(row["ttft_ms_p50"].is_number());
   EXPECT_TRUE(row["itl_ms_p99"].is_number());
+  // The server's steps during the measured requests (GetStats before and after; the warmup's are not
+  // counted): at least the longest request's tokens, at most one per token and per prompt.
+  int64_t longest = 0;
+  for (const RequestRecord& rec : r.records) longest = std::max(longest, rec.output_tokens);
+  EXPECT_GE(r.server.steps, longest);
+  EXPECT_LE(r.server.steps, tokens + 8);
+  EXPECT_EQ(row["steps"], r.server.steps);
+  EXPECT_GT(r.server.step_ms_mean, 0.0);
+  EXPECT_EQ(r.server.comm_ms_per_step, 0.0) << "one rank: no collectives";
+  EXPECT_EQ(r.server.slot_map_checks, 0);
 
   const std::string summary = loadgen::FormatSummary(o, r);
   EXPECT_NE(summary.find("8 ok, 0 failed"), std::string::npos) << summary;
@@ -388,6 +401,40 @@ TEST(LoadgenCore, PolicyNames) {
   EXPECT_EQ(*loadgen::ParsePolicy("heavy_hitter"), v1::POLICY_HEAVY_HITTER);
   EXPECT_EQ(loadgen::PolicyName(v1::POLICY_ADORE), "adore");
   EXPECT_FALSE(loadgen::ParsePolicy("h2o").ok());
+}
+
+TEST(LoadgenCore, ServerCountersTakeTheSlowestRanksTimePerStep) {
+  v1::ServerStats before, after;
+  auto worker = [](v1::ServerStats* s, int rank, int64_t steps, double step_ms, double comm_ms) {
+    v1::WorkerStats* w = s->add_workers();
+    w->set_rank(rank);
+    w->set_steps(steps);
+    w->set_step_ms_total(step_ms);
+    w->set_comm_ms_total(comm_ms);
+  };
+  worker(&before, 0, 10, 100.0, 5.0);
+  worker(&before, 1, 10, 90.0, 20.0);
+  worker(&after, 0, 30, 300.0, 25.0);   // 20 steps: 10 ms each, 1 ms in collectives
+  worker(&after, 1, 30, 250.0, 80.0);   // 20 steps: 8 ms each, 3 ms in collectives
+  before.set_slot_map_checks_total(7);
+  after.set_slot_map_checks_total(47);
+  const loadgen::ServerCounters c = loadgen::CountersBetween(before, after);
+  EXPECT_EQ(c.steps, 20);
+  EXPECT_DOUBLE_EQ(c.step_ms_mean, 10.0);
+  EXPECT_DOUBLE_EQ(c.comm_ms_per_step, 3.0);
+  EXPECT_EQ(c.slot_map_checks, 40);
+  EXPECT_EQ(loadgen::CountersBetween(v1::ServerStats(), after).steps, -1) << "no worker entries: unknown";
+}
+
+TEST(HistogramTest, QuantileIsTheUpperBoundOfItsBucket) {
+  Histogram h({1.0, 2.0, 4.0});
+  EXPECT_EQ(h.Quantile(0.99), 0.0) << "empty";
+  for (double v : {0.5, 1.5, 1.5, 3.0}) h.Observe(v);
+  EXPECT_EQ(h.Quantile(0.25), 1.0);
+  EXPECT_EQ(h.Quantile(0.5), 2.0);
+  EXPECT_EQ(h.Quantile(0.99), 4.0);
+  h.Observe(9.0);
+  EXPECT_EQ(h.Quantile(0.99), std::numeric_limits<double>::infinity());
 }
 
 }  // namespace

@@ -325,6 +325,24 @@ TEST(MultiProcessTest, TwoWorkerProcessesGenerateWhatOneWorkerAndOneEngineDo) {
   EXPECT_GE(tp2.stats.slot_map_checks_total(), streamed) << tp2.logs;
   EXPECT_EQ(tp1.stats.slot_map_checks_total(), 0) << "one rank: nothing to compare";
   EXPECT_GT(tp2.stats.tokens_released_total(), 0);
+  // GetStats has one entry per rank, each with the worker's own timing: every step, and the collectives
+  // (Gloo all-reduces) that only a group of two runs.
+  ASSERT_EQ(tp2.stats.workers_size(), 2) << tp2.stats.DebugString();
+  ASSERT_EQ(tp1.stats.workers_size(), 1) << tp1.stats.DebugString();
+  for (int r = 0; r < 2; ++r) {
+    const v1::WorkerStats& w = tp2.stats.workers(r);
+    EXPECT_EQ(w.rank(), r);
+    EXPECT_NE(w.address().find("127.0.0.1:"), std::string::npos) << w.address();
+    EXPECT_EQ(w.steps(), tp2.stats.workers(0).steps());
+    EXPECT_GE(w.steps(), static_cast<int64_t>(cases.size()));
+    EXPECT_GT(w.step_ms_total(), 0.0);
+    EXPECT_GT(w.comm_ms_total(), 0.0) << "rank " << r << ": no collective time reported";
+    EXPECT_LT(w.comm_ms_total(), w.step_ms_total());
+    EXPECT_NEAR(w.mean_step_ms(), w.step_ms_total() / w.steps(), 1e-6 * w.step_ms_total());
+    EXPECT_GE(w.p99_step_ms(), w.mean_step_ms() / 10);
+  }
+  EXPECT_EQ(tp1.stats.workers(0).comm_ms_total(), 0.0) << "one rank: no collectives";
+  EXPECT_GT(tp1.stats.workers(0).step_ms_total(), 0.0);
   // Both ranks ran every step, as one group of two.
   ASSERT_EQ(tp2.health.size(), 2u);
   for (int r = 0; r < 2; ++r) {
