@@ -135,7 +135,8 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::CreateSynthetic(const Mo
 void SetCudaPolicyChunk(int64_t chunk, CudaEngineOptions* o) {
   if (chunk <= 1) return;
   o->policy_chunk = std::min(chunk, kCudaMaxPolicyChunk);
-  o->max_mass_slots = std::max(o->max_mass_slots, o->max_batch * o->policy_chunk * (1024 + o->policy_chunk + 1));
+  o->max_mass_slots =
+      std::max(o->max_mass_slots, o->max_batch * o->policy_chunk * (kCudaChunkBudget + o->policy_chunk + 1));
 }
 
 absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Finish(std::unique_ptr<CudaEngine> engine,
@@ -181,6 +182,12 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Finish(std::unique_ptr<C
   if (rows <= 0) return absl::ResourceExhaustedError("CUDA engine: no device memory left for the KV pool");
   ADORE_ASSIGN_OR_RETURN(engine->pool_, CudaKvPool::Create(c.num_layers, rows, kv_dim));
   if (o.max_slots == 0) o.max_slots = 2 * rows + o.max_tokens;
+  if (o.policy_chunk > 1) {
+    // A chunk's tokens each read their own copy of the item's table (RunForward's bound, (len + 1) x
+    // (budget + len) per item): room for max_batch chunks at the budget SetCudaPolicyChunk sizes for.
+    o.max_slots = std::max(o.max_slots, o.max_batch * (o.policy_chunk + 1) * (kCudaChunkBudget + o.policy_chunk) +
+                                            o.max_tokens);
+  }
 
   // Index staging: tokens, positions, rows (max_tokens each), logit rows, three offset arrays (decode
   // groups, prefill queries, prefill tables), slot tables.

@@ -30,6 +30,9 @@
 namespace adore {
 
 inline constexpr int64_t kCudaMaxPolicyChunk = 64;  // CudaEngineOptions::policy_chunk's upper bound
+// The per-sequence KV budget the chunk path's slot bounds are sized for (a call of max_batch chunks at
+// larger budgets fails RESOURCE_EXHAUSTED).
+inline constexpr int64_t kCudaChunkBudget = 1024;
 
 // Every buffer a forward call needs is allocated once from these bounds; a call past one fails with
 // RESOURCE_EXHAUSTED instead of allocating (so the decode path never calls cudaMalloc).

@@ -143,7 +143,10 @@ absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Synthetic(const ModelC
     a.n = s.rows * s.cols;
     a.low = low;
     a.high = high;
-    a.seed = seed * 0x9E3779B97F4A7C15ull + i + 0x100000ull * static_cast<uint64_t>(tp_rank);
+    // A tensor every rank holds whole (embeddings, norms, a replicated output) must be the same on every
+    // rank, or the ranks' hidden states and samples part; a shard gets its rank's own values.
+    const bool replicated = s.rows == s.full_rows && s.cols == s.full_cols;
+    a.seed = seed * 0x9E3779B97F4A7C15ull + i + (replicated ? 0 : 0x100000ull * static_cast<uint64_t>(tp_rank));
     ADORE_RETURN_IF_ERROR(kernels::FillUniform(a, nullptr));
   }
   ADORE_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
