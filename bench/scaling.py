@@ -181,7 +181,7 @@ def server_grid(args, tps, gpus, start):
                 base[key] = tok_s
             b1 = base.get(key)
             rows.append({"tp": tp, "policy": policy, "m": args.kv_budget if policy != "full" else None,
-                         "model": r.get("model") or model, "batch": batch, "prompt": prompt, "max_fit": True,
+                         "model": r.get("model") or model, "batch": batch, "prompt": prompt, "max_fit": False,
                          "decode_tok_s": tok_s, "ms_per_token": itl,
                          "comm_ms_per_step": r.get("comm_ms_per_step") if tp > 1 else 0.0,
                          "comm_note": "" if tp == 1 or policy != "full" else
@@ -218,6 +218,9 @@ def plot(doc, png):
         print("matplotlib missing: no plot", flush=True)
         return
     rows = [r for r in doc["rows"] if r["max_fit"] and r["decode_tok_s"]]
+    fixed_batch = not rows  # through the server: the batch of --server_batch
+    if fixed_batch:
+        rows = [r for r in doc["rows"] if r["decode_tok_s"]]
     series = sorted({(r["model"], r["prompt"], r["policy"]) for r in rows})
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for model, prompt, policy in series:
@@ -225,6 +228,8 @@ def plot(doc, png):
                      if r["model"] == model and r["prompt"] == prompt and r["policy"] == policy)
         base = dict(pts).get(1)
         label = f"{model.split(' (')[0]}, {prompt // 1024}k, {policy}"
+        if fixed_batch:
+            label += f", batch {next(r['batch'] for r in rows if r['model'] == model and r['prompt'] == prompt)}"
         a1.plot([t for t, _ in pts], [v for _, v in pts], marker="o", label=label)
         if base:
             a2.plot([t for t, _ in pts], [100 * v / (t * base) for t, v in pts], marker="o", label=label)
@@ -233,14 +238,15 @@ def plot(doc, png):
         a.set_xticks(tps)
         a.set_xlabel("GPUs (tensor-parallel size)")
         a.grid(alpha=0.3)
-    a1.set_ylabel("decode tokens/s (largest batch that fits)")
+    a1.set_ylabel("decode tokens/s (" + ("batch as labelled" if fixed_batch else "largest batch that fits") + ")")
     a1.set_yscale("log")
     a2.set_ylabel("scaling efficiency (%)")
     a2.set_ylim(0, 120)
     a2.axhline(85, color="gray", ls="--", lw=1)
     a1.legend(fontsize=8)
     policies = ", ".join(sorted({r["policy"] for r in rows})) or "full"
-    fig.suptitle(f"CUDA engine tensor parallelism, {policies} ({doc['machine'].split(';')[0]}, commit {doc['commit']})",
+    what = "adore-server + adore-worker processes" if fixed_batch else "CUDA engine"
+    fig.suptitle(f"{what}: tensor parallelism, {policies} ({doc['machine'].split(';')[0]}, commit {doc['commit']})",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(png, dpi=110)

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/model_weights.h"
+#include "common/synthetic_model.h"
 #include "nlohmann/json.hpp"
 #include "tests/adore_controller_file.h"
 #include "tests/cuda/cuda_test_util.h"
@@ -718,6 +719,52 @@ TEST_F(CudaEngineSyntheticTest, CudaGraphDecodeMatchesEagerLaunches) {
   }
   std::printf("CUDA graph decode vs eager: worst step ||diff|| / ||eager|| = %.2e\n", worst);
   EXPECT_LE(worst, 5e-3);
+}
+
+// Decode steps under release policies (a device adore controller and a host window: attention mass and
+// features gathered) replay CUDA graphs once the tables sit at their budget, and release and compute what
+// eager launches do: the same slots after every step, the same logits (SmolLM2 shape, synthetic weights, the
+// shipped controller).
+TEST_F(CudaEngineSyntheticTest, PolicyDecodeGraphsMatchEagerLaunches) {
+  auto controller = AdoreController::Load(testing::SourcePath("tools/adore/controller.bin"));
+  ASSERT_TRUE(controller.ok()) << controller.status();
+  auto config = SyntheticModelConfig("synthetic:smollm2-135m:1024");
+  ASSERT_TRUE(config.ok()) << config.status();
+  CudaEngineOptions options{.max_tokens = 1024, .max_batch = 8, .max_logit_rows = 64, .kv_rows = 4096};
+  options.adore_controller = controller->get();
+  options.adore_lanes = 4;
+  auto graphs = CudaEngine::CreateSynthetic(*config, 7, options);
+  options.cuda_graphs = false;
+  auto eager = CudaEngine::CreateSynthetic(*config, 7, options);
+  ASSERT_TRUE(graphs.ok() && eager.ok());
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(config->vocab_size - 1));
+  std::vector<int32_t> a(160), b(160);
+  for (int32_t& t : a) t = tok(rng);
+  for (int32_t& t : b) t = tok(rng);
+  constexpr int64_t kBudget = 48;
+  const ReleaseConfig adore{.kind = PolicyKind::kAdore, .kv_budget = kBudget, .controller = controller->get()};
+  const ReleaseConfig window{.kind = PolicyKind::kWindow, .kv_budget = kBudget};
+  auto ga = (*graphs)->MakePolicy(adore), ea = (*eager)->MakePolicy(adore);
+  auto gb = MakeReleasePolicy(window), eb = MakeReleasePolicy(window);
+  ASSERT_TRUE(ga.ok() && ea.ok() && gb.ok() && eb.ok());
+  ASSERT_NE(dynamic_cast<DeviceAdorePolicy*>(ga->get()), nullptr) << "the engine made a host policy";
+  std::vector<std::vector<std::vector<int32_t>>> gslots, eslots;
+  const auto lg = PolicySteps(**graphs, a, b, ga->get(), gb->get(), kBudget, false, &gslots);
+  const auto le = PolicySteps(**eager, a, b, ea->get(), eb->get(), kBudget, false, &eslots);
+  ASSERT_EQ(lg.size(), a.size());
+  ASSERT_EQ(le.size(), a.size());
+  EXPECT_EQ(gslots, eslots);
+  double worst = 0;
+  for (size_t t = 0; t < lg.size(); ++t) worst = std::max(worst, MatrixRelDiff(lg[t], le[t]));
+  std::printf("policy decode graphs vs eager: %lld of %zu calls replayed, worst ||diff|| / ||eager|| = %.2e\n",
+              static_cast<long long>((*graphs)->graph_launches()), lg.size(), worst);
+  EXPECT_LE(worst, 1e-5);
+  // Every call after the tables reach the budget has the same shape: all but the first two of them replay.
+  EXPECT_GE((*graphs)->graph_launches(), static_cast<int64_t>(a.size()) - kBudget - 4);
+  EXPECT_EQ((*eager)->graph_launches(), 0);
+  EXPECT_EQ((*ga)->stats().released, (*ea)->stats().released);
+  EXPECT_GT((*ga)->stats().released, 0);
 }
 
 TEST_F(CudaEngineSyntheticTest, MatchesCpuEngineOnExportedWeights) {

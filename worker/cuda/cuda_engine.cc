@@ -21,8 +21,9 @@ namespace k = kernels;
 namespace {
 
 constexpr int64_t kMaxGridRows = 65535;  // row counts that become a grid's y dimension
-constexpr int64_t kMaxFeatureLayers = 4;
-constexpr size_t kMaxGraphs = 256;  // captured decode shapes kept per engine  // distinct layers whose features the policies of one call want
+constexpr int64_t kMaxFeatureLayers = 4;        // distinct layers whose features the policies of one call want
+constexpr size_t kMaxGraphs = 256;               // captured decode shapes kept per engine
+constexpr size_t kMaxSeenGraphShapes = 4096;     // shapes seen once (not captured yet) remembered
 constexpr int kDecodeSplitsPerItem = 16;
 // Device adore: protected positions (sinks + recent) a device policy may have, and the plan outputs'
 // capacity per sequence (rebuild list <= max_rebuild + protected; release <= that + the new token).
@@ -543,12 +544,14 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
     }
   }
 
-  // Pure decode calls run as CUDA graphs: the batch is padded to a bucket with empty items (no slots, KV
-  // row -1 so nothing is written) and the slot bound rounded up, so one captured graph serves many calls.
+  // Decode calls run as CUDA graphs. Without policies the batch is padded to a bucket with empty items (no
+  // slots, KV row -1 so nothing is written) and the slot bound rounded up, so one captured graph serves many
+  // calls. With policies (their tokens' attention mass and features are gathered) the shape is taken as it
+  // is: under a release policy the tables stay at their budget, so the same shape comes back every step.
   const int64_t real_logit_rows = plan.num_logit_rows;
-  const bool graph = o.cuda_graphs && !graphs_failed_ && plan.num_prefill == 0 && plan.num_mass_decode == 0 &&
+  const bool graph = o.cuda_graphs && !graphs_failed_ && plan.num_prefill == 0 &&
                      plan.num_logit_rows == plan.num_decode;
-  if (graph) {
+  if (graph && plan.num_mass_decode == 0) {
     // Small batches run unpadded (empty items would lower the decode kernel's split count: measured 2x
     // slower at batch 1 on the 7B shape); larger ones pad to a multiple of 16.
     int64_t bucket = plan.num_decode <= 16 ? plan.num_decode : (plan.num_decode + 15) / 16 * 16;
@@ -627,11 +630,17 @@ absl::StatusOr<int64_t> CudaEngine::RunForward(std::span<ForwardItem> items, boo
 }
 
 absl::Status CudaEngine::RunDecodeGraph(const Plan& plan) {
-  const std::pair<int64_t, int64_t> key(plan.num_decode, plan.max_decode_slots);
+  const GraphKey key(plan.num_decode, plan.max_decode_slots, plan.num_mass_decode, plan.max_mass_decode_slots,
+                     plan.mass_slots, plan.feature_layers);
   auto it = graphs_.find(key);
-  if (it != graphs_.end()) return k::CudaStatus(cudaGraphLaunch(it->second, stream_), "cudaGraphLaunch");
+  if (it != graphs_.end()) {
+    ++graph_launches_;
+    return k::CudaStatus(cudaGraphLaunch(it->second, stream_), "cudaGraphLaunch");
+  }
   // First call of a shape runs eagerly (cuBLAS picks and sets up its kernels outside any capture); the
-  // second captures the shape's graph. A capture that fails turns graphs off for this engine.
+  // second captures the shape's graph. A capture that fails turns graphs off for this engine. Shapes seen
+  // once are forgotten past a bound (policy shapes change every step while the tables fill).
+  if (graph_shapes_seen_.size() >= kMaxSeenGraphShapes) graph_shapes_seen_.clear();
   if (graph_shapes_seen_.insert(key).second || graphs_.size() >= kMaxGraphs) return RunLayers(plan);
   cudaGraph_t g = nullptr;
   cudaGraphExec_t exec = nullptr;
@@ -651,6 +660,7 @@ absl::Status CudaEngine::RunDecodeGraph(const Plan& plan) {
     return RunLayers(plan);
   }
   graphs_.emplace(key, exec);
+  ++graph_launches_;
   return k::CudaStatus(cudaGraphLaunch(exec, stream_), "cudaGraphLaunch");
 }
 

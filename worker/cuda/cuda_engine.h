@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <tuple>
 #include <utility>
 #include <span>
 #include <vector>
@@ -42,8 +43,10 @@ struct CudaEngineOptions {
   int64_t max_logit_rows = 256;  // logit rows per Forward call (one per item, or per token with all_logits)
   int64_t max_slots = 0;         // slot-table entries per call, summed over items; 0 = 2 * kv_rows + max_tokens
   int64_t max_mass_slots = 1 << 20;  // slots of the items with a release policy per call (attention mass)
-  // Pure decode calls (one token per item, no policy, no prefill) replay captured CUDA graphs, one per
-  // (batch bucket, slot bound bucket); the first call of a shape runs eagerly.
+  // Decode calls (one token per item, no prefill and no rebuild) replay captured CUDA graphs: without
+  // policies one per (batch bucket, slot bound bucket); with policies (attention mass and features wanted)
+  // one per exact shape (batch, slot bounds, observed slots, feature layers), which repeats once every
+  // table is at its budget. The first call of a shape runs eagerly.
   bool cuda_graphs = true;
   // Which decode attention kernel runs (both compute the same; see kernels/cuda/ops.h). A/B benchmarks.
   kernels::DecodeAttentionKernel decode_attention = kernels::DecodeAttentionKernel::kAuto;
@@ -147,6 +150,8 @@ class CudaEngine final : public Engine {
   // Calls so far whose slot tables went up as changed entries (the GPU kept the previous call's tables)
   // rather than whole: for tests and benchmarks.
   int64_t num_slot_table_updates() const { return num_slot_table_updates_; }
+  // Calls whose layers ran as a replayed CUDA graph (CudaEngineOptions::cuda_graphs).
+  int64_t graph_launches() const { return graph_launches_; }
 
  private:
   struct Plan;  // one call's host-side layout (defined in the .cc)
@@ -229,8 +234,11 @@ class CudaEngine final : public Engine {
   cudaEvent_t adore_start_ = nullptr, adore_stop_ = nullptr;  // with time_calls
   bool adore_timed_ = false;  // the events of this call were recorded
 
-  std::map<std::pair<int64_t, int64_t>, cudaGraphExec_t> graphs_;  // (batch, slot bound) -> decode graph
-  std::set<std::pair<int64_t, int64_t>> graph_shapes_seen_;
+  // A decode graph's shape: the Plan's counts and bounds its launches bake in, and the feature layers.
+  using GraphKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, std::vector<int32_t>>;
+  std::map<GraphKey, cudaGraphExec_t> graphs_;
+  std::set<GraphKey> graph_shapes_seen_;
+  int64_t graph_launches_ = 0;
   bool graphs_failed_ = false;
 
   // Pinned host mirrors, so uploads and downloads are true async copies.
