@@ -312,7 +312,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(const Serv
     }
     co.adore_controller = s->controller_.get();  // adore's controller runs on the GPU
     co.adore_lanes = 2 * co.max_batch;
-    SetCudaPolicyChunk(o.policy_prefill_chunk, &co);
+    SetCudaPolicyChunk(o.policy_prefill_chunk > 0 ? o.policy_prefill_chunk : kDefaultPolicyPrefillChunk, &co);
     ADORE_ASSIGN_OR_RETURN(auto engine, synthetic ? CudaEngine::CreateSynthetic(weights.config, /*seed=*/1, co)
                                                   : CudaEngine::Create(weights, co));
     info.kv_rows = engine->pool().num_rows();

@@ -52,9 +52,8 @@ ABSL_FLAG(bool, pipeline_steps, true,
           "not wait for the coordinator (its round trip to worker processes, its detokenizing and streaming); "
           "--pipeline_steps=false runs one step at a time");
 ABSL_FLAG(int32_t, policy_prefill_chunk, 0,
-          "prompt tokens per forward call for requests under a releasing policy, in [0, 4096] (0 = 32; the cuda "
-          "backend then takes one token per call, and a value > 1 turns on its chunk path, at most 64); sent to "
-          "every worker");
+          "prompt tokens per forward call for requests under a releasing policy, in [0, 4096] (0 = 32; on the cuda "
+          "backend at most 64, and 1 feeds prompts token by token); sent to every worker");
 ABSL_FLAG(int32_t, step_timeout_s, 300,
           "external workers: a step not answered by every rank within this many seconds fails its requests with "
           "UNAVAILABLE and the workers are loaded again (a hung worker stalls serving this long at most)");

@@ -367,7 +367,7 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
     }
     co.adore_controller = controller.get();  // adore's controller runs on the GPU (the object outlives the engine)
     co.adore_lanes = 2 * co.max_batch;
-    SetCudaPolicyChunk(r.policy_prefill_chunk(), &co);
+    SetCudaPolicyChunk(r.policy_prefill_chunk() > 0 ? r.policy_prefill_chunk() : kDefaultPolicyPrefillChunk, &co);
     auto e = synthetic ? CudaEngine::CreateSynthetic(config, /*seed=*/1, co) : CudaEngine::Create(*weights, co);
     if (!e.ok()) return fail_load(FromAbsl(e.status()));
     capacity = (*e)->pool().num_rows();
