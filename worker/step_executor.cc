@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <span>
 #include <unordered_set>
 
@@ -148,7 +149,31 @@ absl::StatusOr<WorkerStepResult> StepExecutor::Step(const WorkerStep& step) {
   }
 
   // 2. Prompts under a releasing policy: chunks as large as the options, the engine and the policy allow
-  // (the policy observes every query of a chunk), all such sequences together in each call.
+  // (the policy observes every query of a chunk), all such sequences together in each call. A call past the
+  // engine's per-call bounds (RESOURCE_EXHAUSTED: a refused call changes nothing) goes again in halves, so
+  // large budgets in a large batch take more calls instead of failing; a lone chunk that does not fit fails
+  // its sequence.
+  std::function<void(std::vector<ForwardItem>&, const std::vector<uint64_t>&, const std::vector<bool>&)> run =
+      [&](std::vector<ForwardItem>& items, const std::vector<uint64_t>& owners, const std::vector<bool>& last_chunk) {
+        const absl::Status st = forward(items, owners);
+        ++out.forward_calls;
+        if (st.code() == absl::StatusCode::kResourceExhausted && items.size() > 1) {
+          const size_t half = items.size() / 2;
+          for (auto [b, e] : {std::pair<size_t, size_t>{0, half}, std::pair<size_t, size_t>{half, items.size()}}) {
+            std::vector<ForwardItem> part(items.begin() + b, items.begin() + e);
+            run(part, std::vector<uint64_t>(owners.begin() + b, owners.begin() + e),
+                std::vector<bool>(last_chunk.begin() + b, last_chunk.begin() + e));
+          }
+          return;
+        }
+        if (!st.ok()) {
+          for (uint64_t id : owners) fail(id, st);
+          return;
+        }
+        for (size_t x = 0; x < owners.size(); ++x) {
+          if (last_chunk[x]) sampled[owners[x]] = pick(owners[x], x);
+        }
+      };
   std::vector<size_t> done(stepped.size(), 0);
   while (true) {
     std::vector<ForwardItem> items;
@@ -164,15 +189,7 @@ absl::StatusOr<WorkerStepResult> StepExecutor::Step(const WorkerStep& step) {
       last_chunk.push_back(done[i] == s.prompt.size());
     }
     if (items.empty()) break;
-    const absl::Status st = forward(items, owners);
-    ++out.forward_calls;
-    if (!st.ok()) {
-      for (uint64_t id : owners) fail(id, st);
-      continue;
-    }
-    for (size_t x = 0; x < owners.size(); ++x) {
-      if (last_chunk[x]) sampled[owners[x]] = pick(owners[x], x);
-    }
+    run(items, owners, last_chunk);
   }
 
   auto report = [&](uint64_t id) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <map>
 
 #include "common/model_weights.h"
 #include "worker/adore_controller.h"
@@ -373,6 +374,79 @@ TEST_F(CpuEngineTest, ExecutorFeedsPolicyPromptsInChunks) {
     ASSERT_TRUE(ref.ok()) << ref.status();
     EXPECT_EQ(tokens, (*ref)[0].tokens) << "chunk " << chunk;
   }
+}
+
+// A CPU engine with a per-call bound like the CUDA engine's: a call that carries prompt chunks (several
+// tokens under a policy) for more than `max_chunk_items` sequences is refused with RESOURCE_EXHAUSTED,
+// before anything changes.
+class BoundedEngine final : public Engine {
+ public:
+  BoundedEngine(Engine& inner, size_t max_chunk_items) : inner_(inner), max_chunk_items_(max_chunk_items) {}
+  absl::Status Forward(std::span<ForwardItem> items, std::vector<float>* logits) override {
+    const auto chunks = std::count_if(items.begin(), items.end(),
+                                      [](const ForwardItem& it) { return it.policy != nullptr && it.tokens.size() > 1; });
+    if (static_cast<size_t>(chunks) > max_chunk_items_) {
+      ++refused;
+      return absl::ResourceExhaustedError("forward call exceeds the engine's per-call bound");
+    }
+    return inner_.Forward(items, logits);
+  }
+  absl::StatusOr<std::unique_ptr<ReleasePolicy>> MakePolicy(const ReleaseConfig& config) override {
+    return inner_.MakePolicy(config);
+  }
+  int64_t max_policy_tokens_per_item() const override { return inner_.max_policy_tokens_per_item(); }
+  void Release(SequenceKv& seq) override { inner_.Release(seq); }
+  const ModelConfig& config() const override { return inner_.config(); }
+  const char* backend() const override { return inner_.backend(); }
+  int64_t refused = 0;
+
+ private:
+  Engine& inner_;
+  const size_t max_chunk_items_;
+};
+
+// Prompts under a policy whose chunks do not fit one call together go in smaller calls (the executor halves
+// a refused call) and give the tokens of the unbounded engine; none fails.
+TEST_F(CpuEngineTest, ExecutorSplitsPolicyPromptCallsPastTheEnginesBound) {
+  const ReleaseConfig release{.kind = PolicyKind::kWindow, .kv_budget = 48};
+  std::vector<SequenceStart> starts;
+  for (uint64_t id = 1; id <= 5; ++id) {
+    std::vector<int32_t> prompt(70 + 13 * id);
+    for (size_t t = 0; t < prompt.size(); ++t) prompt[t] = static_cast<int32_t>((t * 7919 + id * 104729) % 40000);
+    starts.push_back({.id = id, .prompt = prompt, .release = release});
+  }
+  auto generate = [&](Engine& engine, int64_t* calls) {
+    StepExecutor executor(engine, {.policy_prefill_chunk = 16});
+    WorkerStep step;
+    step.start = starts;
+    auto first = executor.Step(step);
+    EXPECT_TRUE(first.ok()) << first.status();
+    std::map<uint64_t, std::vector<int32_t>> tokens;
+    if (!first.ok()) return tokens;
+    *calls = first->forward_calls;
+    for (const SequenceStepResult& r : first->sequences) {
+      EXPECT_TRUE(r.status.ok()) << "sequence " << r.id << ": " << r.status;
+      tokens[r.id].push_back(r.token);
+    }
+    for (int i = 0; i < 3; ++i) {
+      WorkerStep next;
+      for (const auto& [id, t] : tokens) next.decode.push_back({id, t.back()});
+      auto res = executor.Step(next);
+      EXPECT_TRUE(res.ok()) << res.status();
+      if (!res.ok()) break;
+      for (const SequenceStepResult& r : res->sequences) tokens[r.id].push_back(r.token);
+    }
+    return tokens;
+  };
+  int64_t free_calls = 0, bounded_calls = 0;
+  const auto expected = generate(*engine_, &free_calls);
+  BoundedEngine bounded(*engine_, 2);
+  const auto got = generate(bounded, &bounded_calls);
+  ASSERT_EQ(expected.size(), starts.size());
+  EXPECT_EQ(got, expected);
+  EXPECT_GT(bounded.refused, 0) << "the bound never bit: the test tests nothing";
+  EXPECT_GT(bounded_calls, free_calls);
+  EXPECT_EQ(engine_->pool().num_free(), engine_->pool().num_rows()) << "the executors freed their sequences";
 }
 
 using testing::ScriptedRebuildPolicy;
