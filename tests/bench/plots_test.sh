@@ -15,8 +15,14 @@ fail() {
   exit 1
 }
 
-python3 -c 'import matplotlib' 2>/dev/null ||
-  fail "python3 cannot import matplotlib: install python3-matplotlib (tools/setup.sh installs it) or pip install matplotlib"
+# The first Python that has matplotlib: python3 on PATH, else the system one that tools/setup.sh equips (a
+# PATH python3 from pyenv or a venv may lack it).
+py=""
+for candidate in python3 /usr/bin/python3; do
+  if "$candidate" -c 'import matplotlib' 2>/dev/null; then py="$candidate"; break; fi
+done
+[ -n "$py" ] ||
+  fail "no python3 can import matplotlib: install python3-matplotlib (tools/setup.sh installs it) or pip install matplotlib"
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/bench_plots.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
@@ -56,14 +62,14 @@ run_plot() {
 }
 
 run_plot cpu_decode "$tmp/cpu_decode.png" \
-  python3 bench/cpu_decode.py --plot-only "$tmp/cpu_decode.json" --png "$tmp/cpu_decode.png"
+  "$py" bench/cpu_decode.py --plot-only "$tmp/cpu_decode.json" --png "$tmp/cpu_decode.png"
 run_plot cuda_decode "$tmp/cuda_decode.png" \
-  python3 bench/cuda_decode.py --plot-only "$tmp/cuda_decode.json"
+  "$py" bench/cuda_decode.py --plot-only "$tmp/cuda_decode.json"
 run_plot score_quality "$tmp/quality.png" \
-  python3 bench/score_quality.py --plot-only "$tmp/quality.json" --png "$tmp/quality.png"
+  "$py" bench/score_quality.py --plot-only "$tmp/quality.json" --png "$tmp/quality.png"
 run_plot scaling "$tmp/scaling.png" \
-  python3 bench/scaling.py --plot "$tmp/scaling.json"
+  "$py" bench/scaling.py --plot "$tmp/scaling.json"
 run_plot scaling_adore "$tmp/scaling_adore.png" \
-  python3 bench/scaling.py --plot "$tmp/scaling_adore.json"
+  "$py" bench/scaling.py --plot "$tmp/scaling_adore.json"
 
 echo "bench_plots: all 5 plots OK"

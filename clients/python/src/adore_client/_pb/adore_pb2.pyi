@@ -261,7 +261,7 @@ class RequestCounts(_message.Message):
     def __init__(self, ok: _Optional[int] = ..., invalid_argument: _Optional[int] = ..., resource_exhausted: _Optional[int] = ..., unavailable: _Optional[int] = ..., cancelled: _Optional[int] = ..., deadline_exceeded: _Optional[int] = ..., internal: _Optional[int] = ...) -> None: ...
 
 class WorkerStats(_message.Message):
-    __slots__ = ("rank", "address", "healthy", "steps", "last_step_ms", "mean_step_ms", "p99_step_ms", "kv_slots_used", "kv_slots_free")
+    __slots__ = ("rank", "address", "healthy", "steps", "last_step_ms", "mean_step_ms", "p99_step_ms", "kv_slots_used", "kv_slots_free", "step_ms_total", "comm_ms_total", "last_comm_ms")
     RANK_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
@@ -271,6 +271,9 @@ class WorkerStats(_message.Message):
     P99_STEP_MS_FIELD_NUMBER: _ClassVar[int]
     KV_SLOTS_USED_FIELD_NUMBER: _ClassVar[int]
     KV_SLOTS_FREE_FIELD_NUMBER: _ClassVar[int]
+    STEP_MS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    COMM_MS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    LAST_COMM_MS_FIELD_NUMBER: _ClassVar[int]
     rank: int
     address: str
     healthy: bool
@@ -280,4 +283,7 @@ class WorkerStats(_message.Message):
     p99_step_ms: float
     kv_slots_used: int
     kv_slots_free: int
-    def __init__(self, rank: _Optional[int] = ..., address: _Optional[str] = ..., healthy: _Optional[bool] = ..., steps: _Optional[int] = ..., last_step_ms: _Optional[float] = ..., mean_step_ms: _Optional[float] = ..., p99_step_ms: _Optional[float] = ..., kv_slots_used: _Optional[int] = ..., kv_slots_free: _Optional[int] = ...) -> None: ...
+    step_ms_total: float
+    comm_ms_total: float
+    last_comm_ms: float
+    def __init__(self, rank: _Optional[int] = ..., address: _Optional[str] = ..., healthy: _Optional[bool] = ..., steps: _Optional[int] = ..., last_step_ms: _Optional[float] = ..., mean_step_ms: _Optional[float] = ..., p99_step_ms: _Optional[float] = ..., kv_slots_used: _Optional[int] = ..., kv_slots_free: _Optional[int] = ..., step_ms_total: _Optional[float] = ..., comm_ms_total: _Optional[float] = ..., last_comm_ms: _Optional[float] = ...) -> None: ...
