@@ -275,6 +275,11 @@ class WorkerStats:
     p99_step_ms: float
     kv_slots_used: int
     kv_slots_free: int
+    # Summed over the rank's steps since the server started, ms: the steps and their collectives (tensor
+    # parallelism; 0 with one rank). Differences of two get_stats() calls give the time per step between them.
+    step_ms_total: float
+    comm_ms_total: float
+    last_comm_ms: float
 
 
 @dataclasses.dataclass(frozen=True)
