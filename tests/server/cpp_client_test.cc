@@ -362,6 +362,12 @@ TEST_F(CppClientTest, ModelInfoStatsAndHealth) {
   EXPECT_GT(after->uptime_s, 0.0);
   ASSERT_EQ(after->workers.size(), 1u);
   EXPECT_TRUE(after->workers[0].healthy);
+  // The request's steps were timed on the (one, embedded) rank, which runs no collectives.
+  ASSERT_EQ(before->workers.size(), 1u);
+  EXPECT_GE(after->workers[0].steps, before->workers[0].steps + r->usage.completion_tokens);
+  EXPECT_GT(after->workers[0].step_ms_total, before->workers[0].step_ms_total);
+  EXPECT_NEAR(after->workers[0].mean_step_ms, after->workers[0].step_ms_total / after->workers[0].steps, 1e-6);
+  EXPECT_EQ(after->workers[0].comm_ms_total, 0.0);
   EXPECT_GT(after->kv_slots_free, 0);
 
   // Copies share the channel; a client can also use a channel the caller made.

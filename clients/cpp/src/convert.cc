@@ -109,7 +109,8 @@ ServerStats ServerStatsFromProto(const v1::ServerStats& s) {
   out.tokens_rebuilt_total = s.tokens_rebuilt_total();
   for (const v1::WorkerStats& w : s.workers()) {
     out.workers.push_back({w.rank(), w.address(), w.healthy(), w.steps(), w.last_step_ms(), w.mean_step_ms(),
-                           w.p99_step_ms(), w.kv_slots_used(), w.kv_slots_free()});
+                           w.p99_step_ms(), w.kv_slots_used(), w.kv_slots_free(), w.step_ms_total(),
+                           w.comm_ms_total(), w.last_comm_ms()});
   }
   out.slot_map_checks_total = s.slot_map_checks_total();
   return out;

@@ -263,6 +263,11 @@ struct WorkerStats {
   double p99_step_ms = 0;
   int64_t kv_slots_used = 0;
   int64_t kv_slots_free = 0;
+  // Summed over the rank's steps since the server started, ms: the steps and their collectives (tensor
+  // parallelism; 0 with one rank). Differences of two GetStats calls give the time per step between them.
+  double step_ms_total = 0;
+  double comm_ms_total = 0;
+  double last_comm_ms = 0;
 };
 
 // Counters and gauges of the whole server since it started (adore.v1.ServerStats).
