@@ -116,18 +116,46 @@ absl::StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Create(const
   }
   if (!s.ok()) return absl::Status(s.code(), absl::StrCat(where, ": ", s.message()));
 
+  // The mesh: every pair of ranks connects over TCP. A connection can break while the mesh forms (seen on a
+  // loaded host: "Connection closed by peer"), so the ranks tell each other through the store how their
+  // attempt went, and all try again under a fresh key prefix when any of them failed (at most
+  // kMeshAttempts, within connect_timeout).
+  constexpr int kMeshAttempts = 3;
   std::shared_ptr<gloo::rendezvous::Context> context;
-  s = CatchGloo([&] {
-    gloo::transport::tcp::attr attr;
-    attr.hostname = options.listen_host.empty() ? LocalHostName() : options.listen_host;
-    auto device = gloo::transport::tcp::CreateDevice(attr);
-    context = std::make_shared<gloo::rendezvous::Context>(rank, world);
-    const absl::Duration left = std::max(deadline - absl::Now(), absl::Milliseconds(1));
-    context->setTimeout(TimeoutMillis(left));
-    gloo::rendezvous::PrefixStore mesh_store(prefix + "mesh", **store);
-    context->connectFullMesh(mesh_store, device);
-  });
-  if (!s.ok()) return absl::Status(s.code(), absl::StrCat(where, ": connecting the mesh: ", s.message()));
+  for (int attempt = 0;; ++attempt) {
+    const std::string mesh = absl::StrCat(prefix, "mesh", attempt > 0 ? absl::StrCat("-", attempt) : "");
+    context.reset();
+    s = CatchGloo([&] {
+      gloo::transport::tcp::attr attr;
+      attr.hostname = options.listen_host.empty() ? LocalHostName() : options.listen_host;
+      auto device = gloo::transport::tcp::CreateDevice(attr);
+      context = std::make_shared<gloo::rendezvous::Context>(rank, world);
+      const absl::Duration left = std::max(deadline - absl::Now(), absl::Milliseconds(1));
+      context->setTimeout(TimeoutMillis(left));
+      gloo::rendezvous::PrefixStore mesh_store(mesh, **store);
+      context->connectFullMesh(mesh_store, device);
+    });
+    const absl::Status told = (*store)->Set(absl::StrCat(mesh, "-done/", rank), s.ok() ? "ok" : std::string(s.message()));
+    if (!told.ok()) return absl::Status(told.code(), absl::StrCat(where, ": ", told.message()));
+    std::vector<std::string> done_keys;
+    for (int r = 0; r < world; ++r) done_keys.push_back(absl::StrCat(mesh, "-done/", r));
+    const absl::Status all = (*store)->Wait(done_keys, std::max(deadline - absl::Now(), absl::ZeroDuration()));
+    if (!all.ok()) {
+      return absl::Status(all.code(), absl::StrCat(where, ": connecting the mesh: ",
+                                                   s.ok() ? std::string(all.message()) : std::string(s.message())));
+    }
+    std::string failed;  // the first rank that could not connect, and why
+    for (int r = 0; r < world && failed.empty(); ++r) {
+      absl::StatusOr<std::string> v = (*store)->Get(done_keys[r], absl::Seconds(1));
+      if (!v.ok()) return absl::Status(v.status().code(), absl::StrCat(where, ": ", v.status().message()));
+      if (*v != "ok") failed = absl::StrCat("rank ", r, ": ", *v);
+    }
+    if (failed.empty()) break;
+    if (attempt + 1 >= kMeshAttempts || absl::Now() >= deadline) {
+      return absl::UnavailableError(
+          absl::StrCat(where, ": connecting the mesh failed ", attempt + 1, " time(s); last: ", failed));
+    }
+  }
   context->setTimeout(TimeoutMillis(options.op_timeout));
   // The store connection is not needed any more; the mesh carries everything from here on.
   return std::unique_ptr<GlooCommunicator>(new GlooCommunicator(rank, world, std::move(context), options.op_timeout));
