@@ -217,6 +217,43 @@ TEST_P(GlooWorldTest, BarrierAndStats) {
 INSTANTIATE_TEST_SUITE_P(Worlds, GlooWorldTest, ::testing::Values(2, 4),
                          [](const ::testing::TestParamInfo<int>& info) { return absl::StrCat(info.param, "Ranks"); });
 
+// A rank whose mesh connection failed makes every rank connect again under a fresh prefix; after a failed
+// first attempt the group works, and after three failed attempts every rank says so.
+TEST(GlooCommunicatorTest, FailedMeshConnectionIsRetriedByEveryRank) {
+  for (int failures : {1, 3}) {
+    SCOPED_TRACE(failures);
+    std::unique_ptr<TcpStoreServer> server = StartServer();
+    ASSERT_NE(server, nullptr);
+    constexpr int kWorld = 3;
+    std::vector<absl::Status> status(kWorld);
+    std::vector<float> sums(kWorld, 0.0f);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < kWorld; ++r) {
+      threads.emplace_back([&, r] {
+        GlooCommunicatorOptions o = Options(r, kWorld, server->port(), absl::StrCat("retry", failures));
+        if (r == 1) o.testing_fail_mesh_attempts = failures;
+        absl::StatusOr<std::unique_ptr<GlooCommunicator>> comm = GlooCommunicator::Create(o);
+        status[r] = comm.status();
+        if (!comm.ok()) return;
+        float x = static_cast<float>(r + 1);
+        status[r] = (*comm)->AllReduceSum(&x, 1, CommDataType::kFloat32, nullptr);
+        sums[r] = x;
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    for (int r = 0; r < kWorld; ++r) {
+      if (failures < 3) {
+        EXPECT_TRUE(status[r].ok()) << "rank " << r << ": " << status[r];
+        EXPECT_EQ(sums[r], 6.0f) << "rank " << r;
+      } else {
+        EXPECT_EQ(status[r].code(), absl::StatusCode::kUnavailable) << "rank " << r << ": " << status[r];
+        EXPECT_NE(status[r].message().find("failed 3 time(s)"), std::string::npos) << status[r];
+        EXPECT_NE(status[r].message().find("rank 1: testing"), std::string::npos) << status[r];
+      }
+    }
+  }
+}
+
 TEST(GlooCommunicatorTest, WorldOfOneNeedsNoStore) {
   GlooCommunicatorOptions o;  // no store at all
   absl::StatusOr<std::unique_ptr<GlooCommunicator>> comm = GlooCommunicator::Create(o);

@@ -135,6 +135,7 @@ absl::StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Create(const
       gloo::rendezvous::PrefixStore mesh_store(mesh, **store);
       context->connectFullMesh(mesh_store, device);
     });
+    if (s.ok() && attempt < options.testing_fail_mesh_attempts) s = absl::UnavailableError("testing: attempt refused");
     const absl::Status told = (*store)->Set(absl::StrCat(mesh, "-done/", rank), s.ok() ? "ok" : std::string(s.message()));
     if (!told.ok()) return absl::Status(told.code(), absl::StrCat(where, ": ", told.message()));
     std::vector<std::string> done_keys;

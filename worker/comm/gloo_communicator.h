@@ -33,6 +33,9 @@ struct GlooCommunicatorOptions {
   absl::Duration connect_timeout = absl::Seconds(60);
   // Bounds each collective, end to end.
   absl::Duration op_timeout = absl::Seconds(60);
+  // Testing only: this rank reports its first N mesh connections as failed (after connecting), so that
+  // every rank goes through the retry.
+  int testing_fail_mesh_attempts = 0;
 };
 
 class GlooCommunicator final : public Communicator {
