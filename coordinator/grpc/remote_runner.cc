@@ -347,19 +347,29 @@ absl::StatusOr<WorkerStepResult> RemoteStepRunner::Step(const WorkerStep& step) 
 }
 
 void RemoteStepRunner::Submit(const WorkerStep& step) {
+  // A sent step joins flights_ under the lock that gave it its id (Launch); one that failed before it was
+  // sent comes back and joins here.
   std::unique_ptr<Flight> f = Launch(step, /*async=*/true);
+  if (f == nullptr) return;
   std::lock_guard<std::mutex> lock(mu_);
   flights_.push_back(std::move(f));
 }
 
 absl::StatusOr<WorkerStepResult> RemoteStepRunner::Wait() {
-  std::unique_ptr<Flight> f;
+  // The oldest step stays in flights_ until Land holds mu_: CheckWorkers must never find no step in the air
+  // while one is (it would probe the workers mid-step, find them behind, and resynchronize the step ids
+  // under the step's feet).
+  Flight* front = nullptr;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (flights_.empty()) return absl::FailedPreconditionError("Wait without a submitted step");
-    f = std::move(flights_.front());
-    flights_.pop_front();
+    front = flights_.front().get();  // only this thread (the scheduler's) adds or removes flights
   }
+  if (front->thread.joinable()) front->thread.join();
+  mu_.lock();
+  std::unique_ptr<Flight> f = std::move(flights_.front());
+  flights_.pop_front();
+  f->locked = true;  // Land takes over the lock
   return Land(std::move(f));
 }
 
@@ -424,7 +434,8 @@ std::unique_ptr<RemoteStepRunner::Flight> RemoteStepRunner::Launch(const WorkerS
   }
   Flight* raw = f.get();
   f->thread = std::thread([this, raw] { raw->status = Send(*raw); });
-  return f;
+  flights_.push_back(std::move(f));  // in the air from now on, for CheckWorkers too (see Wait)
+  return nullptr;
 }
 
 // The step's RPC to every rank (no lock: only a step in the air uses the stubs, see Launch).

@@ -116,11 +116,13 @@ class RemoteStepRunner final : public StepRunner {
     WorkerStep step;
     adore::v1::StepRequest req;
     bool sent = false;    // its RPCs went out; false: it failed before (status says why)
-    bool locked = false;  // sent synchronously: Launch returns with mu_ still held, Land takes it over
+    bool locked = false;  // mu_ is held for Land: by Launch (sent synchronously) or Wait; Land takes it over
     absl::Status status;
     std::vector<adore::v1::StepResult> responses;  // per rank
     std::thread thread;                            // the asynchronous send
   };
+  // async: a step that was sent joins flights_ here, under the lock that gave it its id, and nullptr comes
+  // back; one that failed before it was sent comes back for the caller to queue.
   std::unique_ptr<Flight> Launch(const WorkerStep& step, bool async);
   absl::Status Send(Flight& flight) const;
   absl::StatusOr<WorkerStepResult> Land(std::unique_ptr<Flight> flight);

@@ -4,13 +4,16 @@
 // keeps answering.
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <optional>
 #include <thread>
 
 #include "adore/v1/adore.grpc.pb.h"
 #include "adore/v1/worker.grpc.pb.h"
 #include "common/model_weights.h"
+#include "coordinator/grpc/remote_runner.h"
 #include "coordinator/grpc/server.h"
 #include "gtest/gtest.h"
 #include "tests/server/server_test_util.h"
@@ -259,6 +262,52 @@ TEST_F(RemoteWorkerTest, PipelinedStepsGiveTheEnginesTokens) {
 // The worker side of a pipelined step protocol: a decode entry without last_token continues from the token
 // the worker sampled itself, and step n + 1 may reach the worker before step n (it waits for it). Greedy
 // tokens equal those of explicit last_token steps. Runs on the checked-in tiny model (no fetched model).
+// A readiness check while a pipelined step is in the air (here: while Wait waits for it) must not probe the
+// worker mid-step and resynchronize the step ids under it: the step after it would reuse its id, and the
+// worker would answer it with the earlier step's outputs.
+TEST(PipelinedRunnerTest, ChecksDuringAStepInTheAirLeaveTheStepIdsAlone) {
+  if (!testing::ModelAvailable()) GTEST_SKIP() << "model not fetched: run tools/fetch-model.sh";
+  WorkerServerOptions wo;
+  wo.debug_step_delay_ms = 400;  // every step waits this long on the worker first
+  auto worker = WorkerServer::Start(wo);
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  RemoteRunnerOptions ro;
+  ro.workers = {(*worker)->address()};
+  ro.pipeline = true;
+  ro.check_skip_after_step_ms = 0;  // probe whenever no step is in the air
+  ro.load.set_model_path(std::filesystem::absolute(testing::ModelPath()).string());
+  ro.load.set_backend(v1::BACKEND_CPU);
+  ro.load.mutable_default_release()->set_policy(v1::POLICY_FULL);
+  ro.load.set_memory_budget_bytes(int64_t{1} << 30);
+  ro.log = [](const std::string&) {};
+  auto runner = RemoteStepRunner::Connect(ro);
+  ASSERT_TRUE(runner.ok()) << runner.status();
+  RemoteStepRunner& r = **runner;
+  WorkerStep first;
+  first.start.push_back({.id = 1, .prompt = {1, 2, 3}});
+  r.Submit(first);
+  std::atomic<bool> waiting{true};
+  std::thread checker([&] {
+    while (waiting) {
+      EXPECT_TRUE(r.CheckWorkers().ok());
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  });
+  auto a = r.Wait();  // joins the step's send for about 400 ms while the checker probes
+  waiting = false;
+  checker.join();
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_EQ(a->sequences.size(), 1u);
+  WorkerStep second;  // the next step: one more sequence starts, the first decodes
+  second.start.push_back({.id = 2, .prompt = {4, 5, 6, 7}});
+  second.decode.push_back({.id = 1, .token = kOwnSample});
+  r.Submit(second);
+  auto b = r.Wait();
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->sequences.size(), 2u);
+  EXPECT_TRUE(r.CheckWorkers().ok());
+}
+
 TEST(PipelinedWorkerTest, OwnSamplesAndOutOfOrderStepsGiveTheSameTokens) {
   auto w = WorkerServer::Start({.port = 0, .secret = kSecret});
   ASSERT_TRUE(w.ok()) << w.status();
