@@ -50,6 +50,8 @@ class Engine {
 // and the policy, at least 1. Before each chunk the policy releases room for all of it, so the chunk's
 // tokens see what the policy kept plus the chunk's earlier tokens (1: token by token, as in decoding).
 inline constexpr int64_t kDefaultPolicyPrefillChunk = 32;
+// A deployment's policy_prefill_chunk option (LoadRequest, adore-server) as tokens: 0 = the default.
+inline int64_t PolicyPrefillChunkOption(int64_t option) { return option > 0 ? option : kDefaultPolicyPrefillChunk; }
 inline int64_t PolicyPromptChunk(const Engine& engine, const ReleasePolicy& policy, int64_t budget, int64_t chunk) {
   return std::max<int64_t>(
       1, std::min({chunk, engine.max_policy_tokens_per_item(), policy.max_new_per_step(budget)}));

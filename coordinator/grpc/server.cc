@@ -312,7 +312,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(const Serv
     }
     co.adore_controller = s->controller_.get();  // adore's controller runs on the GPU
     co.adore_lanes = 2 * co.max_batch;
-    SetCudaPolicyChunk(o.policy_prefill_chunk > 0 ? o.policy_prefill_chunk : kDefaultPolicyPrefillChunk, &co);
+    SetCudaPolicyChunk(PolicyPrefillChunkOption(o.policy_prefill_chunk), &co);
     ADORE_ASSIGN_OR_RETURN(auto engine, synthetic ? CudaEngine::CreateSynthetic(weights.config, /*seed=*/1, co)
                                                   : CudaEngine::Create(weights, co));
     info.kv_rows = engine->pool().num_rows();
@@ -324,9 +324,9 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(const Serv
     return absl::InvalidArgumentError(absl::StrFormat("backend: '%s' is not cpu or cuda", o.backend));
   }
   if (s->runner_ == nullptr) {
-    StepExecutorOptions eo;
-    if (o.policy_prefill_chunk > 0) eo.policy_prefill_chunk = o.policy_prefill_chunk;
-    s->runner_ = std::make_unique<LocalStepRunner>(*s->engine_, eo, o.pipeline_steps);
+    s->runner_ = std::make_unique<LocalStepRunner>(
+        *s->engine_, StepExecutorOptions{.policy_prefill_chunk = PolicyPrefillChunkOption(o.policy_prefill_chunk)},
+        o.pipeline_steps);
   }
   s->scheduler_ = std::make_unique<Scheduler>(
       *s->runner_, *s->tokenizer_,

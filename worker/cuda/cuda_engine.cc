@@ -134,10 +134,7 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::CreateSynthetic(const Mo
 }
 
 void SetCudaPolicyChunk(int64_t chunk, CudaEngineOptions* o) {
-  if (chunk <= 1) return;
-  o->policy_chunk = std::min(chunk, kCudaMaxPolicyChunk);
-  o->max_mass_slots =
-      std::max(o->max_mass_slots, o->max_batch * o->policy_chunk * (kCudaChunkBudget + o->policy_chunk + 1));
+  if (chunk > 1) o->policy_chunk = std::min(chunk, kCudaMaxPolicyChunk);
 }
 
 absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Finish(std::unique_ptr<CudaEngine> engine,
@@ -153,6 +150,13 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Finish(std::unique_ptr<C
         "kv_memory_fraction %g in (0, 1], policy_chunk %d in [1, %d]",
         o.max_tokens, o.max_batch, kMaxGridRows, o.max_logit_rows, o.kv_memory_fraction, o.policy_chunk,
         kMaxPolicyChunk));
+  }
+  if (o.policy_chunk > 1) {
+    // A chunk's tokens each read (and observe) their own copy of the item's table, RunForward's bound
+    // len x (budget + len) per item: room for max_batch chunks at kCudaChunkBudget (max_slots likewise,
+    // once the pool is sized).
+    o.max_mass_slots =
+        std::max(o.max_mass_slots, o.max_batch * o.policy_chunk * (kCudaChunkBudget + o.policy_chunk + 1));
   }
   engine->max_mass_tokens_ =
       o.policy_chunk > 1 ? std::max(o.max_batch, std::min(o.max_batch * o.policy_chunk, o.max_tokens)) : o.max_batch;
@@ -183,9 +187,7 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Finish(std::unique_ptr<C
   if (rows <= 0) return absl::ResourceExhaustedError("CUDA engine: no device memory left for the KV pool");
   ADORE_ASSIGN_OR_RETURN(engine->pool_, CudaKvPool::Create(c.num_layers, rows, kv_dim));
   if (o.max_slots == 0) o.max_slots = 2 * rows + o.max_tokens;
-  if (o.policy_chunk > 1) {
-    // A chunk's tokens each read their own copy of the item's table (RunForward's bound, (len + 1) x
-    // (budget + len) per item): room for max_batch chunks at the budget SetCudaPolicyChunk sizes for.
+  if (o.policy_chunk > 1) {  // as max_mass_slots above: (len + 1) x (budget + len) per item
     o.max_slots = std::max(o.max_slots, o.max_batch * (o.policy_chunk + 1) * (kCudaChunkBudget + o.policy_chunk) +
                                             o.max_tokens);
   }

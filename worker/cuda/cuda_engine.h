@@ -87,9 +87,9 @@ struct CallTimings {
 };
 
 
-// Turns on the chunk path for a requested prompt chunk (a LoadRequest's or a server's
-// policy_prefill_chunk; <= 1: off): policy_chunk = min(chunk, kCudaMaxPolicyChunk), with the observed-slot
-// bound raised so a call of max_batch chunks at a 1,024-slot budget fits.
+// Turns on the chunk path for a requested prompt chunk (PolicyPrefillChunkOption of a LoadRequest's or a
+// server's policy_prefill_chunk; <= 1: off): policy_chunk = min(chunk, kCudaMaxPolicyChunk). The engine then
+// sizes its per-call bounds for max_batch chunks at a kCudaChunkBudget-slot budget.
 void SetCudaPolicyChunk(int64_t chunk, CudaEngineOptions* options);
 
 class CudaEngine final : public Engine {

@@ -367,7 +367,7 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
     }
     co.adore_controller = controller.get();  // adore's controller runs on the GPU (the object outlives the engine)
     co.adore_lanes = 2 * co.max_batch;
-    SetCudaPolicyChunk(r.policy_prefill_chunk() > 0 ? r.policy_prefill_chunk() : kDefaultPolicyPrefillChunk, &co);
+    SetCudaPolicyChunk(PolicyPrefillChunkOption(r.policy_prefill_chunk()), &co);
     auto e = synthetic ? CudaEngine::CreateSynthetic(config, /*seed=*/1, co) : CudaEngine::Create(*weights, co);
     if (!e.ok()) return fail_load(FromAbsl(e.status()));
     capacity = (*e)->pool().num_rows();
@@ -378,8 +378,7 @@ grpc::Status WorkerService::DoLoad(const v1::LoadRequest& r, v1::LoadResponse* r
 
   controller_ = std::move(controller);
   engine_ = std::move(engine);
-  executor_options_ = {};
-  if (r.policy_prefill_chunk() > 0) executor_options_.policy_prefill_chunk = r.policy_prefill_chunk();
+  executor_options_ = {.policy_prefill_chunk = PolicyPrefillChunkOption(r.policy_prefill_chunk())};
   executor_ = std::make_unique<StepExecutor>(*engine_, executor_options_);
   kv_capacity_ = capacity;
   loaded_ = true;
