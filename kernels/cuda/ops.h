@@ -158,15 +158,14 @@ absl::Status DecodeAttention(const DecodeAttentionArgs& args, cudaStream_t strea
 // Prefill attention: the queries of each sequence's chunk (their K/V already written and appended to the
 // slot table) over all the sequence's slots, causal by position, flash-attention style: 64-row query
 // tiles (the GQA group's heads packed as rows, so each K/V tile is loaded once per KV head) stream 64-slot
-// K/V tiles through shared memory with an online softmax, tensor-core products (WMMA bf16, f32
+// K/V tiles through shared memory with an online softmax, tensor-core products (bf16, f32
 // accumulate); no [queries, slots] matrix ever exists in memory. K/V tiles whose slots are all later than
 // every query of the tile are skipped. Supported head_dim: 64, 128.
-// kWmma (kAuto): WMMA products with scores, probabilities and output staged in shared memory.
-// kMma: flash-attention-2 style, scores / probabilities / output in mma.sync register fragments; 1.9x
-// faster at an 8k prompt on the H200 and closer to the CPU reference in the kernel test (worst error
-// 3.6-3.9e-3 against 4.2-4.8e-3), but SmolLM2's greedy generation then leaves the CPU engine's on 3 of
-// the 10 test prompts (near-ties: the CPU's top-2 logit margin there is 0.002-0.009) where kWmma's
-// matches all 10, and the CUDA engine's acceptance asks for 9: opt-in until that is settled.
+// kMma (kAuto): flash-attention-2 style, scores / probabilities / output in mma.sync register fragments,
+// the next K/V tile arriving by cp.async while the current one is multiplied, each block stopping at its
+// last visible slot. kWmma: WMMA products with scores, probabilities and output staged in shared memory,
+// one tile at a time. The two round and sum in the same order, so their outputs are bit-identical (the
+// kernel test checks it); kMma is the faster one.
 enum class PrefillAttentionKernel { kAuto, kWmma, kMma };
 absl::StatusOr<PrefillAttentionKernel> ParsePrefillAttentionKernel(std::string_view name);
 

@@ -1,7 +1,7 @@
 // PrefillAttention: a chunk's queries over their sequence's slot table, causal by position, as a tiled
-// flash attention (online softmax, bf16 tensor-core products) with the GQA group packed into rows: the WMMA
-// kernel (default) that stages scores and probabilities in shared memory, or the mma.sync one that keeps
-// them in registers (about 1.9x faster at 8k; see kernels/cuda/ops.h for why it is not the default).
+// flash attention (online softmax, bf16 tensor-core products) with the GQA group packed into rows: the
+// mma.sync kernel (default) that keeps scores and probabilities in registers and pipelines its K/V tiles,
+// or the WMMA kernel that stages them in shared memory. Both compute the same values in the same order.
 #include <mma.h>
 
 #include <climits>
@@ -223,7 +223,7 @@ __global__ void __launch_bounds__(kThreads) PrefillWmmaKernel(const Params p) {
       __syncwarp();
       if (lane == 0) {
         sm[R] = m_new;
-        sl[R] = sl[R] * alpha + row_sum;
+        sl[R] = __fmaf_rn(sl[R], alpha, row_sum);
       }
     }
     __syncwarp();
@@ -262,74 +262,141 @@ __global__ void __launch_bounds__(kThreads) PrefillWmmaKernel(const Params p) {
 }
 
 
-// The mma.sync kernel: the grid, rows and K/V tiles of PrefillWmmaKernel, flash-attention-2 style.
-// Each warp keeps its 16 rows' scores, probabilities and output accumulators in mma.sync m16n8k16
-// fragments (registers) instead of shared memory: S = Q K^T from ldmatrix of the K tile, the mask and the
-// online softmax on S's accumulator fragments (a row spread over a quad of lanes), P's fragments reused
-// as the A operand of O += P V (probabilities as a bf16 value plus its bf16 remainder), V by ldmatrix.trans.
-// The K/V tile arrives by cp.async.
+// The mma.sync kernel: the rows and K/V tiles of PrefillWmmaKernel, flash-attention-2 style, and the same
+// arithmetic in the same order, so its output is bit-identical to the WMMA kernel's (the kernel test
+// checks this): each warp keeps its 16 rows' scores, probabilities and output accumulators in mma.sync
+// m16n8k16 fragments (registers) instead of shared memory. S = Q K^T from ldmatrix of the K tile; the mask
+// and the online softmax on S's accumulator fragments (a row spread over a quad of lanes), with each row's
+// sum taken in the order of the WMMA kernel's warp-wide butterfly; P's fragments, rounded to bf16 as the
+// WMMA kernel rounds them, are the A operand of O += P V, with V by ldmatrix.trans. Where the WMMA kernel
+// waits for each tile, this one pipelines: the next tile's K/V rows arrive by cp.async into a second stage
+// while the current one is multiplied, and the slot-table entries two tiles ahead are read meanwhile.
+// The block first finds its last visible slot, so a causal prompt's blocks stop at their diagonal rather
+// than scanning every later tile; tiles wholly in every row's past skip the mask; and blocks run heaviest
+// first (the last query rows see the most slots), so the light ones fill the tail.
 namespace fa2 {
+
+constexpr int kStages = 2;    // K/V tiles: the one multiplied and the one arriving
+constexpr int kSlotBufs = 3;  // slot-table tiles: multiplied, arriving, and the next one's addresses
+static_assert(kBM == kBN, "the query tile is staged in a K buffer");
 
 template <int D>
 struct Smem {
   static constexpr int kPitch = D + 8;  // bf16 per row: 16-byte pad, so the 8 rows of an ldmatrix hit distinct banks
-  bf16 q[kBM][kPitch];
-  bf16 k[kBN][kPitch];
-  bf16 v[kBN][kPitch];
-  int row[kBN];
-  int pos[kBN];
-  int misc[4];
+  bf16 k[kStages][kBN][kPitch];         // k[1] holds the query tile until its fragments are in registers
+  bf16 v[kStages][kBN][kPitch];
+  int row[kSlotBufs][kBN];              // pool row, -1 = empty
+  int pos[kSlotBufs][kBN];              // position, INT_MAX for an empty slot (so no row sees it)
+  int tile_max_pos[kSlotBufs][kBN / 32];
+  int qpos_max[4], last_slot[4];
 };
 
+// Slot-table entries of tile `tile` into buffer `buf` (threads < kBN, two whole warps), and the tile's
+// largest position per warp of slots.
+__device__ __forceinline__ void LoadSlots(const Params& p, const BlockRows& b, int64_t tile, int* row_buf,
+                                          int* pos_buf, int* max_buf) {
+  if (threadIdx.x >= kBN) return;
+  const int64_t s = tile * kBN + threadIdx.x;
+  int row = -1, pos = INT_MAX;
+  if (s < b.num_slots) {
+    row = p.slot_rows[b.s_begin + s];
+    if (row < 0 || row >= p.num_rows) row = -1;
+    if (row >= 0) pos = p.slot_pos[b.s_begin + s];
+  }
+  row_buf[threadIdx.x] = row;
+  pos_buf[threadIdx.x] = pos;
+  const int mx = __reduce_max_sync(0xffffffffu, pos);
+  if (threadIdx.x % 32 == 0) max_buf[threadIdx.x / 32] = mx;
+}
+
+// Resident blocks per SM the registers are sized for (3: up to 168 registers per thread, which the 71 KiB
+// of shared memory at head_dim 128 also allows).
+#ifndef ADORE_PREFILL_MMA_MIN_BLOCKS
+#define ADORE_PREFILL_MMA_MIN_BLOCKS 3
+#endif
+
 template <int D>
-__global__ void __launch_bounds__(kThreads) PrefillMmaKernel(const Params p) {
+__global__ void __launch_bounds__(kThreads, ADORE_PREFILL_MMA_MIN_BLOCKS) PrefillMmaKernel(const Params p) {
   using S = Smem<D>;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   S& sm = *reinterpret_cast<S*>(smem_raw);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const BlockRows b = BlockRowsOf(p);
+  // Heaviest first: the grid's (row tile, KV head) pairs in order of decreasing row tile.
+  const int64_t linear = blockIdx.x + static_cast<int64_t>(gridDim.x) * blockIdx.y;
+  BlockRows b = BlockRowsOf(p);
+  b.kvh = static_cast<int>(linear % gridDim.y);
+  b.row0 = static_cast<int64_t>(gridDim.x - 1 - linear / gridDim.y) * kBM;
   const int kvh = b.kvh, group = b.group;
   const int64_t q_begin = b.q_begin, num_packed = b.num_packed, row0 = b.row0, num_slots = b.num_slots;
   if (row0 >= num_packed) return;  // uniform over the block, before any barrier
 
-  LoadQueryTile<D>(p, b, &sm.q[0][0], S::kPitch);
-  // Positions of this lane's two fragment rows (g and g + 8 of the warp's 16), and the block's largest.
+  LoadQueryTile<D>(p, b, &sm.k[1][0][0], S::kPitch);
+  // Positions of this lane's two fragment rows (g and g + 8 of the warp's 16), the warp's smallest (for
+  // the mask) and the block's largest (for the last visible slot).
   auto row_qpos = [&](int r) {
     const int64_t pr = row0 + r;
     return pr < num_packed ? p.q_pos[q_begin + pr / group] : INT_MIN;
   };
   const int qpos0 = row_qpos(warp * 16 + g), qpos1 = row_qpos(warp * 16 + g + 8);
+  const int warp_min = __reduce_min_sync(0xffffffffu, min(qpos0, qpos1));
   const int warp_max = __reduce_max_sync(0xffffffffu, max(qpos0, qpos1));
-  if (lane == 0) sm.misc[warp] = warp_max;
+  if (lane == 0) sm.qpos_max[warp] = warp_max;
   __syncthreads();
-  const int max_qpos = max(max(sm.misc[0], sm.misc[1]), max(sm.misc[2], sm.misc[3]));
+  const int max_qpos = max(max(sm.qpos_max[0], sm.qpos_max[1]), max(sm.qpos_max[2], sm.qpos_max[3]));
 
   const int mi = lane / 8, mr = lane % 8;  // ldmatrix: the matrix this lane addresses and its row
   uint32_t qa[D / 16][4];
 #pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) LdMatrixX4(qa[ks], &sm.q[warp * 16 + lane % 16][ks * 16 + (lane / 16) * 8]);
+  for (int ks = 0; ks < D / 16; ++ks) {
+    LdMatrixX4(qa[ks], &sm.k[1][warp * 16 + lane % 16][ks * 16 + (lane / 16) * 8]);
+  }
+  // The last slot any row of the block can see: tiles after it hold only empty slots and the rows' future.
+  int last = -1;
+#pragma unroll 4
+  for (int64_t s = threadIdx.x; s < num_slots; s += kThreads) {
+    const int row = p.slot_rows[b.s_begin + s];
+    if (row >= 0 && row < p.num_rows && p.slot_pos[b.s_begin + s] <= max_qpos) last = static_cast<int>(s);
+  }
+  last = __reduce_max_sync(0xffffffffu, last);
+  if (lane == 0) sm.last_slot[warp] = last;
+  __syncthreads();  // also: every warp's query fragments are in registers, so k[1] is free
+  last = max(max(sm.last_slot[0], sm.last_slot[1]), max(sm.last_slot[2], sm.last_slot[3]));
+  const int num_tiles = (last + kBN) / kBN;
 
   float o[D / 8][4];
 #pragma unroll
   for (int nb = 0; nb < D / 8; ++nb) o[nb][0] = o[nb][1] = o[nb][2] = o[nb][3] = 0.0f;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // rows g and g + 8 (l: this lane's share)
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // rows g and g + 8
 
   const int64_t kv_row_stride = static_cast<int64_t>(p.num_kv_heads) * D;
   const int64_t kv_col = static_cast<int64_t>(kvh) * D;
-  for (int64_t t0 = 0; t0 < num_slots; t0 += kBN) {
-    const int visible = LoadSlotTile(p, b, t0, max_qpos, sm.row, sm.pos);
-    if (!__syncthreads_or(visible)) continue;  // every slot of the tile is empty or in every row's future
-
+  auto issue_kv = [&](int stage, int buf) {
     for (int idx = threadIdx.x; idx < kBN * (D / 8); idx += kThreads) {
       const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
-      const int row = sm.row[j];
+      const int row = sm.row[buf][j];
       const int64_t off = (row >= 0 ? row * kv_row_stride : 0) + kv_col + c;
-      CpAsync16(&sm.k[j][c], p.k_cache + off, row >= 0);  // empty slots: zeros, not NaN garbage
-      CpAsync16(&sm.v[j][c], p.v_cache + off, row >= 0);
+      CpAsync16(&sm.k[stage][j][c], p.k_cache + off, row >= 0);  // empty slots: zeros, not NaN garbage
+      CpAsync16(&sm.v[stage][j][c], p.v_cache + off, row >= 0);
     }
+  };
+  if (num_tiles > 0) LoadSlots(p, b, 0, sm.row[0], sm.pos[0], sm.tile_max_pos[0]);
+  if (num_tiles > 1) LoadSlots(p, b, 1, sm.row[1], sm.pos[1], sm.tile_max_pos[1]);
+  __syncthreads();
+  if (num_tiles > 0) issue_kv(0, 0);
+  CpAsyncCommit();
+
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    const int stage = tile & 1, buf = tile % kSlotBufs;
+    // Stage stage ^ 1 and slot buffer (tile + 2) % 3 were last read before the previous tile's closing
+    // barrier; the next tile's slot entries were written before the previous tile's first barrier.
+    if (tile + 1 < num_tiles) issue_kv(stage ^ 1, (tile + 1) % kSlotBufs);
     CpAsyncCommit();
-    CpAsyncWait<0>();
+    if (tile + 2 < num_tiles) {
+      const int nbuf = (tile + 2) % kSlotBufs;
+      LoadSlots(p, b, tile + 2, sm.row[nbuf], sm.pos[nbuf], sm.tile_max_pos[nbuf]);
+    }
+    CpAsyncWait<1>();  // this tile's K/V (all but the group just committed)
     __syncthreads();
 
     // S = Q K^T for the warp's 16 rows and the tile's kBN slots: [n-block of 8 slots][fragment].
@@ -341,22 +408,26 @@ __global__ void __launch_bounds__(kThreads) PrefillMmaKernel(const Params p) {
 #pragma unroll
       for (int np = 0; np < kBN / 16; ++np) {
         uint32_t kb[4];
-        LdMatrixX4(kb, &sm.k[np * 16 + (mi / 2) * 8 + mr][ks * 16 + (mi % 2) * 8]);
+        LdMatrixX4(kb, &sm.k[stage][np * 16 + (mi / 2) * 8 + mr][ks * 16 + (mi % 2) * 8]);
         Mma16816(s[2 * np], qa[ks][0], qa[ks][1], qa[ks][2], qa[ks][3], kb[0], kb[1]);
         Mma16816(s[2 * np + 1], qa[ks][0], qa[ks][1], qa[ks][2], qa[ks][3], kb[2], kb[3]);
       }
     }
-    // Mask (empty slot, or a slot after the row's position), log2 units, running max per row.
+    // Log2 units; the mask (empty slot, or a slot after the row's position) only where some slot of the
+    // tile is after some row of the warp. Then the running max per row.
+    const bool masked = max(sm.tile_max_pos[buf][0], sm.tile_max_pos[buf][1]) > warp_min;
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
     for (int nb = 0; nb < kBN / 8; ++nb) {
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        const int j = nb * 8 + 2 * t + i;
-        const bool ok = sm.row[j] >= 0;
-        const int pos = sm.pos[j];
-        s[nb][i] = ok && pos <= qpos0 ? s[nb][i] * p.scale_log2 : -INFINITY;
-        s[nb][2 + i] = ok && pos <= qpos1 ? s[nb][2 + i] * p.scale_log2 : -INFINITY;
+        s[nb][i] *= p.scale_log2;
+        s[nb][2 + i] *= p.scale_log2;
+        if (masked) {
+          const int pos = sm.pos[buf][nb * 8 + 2 * t + i];
+          if (pos > qpos0) s[nb][i] = -INFINITY;
+          if (pos > qpos1) s[nb][2 + i] = -INFINITY;
+        }
         mx0 = fmaxf(mx0, s[nb][i]);
         mx1 = fmaxf(mx1, s[nb][2 + i]);
       }
@@ -367,19 +438,40 @@ __global__ void __launch_bounds__(kThreads) PrefillMmaKernel(const Params p) {
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
     const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
     const float a0 = n0 == -INFINITY ? 1.0f : exp2f(m0 - n0), a1 = n1 == -INFINITY ? 1.0f : exp2f(m1 - n1);
-    float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
     for (int nb = 0; nb < kBN / 8; ++nb) {
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         s[nb][i] = n0 == -INFINITY ? 0.0f : exp2f(s[nb][i] - n0);
         s[nb][2 + i] = n1 == -INFINITY ? 0.0f : exp2f(s[nb][2 + i] - n1);
-        sum0 += s[nb][i];
-        sum1 += s[nb][2 + i];
       }
     }
-    l0 = l0 * a0 + sum0;
-    l1 = l1 * a1 + sum1;
+    // Row sums in the WMMA kernel's order: it adds slots j and j + 32 in lane j and then runs the warp
+    // butterfly over j with offsets 16, 8, 4, 2, 1. Here slot j = 8 nb + 2 t + i, so offsets 16 and 8 flip
+    // bits of nb (in this lane), 4 and 2 flip bits of t (lanes xor 2 and 1 of the quad) and 1 flips i.
+    float sum0, sum1;
+    {
+      float w0[2], w1[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        float v0[4], v1[4];
+#pragma unroll
+        for (int nb = 0; nb < 4; ++nb) {
+          v0[nb] = s[nb][i] + s[nb + 4][i];
+          v1[nb] = s[nb][2 + i] + s[nb + 4][2 + i];
+        }
+        w0[i] = (v0[0] + v0[2]) + (v0[1] + v0[3]);
+        w1[i] = (v1[0] + v1[2]) + (v1[1] + v1[3]);
+        w0[i] += __shfl_xor_sync(0xffffffffu, w0[i], 2);
+        w1[i] += __shfl_xor_sync(0xffffffffu, w1[i], 2);
+        w0[i] += __shfl_xor_sync(0xffffffffu, w0[i], 1);
+        w1[i] += __shfl_xor_sync(0xffffffffu, w1[i], 1);
+      }
+      sum0 = w0[0] + w0[1];
+      sum1 = w1[0] + w1[1];
+    }
+    l0 = __fmaf_rn(l0, a0, sum0);
+    l1 = __fmaf_rn(l1, a1, sum1);
     m0 = n0;
     m1 = n1;
 #pragma unroll
@@ -389,33 +481,24 @@ __global__ void __launch_bounds__(kThreads) PrefillMmaKernel(const Params p) {
       o[nb][2] *= a1;
       o[nb][3] *= a1;
     }
-    // O += P V, 16 slots per k-step: P's two n-blocks of 8 slots form the A fragment, as a bf16 value plus
-    // its bf16 remainder (SplitBf16x2: about 16 bits of P for one more MMA per product).
+    // O += P V, 16 slots per k-step: P's two n-blocks of 8 slots, rounded to bf16, form the A fragment.
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk) {
-      uint32_t ph[4], pl[4];
-      SplitBf16x2(s[2 * kk][0], s[2 * kk][1], ph[0], pl[0]);
-      SplitBf16x2(s[2 * kk][2], s[2 * kk][3], ph[1], pl[1]);
-      SplitBf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1], ph[2], pl[2]);
-      SplitBf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3], ph[3], pl[3]);
+      const uint32_t pa0 = PackBf16x2(s[2 * kk][0], s[2 * kk][1]);
+      const uint32_t pa1 = PackBf16x2(s[2 * kk][2], s[2 * kk][3]);
+      const uint32_t pa2 = PackBf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      const uint32_t pa3 = PackBf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t vb[4];
-        LdMatrixX4Trans(vb, &sm.v[kk * 16 + (mi % 2) * 8 + mr][dp * 16 + (mi / 2) * 8]);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          Mma16816(o[2 * dp + h], ph[0], ph[1], ph[2], ph[3], vb[2 * h], vb[2 * h + 1]);
-          Mma16816(o[2 * dp + h], pl[0], pl[1], pl[2], pl[3], vb[2 * h], vb[2 * h + 1]);
-        }
+        LdMatrixX4Trans(vb, &sm.v[stage][kk * 16 + (mi % 2) * 8 + mr][dp * 16 + (mi / 2) * 8]);
+        Mma16816(o[2 * dp], pa0, pa1, pa2, pa3, vb[0], vb[1]);
+        Mma16816(o[2 * dp + 1], pa0, pa1, pa2, pa3, vb[2], vb[3]);
       }
     }
-    __syncthreads();  // the next tile overwrites K, V and the slot arrays
+    __syncthreads();  // the next tile's loads overwrite this stage and slot buffer
   }
 
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int64_t pr = row0 + warp * 16 + g + half * 8;
@@ -487,7 +570,7 @@ absl::Status PrefillAttention(const PrefillAttentionArgs& a, cudaStream_t stream
   return ADORE_DISPATCH_HEAD_DIM(a.head_dim, HEAD_DIM, [&]() -> absl::Status {
     const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(a.num_kv_heads),
                     static_cast<unsigned>(a.num_seqs));
-    if (a.kernel == PrefillAttentionKernel::kMma) {
+    if (a.kernel != PrefillAttentionKernel::kWmma) {
       constexpr size_t kSmem = sizeof(fa2::Smem<HEAD_DIM>);
       ADORE_RETURN_IF_ERROR(RaiseSharedMemory<fa2::PrefillMmaKernel<HEAD_DIM>>(kSmem, "mma prefill"));
       fa2::PrefillMmaKernel<HEAD_DIM><<<grid, kThreads, kSmem, stream>>>(p);

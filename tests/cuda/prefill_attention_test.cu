@@ -1,9 +1,10 @@
 // PrefillAttention (kernels/cuda/prefill_attention.cu) against AttentionRef: chunks of odd lengths over
 // earlier context (shuffled slots, empty and future slots) plus their own tokens, a batch of sequences,
-// GQA ratios 1/3/4/8, head_dim 64/128.
+// GQA ratios 1/3/4/8, head_dim 64/128; and the two kernels bit for bit against each other.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <vector>
 
 #include "kernels/cuda/ops.h"
@@ -27,7 +28,7 @@ TEST_P(PrefillAttentionTest, MatchesCpuReference) {
   std::mt19937 rng(static_cast<uint32_t>(hd * 1000 + nh * 10 + nkv));
   struct Seq { int64_t context, chunk, future; };
   const std::vector<Seq> seqs = {{0, 1, 0},      {0, 37, 0}, {100, 64, 1}, {513, 130, 3},
-                                 {1000, 3, 0}, {0, 200, 0}, {65, 1, 2}};
+                                 {1000, 3, 0}, {0, 200, 0}, {65, 1, 2},  {0, 700, 0}};
   int64_t total_rows = 0, total_q = 0, max_q = 0;
   for (const Seq& s : seqs) {
     total_rows += s.context + s.chunk + s.future;
@@ -73,6 +74,7 @@ TEST_P(PrefillAttentionTest, MatchesCpuReference) {
   DeviceBuffer<bf16> d_q(testing::ToBf16(q)), d_k(testing::ToBf16(pool.k)), d_v(testing::ToBf16(pool.v));
   DeviceBuffer<bf16> d_out(total_q * nh * hd);
   DeviceBuffer<int32_t> d_qpos(q_pos), d_qoff(q_offsets), d_off(t.offsets), d_rows(t.rows), d_pos(t.pos);
+  std::vector<std::vector<bf16>> outputs;  // per kernel, raw bits
   for (const PrefillAttentionKernel kernel : {PrefillAttentionKernel::kWmma, PrefillAttentionKernel::kMma}) {
     SCOPED_TRACE(::testing::Message() << "kernel " << static_cast<int>(kernel));
     ADORE_ASSERT_CUDA(cudaMemset(d_out.get(), 0xff, d_out.size() * sizeof(bf16)));  // NaN garbage
@@ -99,7 +101,8 @@ TEST_P(PrefillAttentionTest, MatchesCpuReference) {
     const absl::Status st = PrefillAttention(a, nullptr);
     ASSERT_TRUE(st.ok()) << st;
     ADORE_ASSERT_CUDA(cudaDeviceSynchronize());
-    const std::vector<float> out = testing::ToFloat(d_out.Download());
+    outputs.push_back(d_out.Download());
+    const std::vector<float> out = testing::ToFloat(outputs.back());
     double worst = 0;
     for (size_t b = 0; b < seqs.size(); ++b) {
       for (int64_t i = 0; i < seqs[b].chunk; ++i) {
@@ -116,6 +119,16 @@ TEST_P(PrefillAttentionTest, MatchesCpuReference) {
                 static_cast<long long>(hd), static_cast<long long>(nh), static_cast<long long>(nkv),
                 static_cast<int>(kernel), worst);
   }
+  // The two kernels round and sum in the same order: the same bits, not just the same tolerance.
+  int64_t differing = 0, first = -1;
+  for (size_t i = 0; i < outputs[0].size(); ++i) {
+    if (std::memcmp(&outputs[0][i], &outputs[1][i], sizeof(bf16)) != 0) {
+      if (first < 0) first = static_cast<int64_t>(i);
+      ++differing;
+    }
+  }
+  EXPECT_EQ(differing, 0) << shape << ": " << differing << " of " << outputs[0].size()
+                          << " outputs differ between the WMMA and mma kernels, the first at " << first;
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, PrefillAttentionTest,
