@@ -13,6 +13,10 @@ __device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool fil
   const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(fill ? 16 : 0));
 }
+// The same with the shared-memory destination as a 32-bit shared address (from __cvta_generic_to_shared).
+__device__ __forceinline__ void CpAsync16(uint32_t smem_addr, const void* gmem, bool fill) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr), "l"(gmem), "r"(fill ? 16 : 0));
+}
 __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void CpAsyncWait() {  // until at most N committed groups are pending
@@ -44,6 +48,14 @@ __device__ __forceinline__ void Mma16816(float (&c)[4], uint32_t a0, uint32_t a1
       "{%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// 2^x, one MUFU.EX2: the hardware approximation exp2f uses, without exp2f's rescaling for results below
+// 2^-126 (those flush to 0). Attention probabilities that small add nothing next to the row maximum's 1.
+__device__ __forceinline__ float Exp2Ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 
 __device__ __forceinline__ uint32_t PackBf16x2(float x, float y) {

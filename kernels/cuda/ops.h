@@ -60,6 +60,14 @@ struct RopeArgs {
   const int32_t* positions = nullptr;  // [n]
   int64_t n = 0, num_heads = 0, head_dim = 0, rot_dim = 0;
   float theta = 10000.0f;
+  // Optional, KvWrite fused in (one launch instead of two): after rotating row i, copy its K heads
+  // [kv_first_head, kv_first_head + num_kv_heads) and its V columns [v_offset, v_offset + num_kv_heads *
+  // head_dim) into pool row kv_rows[i] (-1 or >= num_kv_rows: none), the same bytes KvWrite would copy.
+  const int32_t* kv_rows = nullptr;  // [n]; nullptr: rotate only
+  int64_t kv_first_head = 0, num_kv_heads = 0, v_offset = 0;
+  bf16* k_cache = nullptr;  // [num_kv_rows, num_kv_heads * head_dim]
+  bf16* v_cache = nullptr;
+  int64_t num_kv_rows = 0;
 };
 absl::Status Rope(const RopeArgs& args, cudaStream_t stream);
 

@@ -210,9 +210,9 @@ __global__ void __launch_bounds__(kThreads) PrefillWmmaKernel(const Params p) {
       const float m_new = fmaxf(m_old, WarpMax(fmaxf(x0, x1)));
       float alpha = 1.0f, p0 = 0.0f, p1 = 0.0f;
       if (m_new != -INFINITY) {
-        alpha = exp2f(m_old - m_new);
-        p0 = exp2f(x0 - m_new);
-        p1 = exp2f(x1 - m_new);
+        alpha = Exp2Ftz(m_old - m_new);
+        p0 = Exp2Ftz(x0 - m_new);
+        p1 = Exp2Ftz(x1 - m_new);
       }
       sp[R * L::kPp + lane] = __float2bfloat16_rn(p0);
       sp[R * L::kPp + lane + 32] = __float2bfloat16_rn(p1);
@@ -291,21 +291,26 @@ struct Smem {
   int qpos_max[4], last_slot[4];
 };
 
-// Slot-table entries of tile `tile` into buffer `buf` (threads < kBN, two whole warps), and the tile's
-// largest position per warp of slots.
-__device__ __forceinline__ void LoadSlots(const Params& p, const BlockRows& b, int64_t tile, int* row_buf,
-                                          int* pos_buf, int* max_buf) {
-  if (threadIdx.x >= kBN) return;
+// Slot-table entries of tile `tile` (threads < kBN, two whole warps): fetched into registers a tile ahead
+// of their store into buffer `buf`, so the global loads' latency passes under a tile's products.
+struct SlotEntry {
+  int row = -1, pos = INT_MAX;  // pool row (-1 = empty) and position (INT_MAX when empty: no row sees it)
+};
+__device__ __forceinline__ SlotEntry FetchSlot(const Params& p, const BlockRows& b, int64_t tile) {
+  SlotEntry e;
   const int64_t s = tile * kBN + threadIdx.x;
-  int row = -1, pos = INT_MAX;
-  if (s < b.num_slots) {
-    row = p.slot_rows[b.s_begin + s];
-    if (row < 0 || row >= p.num_rows) row = -1;
-    if (row >= 0) pos = p.slot_pos[b.s_begin + s];
+  if (threadIdx.x < kBN && s < b.num_slots) {
+    const int row = __ldg(p.slot_rows + b.s_begin + s), pos = __ldg(p.slot_pos + b.s_begin + s);
+    if (row >= 0 && row < p.num_rows) e = {row, pos};
   }
-  row_buf[threadIdx.x] = row;
-  pos_buf[threadIdx.x] = pos;
-  const int mx = __reduce_max_sync(0xffffffffu, pos);
+  return e;
+}
+// ... and into the buffer, with the tile's largest position per warp of slots.
+__device__ __forceinline__ void StoreSlot(const SlotEntry& e, int* row_buf, int* pos_buf, int* max_buf) {
+  if (threadIdx.x >= kBN) return;
+  row_buf[threadIdx.x] = e.row;
+  pos_buf[threadIdx.x] = e.pos;
+  const int mx = __reduce_max_sync(0xffffffffu, e.pos);
   if (threadIdx.x % 32 == 0) max_buf[threadIdx.x / 32] = mx;
 }
 
@@ -352,11 +357,26 @@ __global__ void __launch_bounds__(kThreads, ADORE_PREFILL_MMA_MIN_BLOCKS) Prefil
     LdMatrixX4(qa[ks], &sm.k[1][warp * 16 + lane % 16][ks * 16 + (lane / 16) * 8]);
   }
   // The last slot any row of the block can see: tiles after it hold only empty slots and the rows' future.
+  // Scanned from the end in rounds, stopping at the first round with a visible slot: a causal prompt's
+  // later blocks (the heavy ones) find theirs in the first round or two.
   int last = -1;
-#pragma unroll 4
-  for (int64_t s = threadIdx.x; s < num_slots; s += kThreads) {
-    const int row = p.slot_rows[b.s_begin + s];
-    if (row >= 0 && row < p.num_rows && p.slot_pos[b.s_begin + s] <= max_qpos) last = static_cast<int>(s);
+  constexpr int kScan = 8;  // slot entries per thread per round: 16 loads in flight
+  constexpr int64_t kRound = kThreads * kScan;
+  for (int64_t base = (num_slots - 1) / kRound * kRound; base >= 0; base -= kRound) {
+    int rows[kScan], poss[kScan];
+#pragma unroll
+    for (int u = 0; u < kScan; ++u) {
+      const int64_t s = base + u * kThreads + threadIdx.x;
+      rows[u] = s < num_slots ? __ldg(p.slot_rows + b.s_begin + s) : -1;
+      poss[u] = s < num_slots ? __ldg(p.slot_pos + b.s_begin + s) : INT_MAX;
+    }
+#pragma unroll
+    for (int u = 0; u < kScan; ++u) {
+      if (rows[u] >= 0 && rows[u] < p.num_rows && poss[u] <= max_qpos) {
+        last = static_cast<int>(base + u * kThreads + threadIdx.x);
+      }
+    }
+    if (__syncthreads_or(last >= 0)) break;  // uniform: every thread sees the same answer
   }
   last = __reduce_max_sync(0xffffffffu, last);
   if (lane == 0) sm.last_slot[warp] = last;
@@ -369,33 +389,39 @@ __global__ void __launch_bounds__(kThreads, ADORE_PREFILL_MMA_MIN_BLOCKS) Prefil
   for (int nb = 0; nb < D / 8; ++nb) o[nb][0] = o[nb][1] = o[nb][2] = o[nb][3] = 0.0f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // rows g and g + 8
 
-  const int64_t kv_row_stride = static_cast<int64_t>(p.num_kv_heads) * D;
-  const int64_t kv_col = static_cast<int64_t>(kvh) * D;
+  // K/V copies: thread x moves 16-byte column chunk x % (D / 8) of rows x / (D / 8) + r * kRowsPerPass.
+  constexpr int kChunks = D / 8, kRowsPerPass = kThreads / kChunks, kPasses = kBN / kRowsPerPass;
+  constexpr uint32_t kStageBytes = sizeof(bf16) * kBN * S::kPitch, kPassBytes = sizeof(bf16) * kRowsPerPass * S::kPitch;
+  const int my_j = threadIdx.x / kChunks, my_c = (threadIdx.x % kChunks) * 8;
+  // Byte addresses: one 32 x 32 -> 64-bit multiply-add per copy (row * row bytes + this thread's column).
+  const uint32_t row_bytes = static_cast<uint32_t>(p.num_kv_heads) * D * sizeof(bf16);
+  const uint64_t k_src = reinterpret_cast<uint64_t>(p.k_cache + static_cast<int64_t>(kvh) * D + my_c);
+  const uint64_t v_src = reinterpret_cast<uint64_t>(p.v_cache + static_cast<int64_t>(kvh) * D + my_c);
+  const uint32_t k_dst = static_cast<uint32_t>(__cvta_generic_to_shared(&sm.k[0][my_j][my_c]));
+  const uint32_t v_dst = static_cast<uint32_t>(__cvta_generic_to_shared(&sm.v[0][my_j][my_c]));
   auto issue_kv = [&](int stage, int buf) {
-    for (int idx = threadIdx.x; idx < kBN * (D / 8); idx += kThreads) {
-      const int j = idx / (D / 8), c = (idx % (D / 8)) * 8;
-      const int row = sm.row[buf][j];
-      const int64_t off = (row >= 0 ? row * kv_row_stride : 0) + kv_col + c;
-      CpAsync16(&sm.k[stage][j][c], p.k_cache + off, row >= 0);  // empty slots: zeros, not NaN garbage
-      CpAsync16(&sm.v[stage][j][c], p.v_cache + off, row >= 0);
+#pragma unroll
+    for (int r = 0; r < kPasses; ++r) {
+      const int row = sm.row[buf][my_j + r * kRowsPerPass];
+      const uint64_t off = static_cast<uint64_t>(static_cast<uint32_t>(max(row, 0))) * row_bytes;  // empty: row 0, zero-filled
+      const uint32_t d = stage * kStageBytes + r * kPassBytes;
+      CpAsync16(k_dst + d, reinterpret_cast<const void*>(k_src + off), row >= 0);
+      CpAsync16(v_dst + d, reinterpret_cast<const void*>(v_src + off), row >= 0);
     }
   };
-  if (num_tiles > 0) LoadSlots(p, b, 0, sm.row[0], sm.pos[0], sm.tile_max_pos[0]);
-  if (num_tiles > 1) LoadSlots(p, b, 1, sm.row[1], sm.pos[1], sm.tile_max_pos[1]);
+  if (num_tiles > 0) StoreSlot(FetchSlot(p, b, 0), sm.row[0], sm.pos[0], sm.tile_max_pos[0]);
+  if (num_tiles > 1) StoreSlot(FetchSlot(p, b, 1), sm.row[1], sm.pos[1], sm.tile_max_pos[1]);
   __syncthreads();
   if (num_tiles > 0) issue_kv(0, 0);
   CpAsyncCommit();
 
   for (int tile = 0; tile < num_tiles; ++tile) {
     const int stage = tile & 1, buf = tile % kSlotBufs;
-    // Stage stage ^ 1 and slot buffer (tile + 2) % 3 were last read before the previous tile's closing
-    // barrier; the next tile's slot entries were written before the previous tile's first barrier.
+    // Stage stage ^ 1 was last read before the previous tile's closing barrier, and the next tile's slot
+    // entries were stored before it.
     if (tile + 1 < num_tiles) issue_kv(stage ^ 1, (tile + 1) % kSlotBufs);
     CpAsyncCommit();
-    if (tile + 2 < num_tiles) {
-      const int nbuf = (tile + 2) % kSlotBufs;
-      LoadSlots(p, b, tile + 2, sm.row[nbuf], sm.pos[nbuf], sm.tile_max_pos[nbuf]);
-    }
+    const SlotEntry ahead = tile + 2 < num_tiles ? FetchSlot(p, b, tile + 2) : SlotEntry{};
     CpAsyncWait<1>();  // this tile's K/V (all but the group just committed)
     __syncthreads();
 
@@ -414,36 +440,43 @@ __global__ void __launch_bounds__(kThreads, ADORE_PREFILL_MMA_MIN_BLOCKS) Prefil
       }
     }
     // Log2 units; the mask (empty slot, or a slot after the row's position) only where some slot of the
-    // tile is after some row of the warp. Then the running max per row.
-    const bool masked = max(sm.tile_max_pos[buf][0], sm.tile_max_pos[buf][1]) > warp_min;
+    // tile is after some row of the warp (a warp-uniform branch). Then the running max per row.
+    if (max(sm.tile_max_pos[buf][0], sm.tile_max_pos[buf][1]) > warp_min) {
+#pragma unroll
+      for (int nb = 0; nb < kBN / 8; ++nb) {
+        const int2 pos = *reinterpret_cast<const int2*>(&sm.pos[buf][nb * 8 + 2 * t]);
+        s[nb][0] = pos.x > qpos0 ? -INFINITY : s[nb][0] * p.scale_log2;
+        s[nb][1] = pos.y > qpos0 ? -INFINITY : s[nb][1] * p.scale_log2;
+        s[nb][2] = pos.x > qpos1 ? -INFINITY : s[nb][2] * p.scale_log2;
+        s[nb][3] = pos.y > qpos1 ? -INFINITY : s[nb][3] * p.scale_log2;
+      }
+    } else {
+#pragma unroll
+      for (int nb = 0; nb < kBN / 8; ++nb) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nb][e] *= p.scale_log2;
+      }
+    }
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
     for (int nb = 0; nb < kBN / 8; ++nb) {
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        s[nb][i] *= p.scale_log2;
-        s[nb][2 + i] *= p.scale_log2;
-        if (masked) {
-          const int pos = sm.pos[buf][nb * 8 + 2 * t + i];
-          if (pos > qpos0) s[nb][i] = -INFINITY;
-          if (pos > qpos1) s[nb][2 + i] = -INFINITY;
-        }
-        mx0 = fmaxf(mx0, s[nb][i]);
-        mx1 = fmaxf(mx1, s[nb][2 + i]);
-      }
+      mx0 = fmaxf(mx0, fmaxf(s[nb][0], s[nb][1]));
+      mx1 = fmaxf(mx1, fmaxf(s[nb][2], s[nb][3]));
     }
     mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
     mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
     const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
-    const float a0 = n0 == -INFINITY ? 1.0f : exp2f(m0 - n0), a1 = n1 == -INFINITY ? 1.0f : exp2f(m1 - n1);
+    const float a0 = n0 == -INFINITY ? 1.0f : Exp2Ftz(m0 - n0), a1 = n1 == -INFINITY ? 1.0f : Exp2Ftz(m1 - n1);
+    // A row with no visible slot yet (max -inf) has only -inf scores, and 2^(-inf - 0) = 0.
+    const float sub0 = n0 == -INFINITY ? 0.0f : n0, sub1 = n1 == -INFINITY ? 0.0f : n1;
 #pragma unroll
     for (int nb = 0; nb < kBN / 8; ++nb) {
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        s[nb][i] = n0 == -INFINITY ? 0.0f : exp2f(s[nb][i] - n0);
-        s[nb][2 + i] = n1 == -INFINITY ? 0.0f : exp2f(s[nb][2 + i] - n1);
+        s[nb][i] = Exp2Ftz(s[nb][i] - sub0);
+        s[nb][2 + i] = Exp2Ftz(s[nb][2 + i] - sub1);
       }
     }
     // Row sums in the WMMA kernel's order: it adds slots j and j + 32 in lane j and then runs the warp
@@ -474,12 +507,14 @@ __global__ void __launch_bounds__(kThreads, ADORE_PREFILL_MMA_MIN_BLOCKS) Prefil
     l1 = __fmaf_rn(l1, a1, sum1);
     m0 = n0;
     m1 = n1;
+    if (!__all_sync(0xffffffffu, a0 == 1.0f && a1 == 1.0f)) {  // once the maxima settle, most tiles skip this
 #pragma unroll
-    for (int nb = 0; nb < D / 8; ++nb) {
-      o[nb][0] *= a0;
-      o[nb][1] *= a0;
-      o[nb][2] *= a1;
-      o[nb][3] *= a1;
+      for (int nb = 0; nb < D / 8; ++nb) {
+        o[nb][0] *= a0;
+        o[nb][1] *= a0;
+        o[nb][2] *= a1;
+        o[nb][3] *= a1;
+      }
     }
     // O += P V, 16 slots per k-step: P's two n-blocks of 8 slots, rounded to bf16, form the A fragment.
 #pragma unroll
@@ -496,7 +531,12 @@ __global__ void __launch_bounds__(kThreads, ADORE_PREFILL_MMA_MIN_BLOCKS) Prefil
         Mma16816(o[2 * dp + 1], pa0, pa1, pa2, pa3, vb[2], vb[3]);
       }
     }
-    __syncthreads();  // the next tile's loads overwrite this stage and slot buffer
+    // Buffer (tile + 2) % 3 was last read by the previous tile's products.
+    if (tile + 2 < num_tiles) {
+      const int nbuf = (tile + 2) % kSlotBufs;
+      StoreSlot(ahead, sm.row[nbuf], sm.pos[nbuf], sm.tile_max_pos[nbuf]);
+    }
+    __syncthreads();  // the next tile's loads overwrite this stage
   }
 
 #pragma unroll

@@ -75,7 +75,7 @@ ABSL_FLAG(int32_t, tp, 1,
 ABSL_FLAG(std::string, commit, "", "commit to record in the JSON (default: git rev-parse in the working directory)");
 ABSL_FLAG(bool, cuda_graphs, true, "replay decode steps from captured CUDA graphs");
 ABSL_FLAG(std::string, decode_attention, "auto", "decode attention kernel: auto (= mma at GQA >= 2, chunked at 1), lanes, lanes_prefetch, chunked, mma or pipelined (A/B runs)");
-ABSL_FLAG(std::string, prefill_attention, "auto", "prefill attention kernel: auto (= wmma), wmma or mma (A/B runs)");
+ABSL_FLAG(std::string, prefill_attention, "auto", "prefill attention kernel: auto (= mma), mma or wmma (A/B runs; the two give bit-identical outputs)");
 ABSL_FLAG(uint64_t, seed, 1, "seed of the random prompt tokens and synthetic weights");
 ABSL_FLAG(std::string, json, "", "write the results as JSON to this file");
 

@@ -900,14 +900,14 @@ absl::Status CudaEngine::RunLayers(const Plan& p) {
     }
     ADORE_RETURN_IF_ERROR(
         blas_->Linear({.x = hidden_, .w = w.wqkv, .n = n, .in = d, .out = qkv_dim, .y_bf16 = qkv_}, s));
-    // Q and K heads are adjacent at the start of each QKV row: one launch rotates both.
+    // Q and K heads are adjacent at the start of each QKV row: one launch rotates both and copies the rotated
+    // K and the V of each token into its pool row.
     ADORE_RETURN_IF_ERROR(k::Rope({.x = qkv_, .row_stride = qkv_dim, .positions = p.positions, .n = n,
-                                   .num_heads = nh + nkv, .head_dim = hd, .rot_dim = hd, .theta = c.rope_theta},
+                                   .num_heads = nh + nkv, .head_dim = hd, .rot_dim = hd, .theta = c.rope_theta,
+                                   .kv_rows = p.rows, .kv_first_head = nh, .num_kv_heads = nkv,
+                                   .v_offset = q_dim + kv_dim, .k_cache = pool_->k(l), .v_cache = pool_->v(l),
+                                   .num_kv_rows = pool_->num_rows()},
                                   s));
-    ADORE_RETURN_IF_ERROR(k::KvWrite({.k = qkv_ + q_dim, .v = qkv_ + q_dim + kv_dim, .src_stride = qkv_dim,
-                                      .rows = p.rows, .n = n, .row_dim = kv_dim, .k_cache = pool_->k(l),
-                                      .v_cache = pool_->v(l), .num_rows = pool_->num_rows()},
-                                     s));
     // Decode: the policy items' tokens (attention mass per slot accumulated over layers), then the rest.
     for (int pass = 0; pass < 2; ++pass) {
       const int64_t first = pass == 0 ? 0 : p.num_mass_decode;
