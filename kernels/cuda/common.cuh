@@ -56,6 +56,22 @@ __device__ __forceinline__ uint4 FloatToBf16x8(const float f[8]) {
   return u;
 }
 
+// A token's K and V rows (`len` bf16 each) into their pool rows, thread `tid` of `nthreads`. VEC = 8 moves
+// 16 bytes at a time (every pointer 16-byte aligned, len a multiple of 8); VEC = 1 one element.
+template <int VEC>
+__device__ __forceinline__ void CopyKvRow(const bf16* __restrict__ ks, const bf16* __restrict__ vs, bf16* __restrict__ kd,
+                                          bf16* __restrict__ vd, int64_t len, int tid, int nthreads) {
+  for (int64_t j = static_cast<int64_t>(tid) * VEC; j < len; j += static_cast<int64_t>(nthreads) * VEC) {
+    if constexpr (VEC == 8) {
+      *reinterpret_cast<uint4*>(kd + j) = *reinterpret_cast<const uint4*>(ks + j);
+      *reinterpret_cast<uint4*>(vd + j) = *reinterpret_cast<const uint4*>(vs + j);
+    } else {
+      kd[j] = ks[j];
+      vd[j] = vs[j];
+    }
+  }
+}
+
 inline bool IsAligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 // Multiprocessor count of the current device, cached per device (132 if it cannot be read).

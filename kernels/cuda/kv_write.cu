@@ -18,19 +18,8 @@ __global__ void KvWriteKernel(const bf16* __restrict__ k, const bf16* __restrict
   const int64_t i = blockIdx.x;
   const int32_t row = rows[i];
   if (row < 0 || row >= num_rows) return;
-  const bf16* ks = k + i * src_stride;
-  const bf16* vs = v + i * src_stride;
-  bf16* kd = k_cache + static_cast<int64_t>(row) * row_dim;
-  bf16* vd = v_cache + static_cast<int64_t>(row) * row_dim;
-  for (int64_t j = static_cast<int64_t>(threadIdx.x) * VEC; j < row_dim; j += static_cast<int64_t>(blockDim.x) * VEC) {
-    if constexpr (VEC == 8) {
-      *reinterpret_cast<uint4*>(kd + j) = *reinterpret_cast<const uint4*>(ks + j);
-      *reinterpret_cast<uint4*>(vd + j) = *reinterpret_cast<const uint4*>(vs + j);
-    } else {
-      kd[j] = ks[j];
-      vd[j] = vs[j];
-    }
-  }
+  CopyKvRow<VEC>(k + i * src_stride, v + i * src_stride, k_cache + static_cast<int64_t>(row) * row_dim,
+                 v_cache + static_cast<int64_t>(row) * row_dim, row_dim, threadIdx.x, blockDim.x);
 }
 
 __global__ void SlotTableUpdateKernel(const int32_t* __restrict__ entries, int64_t n, int32_t* __restrict__ slot_rows,
@@ -71,13 +60,8 @@ absl::Status KvWrite(const KvWriteArgs& a, cudaStream_t stream) {
   const bool vec = a.row_dim % 8 == 0 && a.src_stride % 8 == 0 && IsAligned(a.k, 16) && IsAligned(a.v, 16) &&
                    IsAligned(a.k_cache, 16) && IsAligned(a.v_cache, 16);
   const int threads = static_cast<int>(std::min<int64_t>(256, std::max<int64_t>(32, CeilDiv(a.row_dim, vec ? 8 : 1))));
-  if (vec) {
-    KvWriteKernel<8><<<a.n, threads, 0, stream>>>(a.k, a.v, a.src_stride, a.rows, a.row_dim, a.k_cache, a.v_cache,
-                                                  a.num_rows);
-  } else {
-    KvWriteKernel<1><<<a.n, threads, 0, stream>>>(a.k, a.v, a.src_stride, a.rows, a.row_dim, a.k_cache, a.v_cache,
-                                                  a.num_rows);
-  }
+  const auto kernel = vec ? KvWriteKernel<8> : KvWriteKernel<1>;
+  kernel<<<a.n, threads, 0, stream>>>(a.k, a.v, a.src_stride, a.rows, a.row_dim, a.k_cache, a.v_cache, a.num_rows);
   return LaunchStatus("KvWriteKernel");
 }
 

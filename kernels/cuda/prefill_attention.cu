@@ -100,21 +100,30 @@ __device__ __forceinline__ void LoadQueryTile(const Params& p, const BlockRows& 
   }
 }
 
-// Threads < kBN: slot t0 + threadIdx.x's pool row (-1: empty or out of the pool) and position into the
-// shared arrays; returns whether any row of the block can see it (0 for the other threads).
-__device__ __forceinline__ int LoadSlotTile(const Params& p, const BlockRows& b, int64_t t0, int max_qpos, int* srow,
+// Slot-table entry threadIdx.x of tile `tile` (threads < kBN; the others get an empty slot). The mma kernel
+// fetches a tile's entries into registers a tile ahead of their store, so the global loads' latency passes
+// under a tile's products.
+struct SlotEntry {
+  int row = -1, pos = INT_MAX;  // pool row (-1 = empty) and position (INT_MAX when empty: no row sees it)
+};
+__device__ __forceinline__ SlotEntry FetchSlot(const Params& p, const BlockRows& b, int64_t tile) {
+  SlotEntry e;
+  const int64_t s = tile * kBN + threadIdx.x;
+  if (threadIdx.x < kBN && s < b.num_slots) {
+    const int row = __ldg(p.slot_rows + b.s_begin + s), pos = __ldg(p.slot_pos + b.s_begin + s);
+    if (row >= 0 && row < p.num_rows) e = {row, pos};
+  }
+  return e;
+}
+// Threads < kBN: tile `tile`'s entries into the shared arrays; returns whether any row of the block can see
+// the thread's slot (0 for the other threads).
+__device__ __forceinline__ int LoadSlotTile(const Params& p, const BlockRows& b, int64_t tile, int max_qpos, int* srow,
                                             int* spos) {
   if (threadIdx.x >= kBN) return 0;
-  const int64_t s = t0 + threadIdx.x;
-  int row = -1, pos = INT_MAX;
-  if (s < b.num_slots) {
-    row = p.slot_rows[b.s_begin + s];
-    pos = p.slot_pos[b.s_begin + s];
-    if (row < 0 || row >= p.num_rows) row = -1;
-  }
-  srow[threadIdx.x] = row;
-  spos[threadIdx.x] = pos;
-  return row >= 0 && pos <= max_qpos;
+  const SlotEntry e = FetchSlot(p, b, tile);
+  srow[threadIdx.x] = e.row;
+  spos[threadIdx.x] = e.pos;
+  return e.row >= 0 && e.pos <= max_qpos;
 }
 
 // Grid (query-row tiles, num_kv_heads, num_seqs); 4 warps, each owning 16 packed rows (row r = token
@@ -166,7 +175,7 @@ __global__ void __launch_bounds__(kThreads) PrefillWmmaKernel(const Params p) {
 
   const int64_t kv_row_stride = static_cast<int64_t>(p.num_kv_heads) * D;
   for (int64_t t0 = 0; t0 < num_slots; t0 += kBN) {
-    const int visible = LoadSlotTile(p, b, t0, max_qpos, srow, spos);
+    const int visible = LoadSlotTile(p, b, t0 / kBN, max_qpos, srow, spos);
     if (!__syncthreads_or(visible)) continue;  // every slot of the tile is empty or in every row's future
 
     for (int idx = threadIdx.x; idx < kBN * (D / 8); idx += kThreads) {
@@ -291,20 +300,6 @@ struct Smem {
   int qpos_max[4], last_slot[4];
 };
 
-// Slot-table entries of tile `tile` (threads < kBN, two whole warps): fetched into registers a tile ahead
-// of their store into buffer `buf`, so the global loads' latency passes under a tile's products.
-struct SlotEntry {
-  int row = -1, pos = INT_MAX;  // pool row (-1 = empty) and position (INT_MAX when empty: no row sees it)
-};
-__device__ __forceinline__ SlotEntry FetchSlot(const Params& p, const BlockRows& b, int64_t tile) {
-  SlotEntry e;
-  const int64_t s = tile * kBN + threadIdx.x;
-  if (threadIdx.x < kBN && s < b.num_slots) {
-    const int row = __ldg(p.slot_rows + b.s_begin + s), pos = __ldg(p.slot_pos + b.s_begin + s);
-    if (row >= 0 && row < p.num_rows) e = {row, pos};
-  }
-  return e;
-}
 // ... and into the buffer, with the tile's largest position per warp of slots.
 __device__ __forceinline__ void StoreSlot(const SlotEntry& e, int* row_buf, int* pos_buf, int* max_buf) {
   if (threadIdx.x >= kBN) return;
@@ -314,14 +309,10 @@ __device__ __forceinline__ void StoreSlot(const SlotEntry& e, int* row_buf, int*
   if (threadIdx.x % 32 == 0) max_buf[threadIdx.x / 32] = mx;
 }
 
-// Resident blocks per SM the registers are sized for (3: up to 168 registers per thread, which the 71 KiB
-// of shared memory at head_dim 128 also allows).
-#ifndef ADORE_PREFILL_MMA_MIN_BLOCKS
-#define ADORE_PREFILL_MMA_MIN_BLOCKS 3
-#endif
-
+// Registers sized for 3 resident blocks per SM (up to 168 per thread), which the 71 KiB of shared memory at
+// head_dim 128 also allows.
 template <int D>
-__global__ void __launch_bounds__(kThreads, ADORE_PREFILL_MMA_MIN_BLOCKS) PrefillMmaKernel(const Params p) {
+__global__ void __launch_bounds__(kThreads, 3) PrefillMmaKernel(const Params p) {
   using S = Smem<D>;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   S& sm = *reinterpret_cast<S*>(smem_raw);

@@ -64,19 +64,9 @@ __global__ void RopeKernel(bf16* __restrict__ x,  // [n, row_stride]
     const int kvh = h0 + k * blockDim.y - kv.first_head;  // K head kvh, copied with V head kvh
     if (kvh < 0 || kvh >= kv.num_heads) continue;
     const int64_t col = static_cast<int64_t>(kvh) * head_dim;
-    const bf16* ks = row + static_cast<int64_t>(kv.first_head) * head_dim + col;
-    const bf16* vs = row + kv.v_col + col;
-    bf16* kd = kv.k_cache + static_cast<int64_t>(dst) * kv.row_dim + col;
-    bf16* vd = kv.v_cache + static_cast<int64_t>(dst) * kv.row_dim + col;
-    for (int j = threadIdx.x * VEC; j < head_dim; j += blockDim.x * VEC) {
-      if constexpr (VEC == 8) {
-        *reinterpret_cast<uint4*>(kd + j) = *reinterpret_cast<const uint4*>(ks + j);
-        *reinterpret_cast<uint4*>(vd + j) = *reinterpret_cast<const uint4*>(vs + j);
-      } else {
-        kd[j] = ks[j];
-        vd[j] = vs[j];
-      }
-    }
+    CopyKvRow<VEC>(row + static_cast<int64_t>(kv.first_head) * head_dim + col, row + kv.v_col + col,
+                   kv.k_cache + static_cast<int64_t>(dst) * kv.row_dim + col,
+                   kv.v_cache + static_cast<int64_t>(dst) * kv.row_dim + col, head_dim, threadIdx.x, blockDim.x);
   }
 }
 
@@ -115,15 +105,9 @@ absl::Status Rope(const RopeArgs& a, cudaStream_t stream) {
   const int tx = std::min(half, 64);
   const int ty = static_cast<int>(std::min<int64_t>(CeilDiv(a.num_heads, kHeadsPerThread), std::max(1, 256 / tx)));
   const dim3 grid(static_cast<unsigned>(a.n), static_cast<unsigned>(CeilDiv(a.num_heads, int64_t{ty} * kHeadsPerThread)));
-  if (vec) {
-    RopeKernel<8><<<grid, dim3(tx, ty), 0, stream>>>(a.x, a.row_stride, a.positions, static_cast<int>(a.num_heads),
-                                                     static_cast<int>(a.head_dim), static_cast<int>(a.rot_dim),
-                                                     a.theta, kv);
-  } else {
-    RopeKernel<1><<<grid, dim3(tx, ty), 0, stream>>>(a.x, a.row_stride, a.positions, static_cast<int>(a.num_heads),
-                                                     static_cast<int>(a.head_dim), static_cast<int>(a.rot_dim),
-                                                     a.theta, kv);
-  }
+  const auto kernel = vec ? RopeKernel<8> : RopeKernel<1>;
+  kernel<<<grid, dim3(tx, ty), 0, stream>>>(a.x, a.row_stride, a.positions, static_cast<int>(a.num_heads),
+                                            static_cast<int>(a.head_dim), static_cast<int>(a.rot_dim), a.theta, kv);
   return LaunchStatus("RopeKernel");
 }
 
